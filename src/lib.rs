@@ -1,0 +1,20 @@
+//! kube-pim: Privileged Identity Management for Kubernetes RBAC.
+//!
+//! Nobody holds standing access to powerful roles: people are made eligible
+//! (`EligibleAssignment`), activate a role for a bounded time (`ActivationRequest`) under a
+//! per-role policy (`RoleSetting`), and the operator creates and removes the bindings.
+//!
+//! Modules: [`api`] (the CRD types, pure data), [`crdgen`] (CRD YAML), [`operator`] (the
+//! long-running process), [`testenv`] (a real local control plane for tests and demos),
+//! [`time`] (chrono <-> Kubernetes time), [`error`].
+
+pub mod api;
+pub mod cli;
+pub mod crdgen;
+pub mod error;
+pub mod operator;
+pub mod rbac;
+pub mod testenv;
+pub mod time;
+
+pub use error::{Error, Result};

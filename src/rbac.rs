@@ -1,0 +1,197 @@
+//! The operator's own RBAC as data: the ClusterRole the test environment binds to the
+//! operator's user (and that the Helm chart mirrors). Pure builders, no IO.
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use kube::api::ObjectMeta;
+
+/// The name of the operator's ClusterRole and ClusterRoleBinding.
+pub const OPERATOR_CLUSTER_ROLE: &str = "kube-pim-operator";
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    PolicyRule {
+        api_groups: Some(s(groups)),
+        resources: Some(s(resources)),
+        verbs: s(verbs),
+        ..Default::default()
+    }
+}
+
+/// What the operator may do cluster-wide: manage kube-pim's resources and their status,
+/// manage RoleBindings/ClusterRoleBindings (and `bind` any ClusterRole, so it can grant the
+/// governed roles without holding them), read ClusterRoles, check access with
+/// SubjectAccessReviews, record Events, and hold its leader-election Lease.
+pub fn operator_cluster_role() -> ClusterRole {
+    let rw = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    ClusterRole {
+        metadata: ObjectMeta {
+            name: Some(OPERATOR_CLUSTER_ROLE.into()),
+            labels: Some([("app.kubernetes.io/name".to_string(), "kube-pim".to_string())].into()),
+            ..Default::default()
+        },
+        rules: Some(vec![
+            rule(
+                &["kubepim.io"],
+                &["rolesettings", "eligibleassignments", "activationrequests"],
+                &["get", "list", "watch", "update", "patch", "delete"],
+            ),
+            rule(
+                &["kubepim.io"],
+                &[
+                    "rolesettings/status",
+                    "eligibleassignments/status",
+                    "activationrequests/status",
+                    "activationrequests/finalizers",
+                ],
+                &["get", "update", "patch"],
+            ),
+            rule(
+                &["rbac.authorization.k8s.io"],
+                &["rolebindings", "clusterrolebindings"],
+                &rw,
+            ),
+            rule(
+                &["rbac.authorization.k8s.io"],
+                &["clusterroles"],
+                &["get", "list", "watch", "bind"],
+            ),
+            rule(
+                &["authorization.k8s.io"],
+                &["subjectaccessreviews"],
+                &["create"],
+            ),
+            rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
+            rule(
+                &["coordination.k8s.io"],
+                &["leases"],
+                &["get", "create", "update"],
+            ),
+            rule(&[""], &["namespaces"], &["get", "list", "watch"]),
+        ]),
+        ..Default::default()
+    }
+}
+
+/// The persona ClusterRoles (SPEC section 6), bound per namespace (RoleBinding) or cluster-wide:
+/// - `kube-pim-requester`: create and follow ActivationRequests, read policies and assignments;
+/// - `kube-pim-approver`: the requester's rights plus appending decisions to
+///   `activationrequests/status`;
+/// - `kube-pim-admin`: manage RoleSettings and EligibleAssignments (writing them still needs
+///   `bind` on the roles they grant).
+pub fn persona_cluster_roles() -> Vec<ClusterRole> {
+    let read = ["get", "list", "watch"];
+    let requester = vec![
+        rule(
+            &["kubepim.io"],
+            &["activationrequests"],
+            &["create", "get", "list", "watch", "patch"],
+        ),
+        rule(
+            &["kubepim.io"],
+            &["rolesettings", "eligibleassignments"],
+            &read,
+        ),
+    ];
+    let mut approver = requester.clone();
+    approver.push(rule(
+        &["kubepim.io"],
+        &["activationrequests/status"],
+        &["get", "patch"],
+    ));
+    let admin = vec![
+        rule(
+            &["kubepim.io"],
+            &["rolesettings", "eligibleassignments", "activationrequests"],
+            &[
+                "get", "list", "watch", "create", "update", "patch", "delete",
+            ],
+        ),
+        rule(
+            &["kubepim.io"],
+            &[
+                "rolesettings/status",
+                "eligibleassignments/status",
+                "activationrequests/status",
+            ],
+            &read,
+        ),
+    ];
+    [
+        ("kube-pim-requester", requester),
+        ("kube-pim-approver", approver),
+        ("kube-pim-admin", admin),
+    ]
+    .into_iter()
+    .map(|(name, rules)| ClusterRole {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([("app.kubernetes.io/name".to_string(), "kube-pim".to_string())].into()),
+            ..Default::default()
+        },
+        rules: Some(rules),
+        ..Default::default()
+    })
+    .collect()
+}
+
+/// Binds [`operator_cluster_role`] to the operator's user name.
+pub fn operator_cluster_role_binding(username: &str) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(OPERATOR_CLUSTER_ROLE.into()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: OPERATOR_CLUSTER_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "User".into(),
+            name: username.into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            ..Default::default()
+        }]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_approvers_may_write_request_status() {
+        let roles = persona_cluster_roles();
+        let writes_status = |r: &ClusterRole| {
+            r.rules.iter().flatten().any(|p| {
+                p.resources
+                    .iter()
+                    .flatten()
+                    .any(|x| x == "activationrequests/status")
+                    && p.verbs.iter().any(|v| v == "patch" || v == "update")
+            })
+        };
+        let names: Vec<_> = roles
+            .iter()
+            .filter(|r| writes_status(r))
+            .map(|r| r.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["kube-pim-approver"]);
+    }
+
+    #[test]
+    fn operator_cannot_read_secrets_or_impersonate() {
+        let role = operator_cluster_role();
+        for r in role.rules.unwrap() {
+            let res = r.resources.unwrap_or_default();
+            assert!(!res.iter().any(|x| x == "secrets" || x == "*"), "{res:?}");
+            assert!(
+                !r.verbs
+                    .iter()
+                    .any(|v| v == "impersonate" || v == "escalate" || v == "*")
+            );
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! A real local Kubernetes control plane for tests and demos: etcd, kube-apiserver (RBAC,
+//! client-certificate users, ServiceAccount signing keys) and kube-controller-manager (garbage
+//! collection, namespace deletion, ServiceAccount tokens), built from source by
+//! `hack/testbin.sh` and started on free loopback ports.
+//!
+//! Two halves:
+//! - [`ControlPlane`] owns the processes (used by the `kube-pim-testenv` command);
+//! - [`TestEnv`] is a handle to a running control plane's directory. Tests and tools open it to
+//!   get a `kube::Client` for any user: the CA key in `DIR/pki` mints client certificates.
+//!
+//! Besides the CRDs it installs the persona ClusterRoles (`kube-pim-requester`,
+//! `kube-pim-approver`, `kube-pim-admin`) so tests and the demo can bind them.
+//!
+//! Layout of DIR: `env.json` (how to connect), `pki/`, `logs/<process>.log`,
+//! `admin.kubeconfig`, `<user>.kubeconfig`, `bin/kubectl`, `pids`, and `ready` once serving.
+
+pub mod pki;
+mod process;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use k8s_openapi::{
+    api::rbac::v1::{ClusterRole, ClusterRoleBinding},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Config,
+    api::{Patch, PatchParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::wait::{await_condition, conditions},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result, crdgen, rbac};
+pub use process::Process;
+
+/// The user name of the administrator (in `system:masters`, so RBAC does not apply).
+pub const ADMIN_USER: &str = "kubepim-admin";
+/// The user name the test environment runs the operator as.
+pub const OPERATOR_USER: &str = "kube-pim-operator";
+/// The field manager the test environment applies its objects with.
+const FIELD_MANAGER: &str = "kube-pim-testenv";
+/// How long client certificates minted for tests stay valid.
+const CLIENT_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A user of the local control plane: a name and its groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    /// The user name (certificate CN).
+    pub name: String,
+    /// The groups (one certificate O each).
+    pub groups: Vec<String>,
+}
+
+impl std::str::FromStr for User {
+    type Err = String;
+
+    /// `NAME` or `NAME:GROUP,GROUP`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (name, groups) = match s.split_once(':') {
+            Some((n, g)) => (
+                n,
+                g.split(',')
+                    .filter(|g| !g.is_empty())
+                    .map(String::from)
+                    .collect(),
+            ),
+            None => (s, Vec::new()),
+        };
+        if name.is_empty() || name.contains('/') {
+            return Err(format!(
+                "invalid user {s:?}: write NAME or NAME:GROUP1,GROUP2"
+            ));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            groups,
+        })
+    }
+}
+
+/// What `env.json` records about a running control plane.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvFile {
+    server: String,
+    bin_dir: PathBuf,
+}
+
+/// A handle to a running control plane's directory: clients and kubeconfigs for any user.
+#[derive(Clone)]
+pub struct TestEnv {
+    dir: PathBuf,
+    server: String,
+    bin_dir: PathBuf,
+    ca_pem: String,
+    ca_key_pem: String,
+}
+
+impl TestEnv {
+    /// Opens the directory of a control plane started by [`ControlPlane::start`] (or the
+    /// `kube-pim-testenv up` command).
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let env_path = dir.join("env.json");
+        let env: EnvFile = serde_json::from_slice(
+            &std::fs::read(&env_path).map_err(Error::io("read", &env_path))?,
+        )
+        .map_err(|e| Error::TestEnv(format!("{}: {e}", env_path.display())))?;
+        let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(Error::io("read", p));
+        Ok(Self {
+            server: env.server,
+            bin_dir: env.bin_dir,
+            ca_pem: read(dir.join("pki/ca.crt"))?,
+            ca_key_pem: read(dir.join("pki/ca.key"))?,
+            dir,
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The apiserver URL (`https://127.0.0.1:PORT`).
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The kubectl built with the control plane.
+    pub fn kubectl(&self) -> PathBuf {
+        self.bin_dir.join("kubectl")
+    }
+
+    /// The directory holding the control-plane binaries.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// A kubeconfig for `user` in `groups`, with a freshly minted client certificate.
+    pub fn kubeconfig(&self, user: &str, groups: &[String]) -> Result<Kubeconfig> {
+        let ca = pki::Ca::load(&self.ca_pem, &self.ca_key_pem)?;
+        let ck = ca.issue_client(user, groups, CLIENT_CERT_VALIDITY)?;
+        let doc = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kube-pim-testenv", "cluster": {
+                "server": self.server,
+                "certificate-authority-data": B64.encode(&self.ca_pem),
+            }}],
+            "users": [{"name": user, "user": {
+                "client-certificate-data": B64.encode(&ck.cert_pem),
+                "client-key-data": B64.encode(&ck.key_pem),
+            }}],
+            "contexts": [{"name": user, "context": {"cluster": "kube-pim-testenv", "user": user}}],
+            "current-context": user,
+        });
+        serde_json::from_value(doc).map_err(|e| Error::TestEnv(format!("kubeconfig: {e}")))
+    }
+
+    /// Writes a kubeconfig for `user` to `path` (mode 0600: it holds a private key).
+    pub fn write_kubeconfig(&self, path: &Path, user: &str, groups: &[String]) -> Result<()> {
+        let kc = self.kubeconfig(user, groups)?;
+        let yaml =
+            serde_yaml::to_string(&kc).map_err(|e| Error::TestEnv(format!("kubeconfig: {e}")))?;
+        write_private(path, yaml.as_bytes())
+    }
+
+    /// A client that authenticates as `user` in `groups` (plus `system:authenticated`).
+    pub async fn client(&self, user: &str, groups: &[&str]) -> Result<Client> {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        let kc = self.kubeconfig(user, &groups)?;
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// A client for the administrator (`system:masters`: not subject to RBAC).
+    pub async fn admin(&self) -> Result<Client> {
+        self.client(ADMIN_USER, &["system:masters"]).await
+    }
+}
+
+/// Writes a file readable only by its owner.
+fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(Error::io("write", path))?;
+    f.write_all(data).map_err(Error::io("write", path))
+}
+
+fn write(path: &Path, data: impl AsRef<[u8]>) -> Result<()> {
+    std::fs::write(path, data).map_err(Error::io("write", path))
+}
+
+/// How to start a control plane.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where everything goes (created if missing; must not hold a running control plane).
+    pub dir: PathBuf,
+    /// Users to write `DIR/<name>.kubeconfig` for (any user can be minted later too).
+    pub users: Vec<User>,
+    /// Run the kube-pim operator under its own user, with this binary.
+    pub operator_bin: Option<PathBuf>,
+    /// Where the control-plane binaries are; `None` runs `hack/testbin.sh` to find or build them.
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// A running control plane; dropping it kills every process it started.
+pub struct ControlPlane {
+    env: TestEnv,
+    processes: Vec<Process>,
+}
+
+/// The script that builds the control-plane binaries and prints their directory.
+pub fn testbin_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/testbin.sh")
+}
+
+/// Finds (building on first use) the control-plane binaries.
+pub async fn ensure_binaries() -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("KUBE_PIM_TESTBIN") {
+        let dir = PathBuf::from(dir);
+        if dir.join("kube-apiserver").exists() {
+            return Ok(dir);
+        }
+    }
+    let script = testbin_script();
+    tracing::info!(script = %script.display(), "locating control-plane binaries (the first run builds them from source: 10-25 minutes)");
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .map_err(Error::io("run", &script))?;
+    if !out.status.success() {
+        return Err(Error::TestEnv(format!(
+            "{} failed ({}): see the messages above; it needs Go >= 1.26 and the Go module proxy",
+            script.display(),
+            out.status
+        )));
+    }
+    let dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Ok(PathBuf::from(dir))
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver and kube-controller-manager, installs the CRDs, writes the
+    /// kubeconfigs, optionally starts the operator, and creates `DIR/ready`.
+    pub async fn start(opts: Options) -> Result<Self> {
+        let bin_dir = match &opts.bin_dir {
+            Some(d) => d.clone(),
+            None => ensure_binaries().await?,
+        };
+        let dir = std::path::absolute(&opts.dir).map_err(Error::io("resolve", &opts.dir))?;
+        for sub in ["pki", "logs", "bin", "etcd"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(Error::io("create", dir.join(sub)))?;
+        }
+        let _ = std::fs::remove_file(dir.join("ready"));
+        let started = std::time::Instant::now();
+
+        // PKI: one CA for serving and client certificates; a key pair for ServiceAccount tokens.
+        let ca = pki::Ca::generate()?;
+        let pki = dir.join("pki");
+        write(&pki.join("ca.crt"), ca.cert_pem())?;
+        write_private(&pki.join("ca.key"), ca.key_pem().as_bytes())?;
+        let serving = ca.issue_server("kube-apiserver", &["kubernetes", "kubernetes.default"])?;
+        write(&pki.join("apiserver.crt"), &serving.cert_pem)?;
+        write_private(&pki.join("apiserver.key"), serving.key_pem.as_bytes())?;
+        let (sa_key, sa_pub) = pki::service_account_keys()?;
+        write_private(&pki.join("sa.key"), sa_key.as_bytes())?;
+        write(&pki.join("sa.pub"), sa_pub)?;
+
+        let mut processes = Vec::new();
+        let etcd_port = process::free_port()?;
+        let etcd_peer = process::free_port()?;
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer}");
+        let etcd = Process::spawn(
+            "etcd",
+            &bin_dir.join("etcd"),
+            &[
+                "--name=default".into(),
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=default={peer_url}"),
+                "--unsafe-no-fsync=true".into(),
+                "--log-level=warn".into(),
+                "--quota-backend-bytes=4294967296".into(),
+            ],
+            &dir.join("logs"),
+        )?;
+        processes.push(etcd);
+        process::wait_for_port(
+            "etcd",
+            etcd_port,
+            &mut processes[0],
+            Duration::from_secs(60),
+        )
+        .await?;
+
+        let api_port = process::free_port()?;
+        let server = format!("https://127.0.0.1:{api_port}");
+        let p = |f: &str| pki.join(f).display().to_string();
+        let apiserver = Process::spawn(
+            "kube-apiserver",
+            &bin_dir.join("kube-apiserver"),
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={api_port}"),
+                format!("--cert-dir={}", pki.display()),
+                format!("--tls-cert-file={}", p("apiserver.crt")),
+                format!("--tls-private-key-file={}", p("apiserver.key")),
+                format!("--client-ca-file={}", p("ca.crt")),
+                "--authorization-mode=RBAC".into(),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--allow-privileged=true".into(),
+                format!("--service-account-issuer={server}"),
+                format!("--service-account-key-file={}", p("sa.pub")),
+                format!("--service-account-signing-key-file={}", p("sa.key")),
+                // One apiserver, no nodes: the endpoints of the `kubernetes` Service are moot.
+                "--endpoint-reconciler-type=none".into(),
+                "--v=1".into(),
+            ],
+            &dir.join("logs"),
+        )?;
+        processes.push(apiserver);
+
+        let env_file = EnvFile {
+            server: server.clone(),
+            bin_dir: bin_dir.clone(),
+        };
+        write(
+            &dir.join("env.json"),
+            serde_json::to_vec_pretty(&env_file).expect("serializes"),
+        )?;
+        let env = TestEnv::open(&dir)?;
+        let mut cp = Self { env, processes };
+        cp.write_pids()?;
+
+        let admin = cp.env.admin().await?;
+        cp.wait_ready(&admin, Duration::from_secs(180)).await?;
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, %server, "kube-apiserver ready");
+
+        cp.env.write_kubeconfig(
+            &dir.join("admin.kubeconfig"),
+            ADMIN_USER,
+            &["system:masters".into()],
+        )?;
+        let kcm = Process::spawn(
+            "kube-controller-manager",
+            &bin_dir.join("kube-controller-manager"),
+            &[
+                format!("--kubeconfig={}", dir.join("admin.kubeconfig").display()),
+                "--leader-elect=false".into(),
+                "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller".into(),
+                format!("--service-account-private-key-file={}", p("sa.key")),
+                format!("--root-ca-file={}", p("ca.crt")),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", process::free_port()?),
+                "--v=1".into(),
+            ],
+            &dir.join("logs"),
+        )?;
+        cp.processes.push(kcm);
+        cp.write_pids()?;
+
+        install_crds(&admin).await?;
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        for role in rbac::persona_cluster_roles() {
+            let name = role.metadata.name.clone().expect("named");
+            Api::<ClusterRole>::all(admin.clone())
+                .patch(&name, &pp, &Patch::Apply(&role))
+                .await?;
+        }
+        for u in &opts.users {
+            cp.env.write_kubeconfig(
+                &dir.join(format!("{}.kubeconfig", u.name)),
+                &u.name,
+                &u.groups,
+            )?;
+        }
+        let kubectl_link = dir.join("bin/kubectl");
+        let _ = std::fs::remove_file(&kubectl_link);
+        std::os::unix::fs::symlink(bin_dir.join("kubectl"), &kubectl_link)
+            .map_err(Error::io("link", &kubectl_link))?;
+
+        if let Some(bin) = &opts.operator_bin {
+            cp.start_operator(&admin, bin).await?;
+        }
+        write(&dir.join("ready"), format!("{server}\n"))?;
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, dir = %dir.display(), "control plane ready");
+        Ok(cp)
+    }
+
+    /// The handle for clients and kubeconfigs.
+    pub fn env(&self) -> &TestEnv {
+        &self.env
+    }
+
+    /// Runs the operator as [`OPERATOR_USER`] with the operator's ClusterRole (never as admin)
+    /// and waits until it reports ready.
+    async fn start_operator(&mut self, admin: &Client, bin: &Path) -> Result<()> {
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let role = rbac::operator_cluster_role();
+        let name = role.metadata.name.clone().expect("named");
+        Api::<ClusterRole>::all(admin.clone())
+            .patch(&name, &pp, &Patch::Apply(&role))
+            .await?;
+        let binding = rbac::operator_cluster_role_binding(OPERATOR_USER);
+        Api::<ClusterRoleBinding>::all(admin.clone())
+            .patch(&name, &pp, &Patch::Apply(&binding))
+            .await?;
+        let kubeconfig = self.env.dir.join("operator.kubeconfig");
+        self.env.write_kubeconfig(&kubeconfig, OPERATOR_USER, &[])?;
+        let health_port = process::free_port()?;
+        let mut op = Process::spawn_with_env(
+            "kube-pim",
+            bin,
+            &[
+                "run".into(),
+                format!("--health-addr=127.0.0.1:{health_port}"),
+                format!("--operator-username={OPERATOR_USER}"),
+            ],
+            &self.env.dir.join("logs"),
+            &[("KUBECONFIG", kubeconfig.display().to_string())],
+        )?;
+        process::wait_for_http_ok(
+            "kube-pim",
+            health_port,
+            "/readyz",
+            &mut op,
+            Duration::from_secs(60),
+        )
+        .await?;
+        write(
+            &self.env.dir.join("operator.addr"),
+            format!("127.0.0.1:{health_port}\n"),
+        )?;
+        self.processes.push(op);
+        self.write_pids()
+    }
+
+    async fn wait_ready(&mut self, admin: &Client, timeout: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("valid request");
+            match admin.request_text(req).await {
+                Ok(body) if body.trim() == "ok" => return Ok(()),
+                _ => {}
+            }
+            for p in &mut self.processes {
+                p.check_running()?;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::TestEnv(format!(
+                    "kube-apiserver not ready after {timeout:?}; see {}",
+                    self.env.dir.join("logs/kube-apiserver.log").display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn write_pids(&self) -> Result<()> {
+        let pids: String = self
+            .processes
+            .iter()
+            .filter_map(|p| p.pid().map(|pid| format!("{pid} {}\n", p.name())))
+            .collect();
+        write(&self.env.dir.join("pids"), pids)
+    }
+
+    /// Stops every process, newest first (the operator before the apiserver before etcd).
+    pub async fn shutdown(mut self) {
+        let _ = std::fs::remove_file(self.env.dir.join("ready"));
+        while let Some(p) = self.processes.pop() {
+            p.stop().await;
+        }
+        let _ = std::fs::remove_file(self.env.dir.join("pids"));
+    }
+}
+
+/// Applies every kube-pim CRD and waits until the apiserver serves them.
+pub async fn install_crds(admin: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    for crd in crdgen::all() {
+        let name = crd.metadata.name.clone().expect("CRDs are named");
+        api.patch(&name, &pp, &Patch::Apply(&crd)).await?;
+        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(60), established)
+            .await
+            .map_err(|_| Error::TestEnv(format!("CRD {name} not established within 60s")))?
+            .map_err(|e| Error::TestEnv(format!("waiting for CRD {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_users() {
+        let u: User = "alice:team-payments,oncall".parse().unwrap();
+        assert_eq!(u.name, "alice");
+        assert_eq!(u.groups, ["team-payments", "oncall"]);
+        let u: User = "bob".parse().unwrap();
+        assert!(u.groups.is_empty());
+        assert!("".parse::<User>().is_err());
+        assert!(":g".parse::<User>().is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! Test support: one real control plane per test binary, shared by its tests.
+//!
+//! The control plane runs in a child `kube-pim-testenv up --watch-stdin` process. This test
+//! process holds the child's stdin open for its whole life; when it exits, however it exits
+//! (all tests done, a panic, SIGKILL), the kernel closes that pipe and the child stops etcd,
+//! kube-apiserver, kube-controller-manager and the operator and removes its directory. Statics
+//! are never dropped in Rust, so a Drop-based cleanup could not do this.
+//!
+//! Each test works in its own namespace ([`namespace`]) and as its own users.
+
+#![allow(dead_code)]
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+};
+use kube_pim::testenv::TestEnv;
+
+struct Shared {
+    env: TestEnv,
+    _child: Mutex<Child>,
+}
+
+static SHARED: OnceLock<Shared> = OnceLock::new();
+
+/// The control plane of this test binary, started on first use.
+pub fn env() -> &'static TestEnv {
+    &SHARED.get_or_init(start).env
+}
+
+/// Starts a control plane in a child process and waits until `DIR/ready` appears.
+pub fn start_child(dir: &PathBuf, extra: &[&str]) -> Child {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kube-pim-testenv"))
+        .arg("up")
+        .arg("--dir")
+        .arg(dir)
+        .args(["--watch-stdin", "--remove-dir"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start kube-pim-testenv");
+    // The first run on a machine may build the control-plane binaries (`make testbin`).
+    let deadline = Instant::now() + Duration::from_secs(45 * 60);
+    while !dir.join("ready").exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default();
+            panic!("kube-pim-testenv exited ({status}) before it was ready:\n{log}");
+        }
+        assert!(Instant::now() < deadline, "control plane not ready in time");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+fn start() -> Shared {
+    let name = format!(
+        "testenv-{}-{}",
+        std::env::current_exe()
+            .unwrap()
+            .file_stem()
+            .unwrap()
+            .to_string_lossy(),
+        std::process::id()
+    );
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let child = start_child(
+        &dir,
+        &[
+            "--operator",
+            "--operator-bin",
+            env!("CARGO_BIN_EXE_kube-pim"),
+        ],
+    );
+    Shared {
+        env: TestEnv::open(&dir).expect("open testenv dir"),
+        _child: Mutex::new(child),
+    }
+}
+
+/// The administrator's client.
+pub async fn admin() -> Client {
+    env().admin().await.expect("admin client")
+}
+
+/// A client for `user` in `groups`.
+pub async fn user(name: &str, groups: &[&str]) -> Client {
+    env().client(name, groups).await.expect("user client")
+}
+
+/// A fresh namespace for one test, `<prefix>-<random>`.
+pub async fn namespace(prefix: &str) -> String {
+    let name = format!("{prefix}-{}", suffix());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(admin().await)
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    name
+}
+
+/// A short random suffix for names.
+pub fn suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}{n}", nanos % 0xfffff)
+}
+
+/// The apiserver's message for a refused request, or a panic if it was accepted.
+pub fn refusal<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> (u16, String) {
+    match r {
+        Err(kube::Error::Api(s)) => (s.code, s.message),
+        other => panic!("expected the apiserver to refuse, got {other:?}"),
+    }
+}
