@@ -68,7 +68,7 @@ fn main() -> ExitCode {
     } = Cli::parse().command;
     init_logging(LogFormat::Text, &log_level);
     let operator_bin = if operator {
-        match operator_bin.or_else(sibling_kube_pim) {
+        match operator_bin.or_else(build_kube_pim) {
             Some(b) => Some(b),
             None => {
                 eprintln!(
@@ -135,7 +135,30 @@ async fn stdin_closed() {
     let _ = rx.await;
 }
 
-fn sibling_kube_pim() -> Option<PathBuf> {
-    let p = std::env::current_exe().ok()?.parent()?.join("kube-pim");
+/// The `kube-pim` binary next to this one, built first when missing (`cargo run --bin
+/// kube-pim-testenv` builds only this binary) and when this is a cargo checkout.
+fn build_kube_pim() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.join("kube-pim");
+    if !p.exists() {
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let release = exe.parent()?.ends_with("release");
+        eprintln!("kube-pim-testenv: building the kube-pim binary for --operator");
+        let mut cmd =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--bin", "kube-pim", "--manifest-path"])
+            .arg(&manifest);
+        if release {
+            cmd.arg("--release");
+        }
+        // Build into the directory this binary lives in, wherever the target dir is.
+        if let Some(target) = exe.parent()?.parent() {
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
+        let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+        if !ok {
+            return None;
+        }
+    }
     p.exists().then_some(p)
 }
