@@ -11,6 +11,7 @@
 pub mod api;
 pub mod cli;
 pub mod crdgen;
+pub mod decide;
 pub mod error;
 pub mod operator;
 pub mod rbac;

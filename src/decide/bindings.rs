@@ -1,0 +1,311 @@
+//! The RoleBindings / ClusterRoleBindings an activation grants, as pure data (SPEC section 3,
+//! *Activation*): one per roleRef, named `kubepim-<12 hex of sha256(request uid, roleRef)>`,
+//! labelled and annotated so that anything (the operator, `kube-pim sweep`, an auditor) can
+//! tell whose they are and when they expire, and owned by the request where Kubernetes allows.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::{
+    api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject as RbacSubject},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::api::ObjectMeta;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    api::{ActivationRequest, BindingKind, BindingRef, Requester, Scope, Subject, SubjectKind},
+    decide::parse_service_account,
+};
+
+/// `app.kubernetes.io/managed-by: kube-pim` on every binding kube-pim makes.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kube-pim");
+/// The request's name.
+pub const LABEL_REQUEST: &str = "kubepim.io/activation-request";
+/// The request's namespace.
+pub const LABEL_REQUEST_NAMESPACE: &str = "kubepim.io/activation-request-namespace";
+/// The request's uid.
+pub const LABEL_REQUEST_UID: &str = "kubepim.io/activation-request-uid";
+/// When the binding must be gone (RFC 3339), for `kube-pim sweep` and auditors.
+pub const ANNOTATION_EXPIRES_AT: &str = "kubepim.io/expires-at";
+/// The label selector that finds every binding kube-pim made.
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=kube-pim";
+
+/// `kubepim-` and the first 12 hex digits of sha256("<request uid>/<role>").
+pub fn binding_name(request_uid: &str, role: &str) -> String {
+    let digest = Sha256::digest(format!("{request_uid}/{role}").as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("kubepim-{hex}")
+}
+
+/// A binding kube-pim wants to exist.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Binding {
+    /// Namespace scope.
+    Role(RoleBinding),
+    /// Cluster scope.
+    Cluster(ClusterRoleBinding),
+}
+
+impl Binding {
+    /// The reference recorded in `status.bindings`.
+    pub fn reference(&self) -> BindingRef {
+        match self {
+            Binding::Role(b) => BindingRef {
+                kind: BindingKind::RoleBinding,
+                namespace: b.metadata.namespace.clone(),
+                name: b.metadata.name.clone().unwrap_or_default(),
+            },
+            Binding::Cluster(b) => BindingRef {
+                kind: BindingKind::ClusterRoleBinding,
+                namespace: None,
+                name: b.metadata.name.clone().unwrap_or_default(),
+            },
+        }
+    }
+}
+
+/// The RBAC subject for a requester: a ServiceAccount for a ServiceAccount's user name, else
+/// the user. Never a group: the binding is for the person who asked.
+pub fn requester_subject(r: &Requester) -> RbacSubject {
+    match parse_service_account(&r.username) {
+        Some((ns, name)) => RbacSubject {
+            kind: "ServiceAccount".into(),
+            name: name.into(),
+            namespace: Some(ns.into()),
+            api_group: None,
+        },
+        None => RbacSubject {
+            kind: "User".into(),
+            name: r.username.clone(),
+            namespace: None,
+            api_group: Some("rbac.authorization.k8s.io".into()),
+        },
+    }
+}
+
+/// The RBAC subject for an assignment's subject as written (a Group stays a Group), for
+/// bindings of type Active assignments.
+pub fn assignment_subject(s: &Subject) -> RbacSubject {
+    match s.kind {
+        SubjectKind::ServiceAccount => RbacSubject {
+            kind: "ServiceAccount".into(),
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            api_group: None,
+        },
+        SubjectKind::User | SubjectKind::Group => RbacSubject {
+            kind: format!("{:?}", s.kind),
+            name: s.name.clone(),
+            namespace: None,
+            api_group: Some("rbac.authorization.k8s.io".into()),
+        },
+    }
+}
+
+/// The bindings an Active request grants: one per role, for the requester, expiring at
+/// `expires_at`.
+pub fn for_request(
+    req: &ActivationRequest,
+    roles: &[String],
+    expires_at: DateTime<Utc>,
+) -> Vec<Binding> {
+    let ns = req.metadata.namespace.clone().unwrap_or_default();
+    let name = req.metadata.name.clone().unwrap_or_default();
+    let uid = req.metadata.uid.clone().unwrap_or_default();
+    let labels: BTreeMap<String, String> = [
+        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+        (LABEL_REQUEST.to_string(), name.clone()),
+        (LABEL_REQUEST_NAMESPACE.to_string(), ns.clone()),
+        (LABEL_REQUEST_UID.to_string(), uid.clone()),
+    ]
+    .into();
+    let annotations: BTreeMap<String, String> = [(
+        ANNOTATION_EXPIRES_AT.to_string(),
+        expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )]
+    .into();
+    let subject = requester_subject(&req.spec.requester);
+    roles
+        .iter()
+        .map(|role| {
+            let role_ref = RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "ClusterRole".into(),
+                name: role.clone(),
+            };
+            let mut metadata = ObjectMeta {
+                name: Some(binding_name(&uid, role)),
+                labels: Some(labels.clone()),
+                annotations: Some(annotations.clone()),
+                ..Default::default()
+            };
+            match req.spec.scope {
+                Scope::Namespace => {
+                    metadata.namespace = Some(ns.clone());
+                    // Same namespace: owned by the request, so garbage collection is a backstop
+                    // if the request is ever deleted without the operator.
+                    metadata.owner_references = Some(vec![OwnerReference {
+                        api_version: "kubepim.io/v1alpha1".into(),
+                        kind: "ActivationRequest".into(),
+                        name: name.clone(),
+                        uid: uid.clone(),
+                        controller: Some(true),
+                        block_owner_deletion: Some(true),
+                    }]);
+                    Binding::Role(RoleBinding {
+                        metadata,
+                        role_ref,
+                        subjects: Some(vec![subject.clone()]),
+                    })
+                }
+                // A cluster-scoped object cannot be owned by a namespaced one: the finalizer on
+                // the request and the expiry annotation are what clean it up.
+                Scope::Cluster => Binding::Cluster(ClusterRoleBinding {
+                    metadata,
+                    role_ref,
+                    subjects: Some(vec![subject.clone()]),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// The request a managed binding belongs to: (namespace, name, uid) from its labels.
+pub fn owner_of(labels: &BTreeMap<String, String>) -> Option<(String, String, String)> {
+    if labels.get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1) {
+        return None;
+    }
+    Some((
+        labels.get(LABEL_REQUEST_NAMESPACE)?.clone(),
+        labels.get(LABEL_REQUEST)?.clone(),
+        labels.get(LABEL_REQUEST_UID)?.clone(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::test_fixtures::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_are_stable_and_distinct() {
+        let a = binding_name("uid-1", "admin");
+        assert_eq!(a, binding_name("uid-1", "admin"));
+        assert_eq!(a.len(), "kubepim-".len() + 12);
+        assert!(
+            a["kubepim-".len()..]
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_ne!(a, binding_name("uid-1", "view"));
+        assert_ne!(a, binding_name("uid-2", "admin"));
+        // sha256("uid-1/admin") starts with these 6 bytes.
+        let d = Sha256::digest(b"uid-1/admin");
+        assert_eq!(
+            a,
+            format!(
+                "kubepim-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+                d[0], d[1], d[2], d[3], d[4], d[5]
+            )
+        );
+    }
+
+    #[test]
+    fn a_namespace_binding_is_labelled_annotated_and_owned() {
+        let req = request(
+            "alice-x7k2p",
+            "payments",
+            "namespace-admin",
+            requester("alice", &["team"]),
+        );
+        let exp = t0() + chrono::TimeDelta::hours(1);
+        let b = for_request(&req, &["admin".into()], exp);
+        let Binding::Role(rb) = &b[0] else {
+            panic!("expected a RoleBinding")
+        };
+        let v = serde_json::to_value(rb).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {
+                    "name": binding_name("uid-alice-x7k2p", "admin"),
+                    "namespace": "payments",
+                    "labels": {
+                        "app.kubernetes.io/managed-by": "kube-pim",
+                        "kubepim.io/activation-request": "alice-x7k2p",
+                        "kubepim.io/activation-request-namespace": "payments",
+                        "kubepim.io/activation-request-uid": "uid-alice-x7k2p"
+                    },
+                    "annotations": {"kubepim.io/expires-at": "2026-12-01T13:00:00Z"},
+                    "ownerReferences": [{
+                        "apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",
+                        "name": "alice-x7k2p", "uid": "uid-alice-x7k2p",
+                        "controller": true, "blockOwnerDeletion": true
+                    }]
+                },
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]
+            })
+        );
+        assert_eq!(
+            b[0].reference(),
+            BindingRef {
+                kind: BindingKind::RoleBinding,
+                namespace: Some("payments".into()),
+                name: binding_name("uid-alice-x7k2p", "admin"),
+            }
+        );
+        assert_eq!(
+            owner_of(rb.metadata.labels.as_ref().unwrap()),
+            Some((
+                "payments".into(),
+                "alice-x7k2p".into(),
+                "uid-alice-x7k2p".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn one_binding_per_role_never_for_a_group() {
+        let mut req = request(
+            "r",
+            "kube-pim-system",
+            "rs",
+            requester(
+                "system:serviceaccount:ci:deployer",
+                &["system:serviceaccounts"],
+            ),
+        );
+        req.spec.scope = Scope::Cluster;
+        let b = for_request(&req, &["admin".into(), "view".into()], t0());
+        assert_eq!(b.len(), 2);
+        for x in &b {
+            let Binding::Cluster(crb) = x else {
+                panic!("expected ClusterRoleBindings")
+            };
+            assert!(crb.metadata.owner_references.is_none());
+            assert!(crb.metadata.namespace.is_none());
+            let s = &crb.subjects.as_ref().unwrap()[0];
+            assert_eq!(
+                (s.kind.as_str(), s.name.as_str(), s.namespace.as_deref()),
+                ("ServiceAccount", "deployer", Some("ci"))
+            );
+        }
+    }
+
+    #[test]
+    fn assignment_subjects_stay_as_written() {
+        assert_eq!(assignment_subject(&group("sre")).kind, "Group");
+        assert_eq!(
+            assignment_subject(&service_account("ci", "x"))
+                .namespace
+                .as_deref(),
+            Some("ci")
+        );
+        assert_eq!(owner_of(&BTreeMap::new()), None);
+    }
+}
