@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{crdgen, operator};
 
@@ -33,24 +33,66 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the operator (controllers, admission webhook, health endpoints).
-    Run {
-        /// Address of the plain-HTTP health endpoints (/healthz, /readyz).
-        #[arg(long, env = "KUBE_PIM_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
-        health_addr: SocketAddr,
-        /// The operator's own user name: the only exemption in every admission guard.
-        #[arg(
-            long,
-            env = "KUBE_PIM_OPERATOR_USERNAME",
-            default_value = "system:serviceaccount:kube-pim-system:kube-pim"
-        )]
-        operator_username: String,
-    },
+    Run(Box<RunArgs>),
     /// Print the CRDs (YAML), or write one file per CRD into --dir.
     Crds {
         /// Write `<group>_<plural>.yaml` files into this directory instead of printing.
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// Flags of `kube-pim run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Address of the plain-HTTP health endpoints (/healthz, /readyz).
+    #[arg(long, env = "KUBE_PIM_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    health_addr: SocketAddr,
+    /// The operator's own user name: the only exemption in every admission guard.
+    #[arg(
+        long,
+        env = "KUBE_PIM_OPERATOR_USERNAME",
+        default_value = "system:serviceaccount:kube-pim-system:kube-pim"
+    )]
+    operator_username: String,
+    /// The only namespace where Cluster-scope assignments and requests may live (default:
+    /// the operator's own namespace, from POD_NAMESPACE, else kube-pim-system).
+    #[arg(long, env = "KUBE_PIM_CLUSTER_SCOPE_NAMESPACE")]
+    cluster_scope_namespace: Option<String>,
+    /// Where audit lines (one JSON object per transition) go: a file, or `-` for stdout.
+    #[arg(long, env = "KUBE_PIM_AUDIT_LOG", default_value = "-")]
+    audit_log: String,
+    /// How long terminal, fully audited ActivationRequests are kept (Go duration).
+    #[arg(long, env = "KUBE_PIM_RETENTION", default_value = "720h")]
+    retention: crate::api::Duration,
+    /// The userInfo.extra key that carries MFA proof.
+    #[arg(long, env = "KUBE_PIM_MFA_EXTRA_KEY", default_value = "kubepim.io/amr")]
+    mfa_extra_key: String,
+    /// A value of that key that counts as MFA (repeatable).
+    #[arg(
+        long = "mfa-value",
+        env = "KUBE_PIM_MFA_VALUES",
+        value_delimiter = ',',
+        default_value = "mfa"
+    )]
+    mfa_values: Vec<String>,
+    /// Serve the admission webhook (HTTPS) on this address; needs --webhook-cert-file and
+    /// --webhook-key-file.
+    #[arg(long, env = "KUBE_PIM_WEBHOOK_ADDR")]
+    webhook_addr: Option<SocketAddr>,
+    /// The webhook's PEM certificate (re-read when it changes).
+    #[arg(long, env = "KUBE_PIM_WEBHOOK_CERT_FILE", requires = "webhook_addr")]
+    webhook_cert_file: Option<PathBuf>,
+    /// The webhook's PEM private key (re-read when it changes).
+    #[arg(long, env = "KUBE_PIM_WEBHOOK_KEY_FILE", requires = "webhook_addr")]
+    webhook_key_file: Option<PathBuf>,
+    /// Members of this group may delete ActivationRequests that are still open (break glass).
+    #[arg(long, env = "KUBE_PIM_BREAK_GLASS_GROUP")]
+    break_glass_group: Option<String>,
+    /// The longest an object goes without a reconcile (a safety net; expiries are scheduled
+    /// to the millisecond, not found by this).
+    #[arg(long, env = "KUBE_PIM_RESYNC", default_value = "5m")]
+    resync: crate::api::Duration,
 }
 
 /// Sets up logging to stderr.
@@ -76,13 +118,7 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Command::Crds { dir: Some(dir) } => write_crds(&dir),
-        Command::Run {
-            health_addr,
-            operator_username,
-        } => runtime().block_on(operator::run(operator::Settings {
-            health_addr,
-            operator_username,
-        })),
+        Command::Run(args) => run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,6 +128,65 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(args: RunArgs) -> crate::Result<()> {
+    let RunArgs {
+        health_addr,
+        operator_username,
+        cluster_scope_namespace,
+        audit_log,
+        retention,
+        mfa_extra_key,
+        mfa_values,
+        resync,
+        webhook_addr,
+        webhook_cert_file,
+        webhook_key_file,
+        break_glass_group,
+    } = args;
+    let cluster_scope_namespace = cluster_scope_namespace
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "kube-pim-system".into());
+    let mfa = crate::decide::policy::MfaConfig {
+        key: mfa_extra_key,
+        values: mfa_values,
+    };
+    let webhook = match (webhook_addr, webhook_cert_file, webhook_key_file) {
+        (Some(addr), Some(cert_file), Some(key_file)) => Some((
+            crate::webhook::Listen {
+                addr,
+                cert_file,
+                key_file,
+            },
+            crate::webhook::review::Settings {
+                cluster_scope_namespace: cluster_scope_namespace.clone(),
+                mfa: mfa.clone(),
+                break_glass_group,
+            },
+        )),
+        (None, _, _) => None,
+        _ => {
+            return Err(crate::Error::Config(
+                "--webhook-addr needs --webhook-cert-file and --webhook-key-file".into(),
+            ));
+        }
+    };
+    runtime().block_on(operator::run(operator::Settings {
+        health_addr,
+        operator_username,
+        audit_log,
+        webhook,
+        controllers: crate::controller::Settings {
+            cluster_scope_namespace,
+            mfa,
+            retention: retention.as_delta(),
+            resync: resync
+                .as_delta()
+                .to_std()
+                .unwrap_or(std::time::Duration::from_secs(300)),
+        },
+    }))
 }
 
 fn write_crds(dir: &std::path::Path) -> crate::Result<()> {

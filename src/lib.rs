@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod crdgen;
 pub mod decide;
 pub mod error;
@@ -17,5 +18,6 @@ pub mod operator;
 pub mod rbac;
 pub mod testenv;
 pub mod time;
+pub mod webhook;
 
 pub use error::{Error, Result};

@@ -1,9 +1,8 @@
 //! The long-running `kube-pim run` process: connects to the cluster as the operator's own
 //! identity, serves `/healthz` and `/readyz` on a plain-HTTP port, and runs until SIGTERM.
 //!
-//! Readiness means the operator can reach the apiserver with its own credentials and the
-//! kube-pim API is served. The controllers and the admission webhook hang off this process
-//! (issue #3); this module is the frame they start in.
+//! Readiness means every watch cache of the controllers has synced (so nothing is decided from
+//! a partial view). The admission webhook joins this process with the activation-flow work.
 
 use std::{
     net::SocketAddr,
@@ -17,7 +16,7 @@ use std::{
 use axum::{Router, http::StatusCode, routing::get};
 use kube::{Api, Client, api::ListParams};
 
-use crate::{Error, Result, api::RoleSetting};
+use crate::{Error, Result, api::RoleSetting, controller, webhook};
 
 /// Settings of the operator process.
 #[derive(Clone, Debug)]
@@ -26,6 +25,12 @@ pub struct Settings {
     pub health_addr: SocketAddr,
     /// The operator's own user name: the one exemption in every admission guard.
     pub operator_username: String,
+    /// Where audit lines go: a file, or `-` for standard output.
+    pub audit_log: String,
+    /// The controllers' settings.
+    pub controllers: controller::Settings,
+    /// The admission webhook, if served by this process.
+    pub webhook: Option<(webhook::Listen, webhook::review::Settings)>,
 }
 
 /// Runs the operator until SIGINT or SIGTERM.
@@ -41,22 +46,33 @@ pub async fn run(settings: Settings) -> Result<()> {
     let app = health_router(ready.clone());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    // Ready once our own identity can list the kube-pim API; retried because the CRDs may be
-    // installed after the operator starts (GitOps order).
+    // Wait until our own identity can list the kube-pim API: the CRDs may be installed after
+    // the operator starts (GitOps order), and watching a missing resource only backs off.
     let probe = Api::<RoleSetting>::all(client.clone());
-    loop {
-        match probe.list(&ListParams::default().limit(1)).await {
-            Ok(_) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "kube-pim API not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        }
+    while let Err(e) = probe.list(&ListParams::default().limit(1)).await {
+        tracing::warn!(error = %e, "kube-pim API not reachable yet; retrying");
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    ready.store(true, Ordering::SeqCst);
-    tracing::info!("ready");
-
-    shutdown_signal().await;
+    let audit = controller::audit::AuditLog::open(&settings.audit_log)?;
+    let on_ready = {
+        let ready = ready.clone();
+        move || {
+            ready.store(true, Ordering::SeqCst);
+            tracing::info!("ready");
+        }
+    };
+    let (ctx, controllers) = controller::start(client, settings.controllers, audit, on_ready);
+    if let Some((listen, wsettings)) = settings.webhook {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = webhook::serve(listen, ctx, wsettings).await {
+                // Fail closed: without the webhook, the apiserver refuses requests and decisions.
+                tracing::error!(error = %e, "the admission webhook stopped");
+            }
+        });
+    }
+    // The controllers stop on SIGINT/SIGTERM themselves (shutdown_on_signal).
+    controllers.await;
     tracing::info!("shutting down");
     server.abort();
     Ok(())

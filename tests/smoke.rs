@@ -1,18 +1,16 @@
-//! Smoke tests against a real kube-apiserver: the CRDs install and are served with their
-//! names, columns and selectable fields; valid objects are accepted and defaulted; invalid ones
-//! are refused by the schema and CEL with messages that say what to fix; the ActivationRequest
-//! spec is immutable except `deactivate` false -> true; user identities and RBAC are real; the
-//! operator runs as its own, non-admin user.
+//! Smoke tests against a real kube-apiserver with kube-pim's CRDs and nothing else (no
+//! operator, no webhook): what the apiserver enforces on its own. The CRDs install and are
+//! served with their names, columns and selectable fields; valid objects are accepted and
+//! defaulted; invalid ones are refused by the schema and CEL with messages that say what to
+//! fix; the ActivationRequest spec is immutable except `deactivate` false -> true; user
+//! identities and RBAC are real.
 
 mod common;
 
-use common::{admin, env, namespace, refusal, suffix, user};
+use common::{admin, can, env, namespace, refusal, suffix, user};
 use k8s_openapi::{
     api::{
         authentication::v1::SelfSubjectReview,
-        authorization::v1::{
-            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-        },
         core::v1::Secret,
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
@@ -527,37 +525,6 @@ async fn selectable_fields_filter_requests_and_assignments() {
     assert_eq!(got.items.len(), 2);
 }
 
-/// Whether `client`'s user may `verb` `what` in `ns`, as the apiserver's authorizer answers it.
-/// `what` is `resource` (core group), `group/resource` or `group/resource/subresource`.
-async fn can(client: &Client, verb: &str, what: &str, ns: &str) -> bool {
-    let parts: Vec<&str> = what.split('/').collect();
-    let (group, resource, subresource) = match parts[..] {
-        [r] => ("", r, None),
-        [g, r] => (g, r, None),
-        [g, r, s] => (g, r, Some(s.to_string())),
-        _ => panic!("bad resource {what}"),
-    };
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                group: Some(group.into()),
-                resource: Some(resource.into()),
-                subresource,
-                namespace: Some(ns.into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let r = Api::<SelfSubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await
-        .unwrap();
-    r.status.unwrap().allowed
-}
-
 /// Users are who their certificates say, and RBAC decides what they may do: a user with no
 /// grants is forbidden; granted a Role, the same user is allowed.
 #[tokio::test]
@@ -643,36 +610,6 @@ async fn user_identities_and_rbac_are_real() {
             .await,
     );
     assert_eq!(code, 403);
-}
-
-/// The operator runs as its own user with its ClusterRole, not as an administrator.
-#[tokio::test]
-async fn operator_runs_as_its_own_least_privileged_user() {
-    let addr = std::fs::read_to_string(env().dir().join("operator.addr")).unwrap();
-    let body = http_get(addr.trim(), "/readyz").await;
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-
-    let ns = namespace("opuser").await;
-    let op = user(kube_pim::testenv::OPERATOR_USER, &[]).await;
-    assert!(can(&op, "create", "rbac.authorization.k8s.io/rolebindings", &ns).await);
-    assert!(can(&op, "watch", "kubepim.io/activationrequests", &ns).await);
-    assert!(can(&op, "patch", "kubepim.io/activationrequests/status", &ns).await);
-    assert!(
-        !can(&op, "get", "secrets", &ns).await,
-        "the operator must not read Secrets cluster-wide"
-    );
-    assert!(!can(&op, "create", "pods", &ns).await);
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 /// Runs the kubectl built with the control plane as the admin: (success, stdout + stderr).

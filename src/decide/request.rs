@@ -123,15 +123,24 @@ fn condition_true(s: &ActivationRequestStatus, type_: &str) -> bool {
 
 /// A status change in progress: the current status plus transitions.
 struct Next<'a> {
-    inputs: &'a Inputs<'a>,
+    now: DateTime<Utc>,
+    request: &'a ActivationRequest,
     status: ActivationRequestStatus,
 }
 
 impl<'a> Next<'a> {
     fn new(inputs: &'a Inputs<'a>) -> Self {
-        let mut status = inputs.request.status.clone().unwrap_or_default();
-        status.observed_generation = inputs.request.metadata.generation;
-        Self { inputs, status }
+        Self::at(inputs.request, inputs.now)
+    }
+
+    fn at(request: &'a ActivationRequest, now: DateTime<Utc>) -> Self {
+        let mut status = request.status.clone().unwrap_or_default();
+        status.observed_generation = request.metadata.generation;
+        Self {
+            now,
+            request,
+            status,
+        }
     }
 
     fn record(&mut self, action: HistoryAction, actor: &str, message: String) {
@@ -154,7 +163,7 @@ impl<'a> Next<'a> {
         let seq = h.last().map_or(1, |e| e.seq + 1);
         h.push(HistoryEntry {
             seq,
-            time: self.inputs.now,
+            time: self.now,
             actor: actor.into(),
             action,
             message: Some(message),
@@ -168,8 +177,8 @@ impl<'a> Next<'a> {
             status,
             reason,
             message,
-            self.inputs.now,
-            self.inputs.request.metadata.generation,
+            self.now,
+            self.request.metadata.generation,
         );
     }
 
@@ -202,12 +211,12 @@ impl<'a> Next<'a> {
             status: Some(self.status),
             initialize_approvals: false,
             delete: false,
-            requeue_at: Some(self.inputs.now),
+            requeue_at: Some(self.now),
         }
     }
 
     fn plan(self, bindings: Bindings, requeue_at: Option<DateTime<Utc>>) -> Plan {
-        let changed = self.inputs.request.status.as_ref() != Some(&self.status);
+        let changed = self.request.status.as_ref() != Some(&self.status);
         Plan {
             bindings,
             status: changed.then_some(self.status),
@@ -307,6 +316,24 @@ pub fn decide(i: &Inputs<'_>) -> Plan {
         RequestPhase::Active => active(i, next, ea),
         _ => unreachable!("terminal phases returned above"),
     }
+}
+
+/// The status of a request deleted while it held or awaited access: Revoked, with the
+/// reason recorded (SPEC invariant 7: access is revoked and recorded before it goes).
+pub fn revoke_on_delete(req: &ActivationRequest, now: DateTime<Utc>) -> ActivationRequestStatus {
+    let next = Next::at(req, now);
+    let plan = next.end(
+        RequestPhase::Revoked,
+        HistoryAction::Revoked,
+        OPERATOR_ACTOR,
+        "RequestDeleted",
+        "the request was deleted while it held or awaited access; access removed".into(),
+    );
+    plan.status.expect("ending always writes a status")
+}
+
+fn floor_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
 }
 
 /// Eligibility or policy went away: a request not yet granted fails, a granted one is revoked.
@@ -470,7 +497,9 @@ fn quorum_unreachable(rs: &RoleSetting, t: &approval::Tally) -> Violation {
 
 fn activate(i: &Inputs<'_>, mut next: Next<'_>, rs: &RoleSetting, ea: &EligibleAssignment) -> Plan {
     let duration = policy::requested_duration(rs, &i.request.spec);
-    let mut expires = i.now + duration;
+    // Whole seconds, rounded down: the time people read is the time access ends, and it is
+    // never later than asked for.
+    let mut expires = floor_seconds(i.now + duration);
     if let Some(end) = ea.spec.end_time {
         expires = expires.min(end);
     }

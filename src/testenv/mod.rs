@@ -1,6 +1,6 @@
 //! A real local Kubernetes control plane for tests and demos: etcd, kube-apiserver (RBAC,
 //! client-certificate users, ServiceAccount signing keys) and kube-controller-manager (garbage
-//! collection, namespace deletion, ServiceAccount tokens), built from source by
+//! collection, namespace deletion, ServiceAccount tokens, ClusterRole aggregation), built from source by
 //! `hack/testbin.sh` and started on free loopback ports.
 //!
 //! Two halves:
@@ -42,6 +42,8 @@ pub use process::Process;
 pub const ADMIN_USER: &str = "kubepim-admin";
 /// The user name the test environment runs the operator as.
 pub const OPERATOR_USER: &str = "kube-pim-operator";
+/// The operator's namespace in the test environment: the cluster-scope namespace.
+pub const CLUSTER_SCOPE_NAMESPACE: &str = "kube-pim-system";
 /// The field manager the test environment applies its objects with.
 const FIELD_MANAGER: &str = "kube-pim-testenv";
 /// How long client certificates minted for tests stay valid.
@@ -373,7 +375,10 @@ impl ControlPlane {
             &[
                 format!("--kubeconfig={}", dir.join("admin.kubeconfig").display()),
                 "--leader-elect=false".into(),
-                "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller".into(),
+                // clusterrole-aggregation fills the aggregated ClusterRoles (admin, edit, view):
+                // without it they grant nothing, and kube-pim would appear to work while
+                // granting no access.
+                "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller".into(),
                 format!("--service-account-private-key-file={}", p("sa.key")),
                 format!("--root-ca-file={}", p("ca.crt")),
                 "--bind-address=127.0.0.1".into(),
@@ -431,8 +436,25 @@ impl ControlPlane {
         Api::<ClusterRoleBinding>::all(admin.clone())
             .patch(&name, &pp, &Patch::Apply(&binding))
             .await?;
+        let ns = k8s_openapi::api::core::v1::Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(CLUSTER_SCOPE_NAMESPACE.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+            .patch(CLUSTER_SCOPE_NAMESPACE, &pp, &Patch::Apply(&ns))
+            .await?;
         let kubeconfig = self.env.dir.join("operator.kubeconfig");
         self.env.write_kubeconfig(&kubeconfig, OPERATOR_USER, &[])?;
+        // The webhook's serving certificate, from the test CA, for 127.0.0.1.
+        let ca = pki::Ca::load(&self.env.ca_pem, &self.env.ca_key_pem)?;
+        let serving = ca.issue_server("kube-pim-webhook", &[])?;
+        let pki_dir = self.env.dir.join("pki");
+        write(&pki_dir.join("webhook.crt"), &serving.cert_pem)?;
+        write_private(&pki_dir.join("webhook.key"), serving.key_pem.as_bytes())?;
+        let webhook_port = process::free_port()?;
         let health_port = process::free_port()?;
         let mut op = Process::spawn_with_env(
             "kube-pim",
@@ -441,6 +463,18 @@ impl ControlPlane {
                 "run".into(),
                 format!("--health-addr=127.0.0.1:{health_port}"),
                 format!("--operator-username={OPERATOR_USER}"),
+                format!("--cluster-scope-namespace={CLUSTER_SCOPE_NAMESPACE}"),
+                format!("--audit-log={}", self.env.dir.join("audit.log").display()),
+                format!("--webhook-addr=127.0.0.1:{webhook_port}"),
+                format!(
+                    "--webhook-cert-file={}",
+                    pki_dir.join("webhook.crt").display()
+                ),
+                format!(
+                    "--webhook-key-file={}",
+                    pki_dir.join("webhook.key").display()
+                ),
+                "--log-format=json".into(),
             ],
             &self.env.dir.join("logs"),
             &[("KUBECONFIG", kubeconfig.display().to_string())],
@@ -458,7 +492,9 @@ impl ControlPlane {
             format!("127.0.0.1:{health_port}\n"),
         )?;
         self.processes.push(op);
-        self.write_pids()
+        self.write_pids()?;
+        let base = format!("https://127.0.0.1:{webhook_port}");
+        install_webhooks(admin, &base, &self.env.ca_pem, OPERATOR_USER).await
     }
 
     async fn wait_ready(&mut self, admin: &Client, timeout: Duration) -> Result<()> {
@@ -516,6 +552,35 @@ pub async fn install_crds(admin: &Client) -> Result<()> {
             .map_err(|_| Error::TestEnv(format!("CRD {name} not established within 60s")))?
             .map_err(|e| Error::TestEnv(format!("waiting for CRD {name}: {e}")))?;
     }
+    Ok(())
+}
+
+/// Registers kube-pim's admission webhook at `base_url` (serving a certificate from `ca_pem`).
+pub async fn install_webhooks(
+    admin: &Client,
+    base_url: &str,
+    ca_pem: &str,
+    operator_user: &str,
+) -> Result<()> {
+    use crate::webhook::config;
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let m = config::mutating(
+        config::url_client(base_url, "/mutate", ca_pem),
+        operator_user,
+    );
+    Api::<MutatingWebhookConfiguration>::all(admin.clone())
+        .patch(config::NAME, &pp, &Patch::Apply(&m))
+        .await?;
+    let v = config::validating(
+        config::url_client(base_url, "/validate", ca_pem),
+        operator_user,
+    );
+    Api::<ValidatingWebhookConfiguration>::all(admin.clone())
+        .patch(config::NAME, &pp, &Patch::Apply(&v))
+        .await?;
     Ok(())
 }
 

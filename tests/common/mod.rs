@@ -17,7 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::{
+    authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
+    core::v1::Namespace,
+};
 use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
@@ -29,11 +32,23 @@ struct Shared {
     _child: Mutex<Child>,
 }
 
-static SHARED: OnceLock<Shared> = OnceLock::new();
+static PLAIN: OnceLock<Shared> = OnceLock::new();
+static OPERATED: OnceLock<Shared> = OnceLock::new();
 
-/// The control plane of this test binary, started on first use.
+/// A control plane with the CRDs only (no operator, no webhook): what the apiserver enforces
+/// on its own. Started on first use, shared by the tests of this binary.
 pub fn env() -> &'static TestEnv {
-    &SHARED.get_or_init(start).env
+    &PLAIN.get_or_init(|| start(false)).env
+}
+
+/// A control plane with the kube-pim operator and its admission webhook.
+pub fn operated() -> &'static TestEnv {
+    &OPERATED.get_or_init(|| start(true)).env
+}
+
+/// The control plane this binary uses: the operated one once started, else the plain one.
+fn current() -> &'static TestEnv {
+    OPERATED.get().map(|s| &s.env).unwrap_or_else(env)
 }
 
 /// Starts a control plane in a child process and waits until `DIR/ready` appears.
@@ -65,25 +80,25 @@ pub fn start_child(dir: &PathBuf, extra: &[&str]) -> Child {
     child
 }
 
-fn start() -> Shared {
+fn start(operator: bool) -> Shared {
+    let exe = std::env::current_exe().unwrap();
     let name = format!(
-        "testenv-{}-{}",
-        std::env::current_exe()
-            .unwrap()
-            .file_stem()
-            .unwrap()
-            .to_string_lossy(),
+        "testenv-{}-{}-{}",
+        exe.file_stem().unwrap().to_string_lossy(),
+        if operator { "op" } else { "plain" },
         std::process::id()
     );
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let child = start_child(
-        &dir,
+    let args: &[&str] = if operator {
         &[
             "--operator",
             "--operator-bin",
             env!("CARGO_BIN_EXE_kube-pim"),
-        ],
-    );
+        ]
+    } else {
+        &[]
+    };
+    let child = start_child(&dir, args);
     Shared {
         env: TestEnv::open(&dir).expect("open testenv dir"),
         _child: Mutex::new(child),
@@ -92,12 +107,12 @@ fn start() -> Shared {
 
 /// The administrator's client.
 pub async fn admin() -> Client {
-    env().admin().await.expect("admin client")
+    current().admin().await.expect("admin client")
 }
 
 /// A client for `user` in `groups`.
 pub async fn user(name: &str, groups: &[&str]) -> Client {
-    env().client(name, groups).await.expect("user client")
+    current().client(name, groups).await.expect("user client")
 }
 
 /// A fresh namespace for one test, `<prefix>-<random>`.
@@ -134,4 +149,47 @@ pub fn refusal<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> (u16, String) {
         Err(kube::Error::Api(s)) => (s.code, s.message),
         other => panic!("expected the apiserver to refuse, got {other:?}"),
     }
+}
+
+/// Whether `client`'s user may `verb` `what` in `ns`, as the apiserver's authorizer answers it.
+/// `what` is `resource` (core group), `group/resource` or `group/resource/subresource`.
+pub async fn can(client: &Client, verb: &str, what: &str, ns: &str) -> bool {
+    let parts: Vec<&str> = what.split('/').collect();
+    let (group, resource, subresource) = match parts[..] {
+        [r] => ("", r, None),
+        [g, r] => (g, r, None),
+        [g, r, s] => (g, r, Some(s.to_string())),
+        _ => panic!("bad resource {what}"),
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                subresource,
+                namespace: Some(ns.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let r = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap();
+    r.status.unwrap().allowed
+}
+
+/// A plain HTTP GET on loopback (health endpoints): the raw response.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }

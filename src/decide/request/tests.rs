@@ -146,20 +146,18 @@ fn without_approval_the_decision_is_committed_before_any_binding() {
         CONDITION_APPROVED
     ));
     // Then bindings, and Active in the same plan (the operator writes the bindings first).
-    let now = t0() + TimeDelta::seconds(1);
+    let now = t0() + TimeDelta::milliseconds(1500);
     let p = w.step(now);
     assert_eq!(ensured(&p).len(), 1);
     assert_eq!(w.phase(), RequestPhase::Active);
     let s = w.req.status.as_ref().unwrap();
     assert_eq!(s.activation_time, Some(now));
-    assert_eq!(s.expiration_time, Some(now + TimeDelta::hours(1)));
+    // Expiry is in whole seconds, never later than asked for, and scheduled precisely.
+    let exp = t0() + TimeDelta::seconds(1) + TimeDelta::hours(1);
+    assert_eq!(s.expiration_time, Some(exp));
     assert_eq!(s.assignment.as_deref(), Some("alice-admin"));
     assert_eq!(s.bindings.len(), 1);
-    assert_eq!(
-        p.requeue_at,
-        Some(now + TimeDelta::hours(1)),
-        "expiry is scheduled precisely"
-    );
+    assert_eq!(p.requeue_at, Some(exp));
     assert_eq!(
         w.actions(),
         [
@@ -530,5 +528,25 @@ fn conditions_keep_their_transition_time_while_unchanged() {
     assert_eq!(
         crate::time::from_k8s(&conds[0].last_transition_time),
         t0() + TimeDelta::hours(2)
+    );
+}
+
+#[test]
+fn deleting_an_open_request_records_its_revocation() {
+    let mut w = World::new();
+    for _ in 0..3 {
+        w.step(t0());
+    }
+    let s = revoke_on_delete(&w.req, t0() + TimeDelta::minutes(1));
+    assert_eq!(s.phase, Some(RequestPhase::Revoked));
+    assert_eq!(s.history.last().unwrap().action, HistoryAction::Revoked);
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_ACTIVE)
+        .unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "RequestDeleted")
     );
 }

@@ -1,0 +1,477 @@
+//! The ActivationRequest controller: fetch (caches) → decide ([`crate::decide::request`]) →
+//! apply (bindings by server-side apply, then the status under a resourceVersion precondition)
+//! → audit (the outbox: lines for committed history entries, then `auditedThrough`).
+//!
+//! Triggers: the request itself; its RoleSetting and the EligibleAssignments of its namespace
+//! (eligibility and policy are re-validated continuously); and the bindings it made (drift: an
+//! edited or deleted binding is restored, a stray one removed). Expiry, scheduled starts and
+//! approval timeouts are requeues at exactly the time the plan names.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PropagationPolicy},
+    runtime::{
+        controller::{Action, Controller},
+        events::{Event, EventType},
+        reflector::{ObjectRef, ReflectHandle},
+    },
+};
+use serde_json::json;
+
+use super::{Context, FIELD_MANAGER, FINALIZER, Trigger, relate};
+use crate::{
+    Error,
+    api::{ActivationRequest, ActivationRequestStatus, EligibleAssignment, RoleSetting},
+    decide::{
+        approval,
+        bindings::{self, Binding},
+        eligibility::{self, Wanted},
+        policy,
+        request::{self, Bindings, Inputs, Plan},
+    },
+};
+
+/// The watches that trigger this controller.
+pub struct Triggers {
+    /// ActivationRequests.
+    pub requests: ReflectHandle<ActivationRequest>,
+    /// RoleSettings.
+    pub role_settings: Trigger<RoleSetting>,
+    /// EligibleAssignments.
+    pub assignments: Trigger<EligibleAssignment>,
+    /// Managed RoleBindings.
+    pub role_bindings: Trigger<RoleBinding>,
+    /// Managed ClusterRoleBindings.
+    pub cluster_role_bindings: Trigger<ClusterRoleBinding>,
+}
+
+/// Runs the controller until shutdown.
+pub async fn controller(ctx: Arc<Context>, t: Triggers) {
+    let by_role_setting = ctx.requests.clone();
+    let by_assignment = ctx.requests.clone();
+    let c = Controller::for_shared_stream(t.requests, ctx.requests.clone());
+    let c = relate(c, t.role_settings, move |rs: Arc<RoleSetting>| {
+        let name = rs.name_any();
+        requests_where(&by_role_setting, |ar| ar.spec.role_setting == name)
+    });
+    let c = relate(c, t.assignments, move |ea: Arc<EligibleAssignment>| {
+        let ns = ea.namespace();
+        let rs = ea.spec.role_setting.clone();
+        requests_where(&by_assignment, |ar| {
+            ar.namespace() == ns && ar.spec.role_setting == rs
+        })
+    });
+    let c = relate(c, t.role_bindings, |b: Arc<RoleBinding>| {
+        owner_ref(b.labels())
+    });
+    let c = relate(c, t.cluster_role_bindings, |b: Arc<ClusterRoleBinding>| {
+        owner_ref(b.labels())
+    });
+    c.shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "activation reconcile");
+            }
+        })
+        .await;
+}
+
+fn requests_where(
+    store: &kube::runtime::reflector::Store<ActivationRequest>,
+    f: impl Fn(&ActivationRequest) -> bool,
+) -> Vec<ObjectRef<ActivationRequest>> {
+    store
+        .state()
+        .iter()
+        .filter(|ar| f(ar))
+        .map(|ar| ObjectRef::from_obj(ar.as_ref()))
+        .collect()
+}
+
+fn owner_ref(labels: &BTreeMap<String, String>) -> Option<ObjectRef<ActivationRequest>> {
+    bindings::owner_of(labels).map(|(ns, name, _)| ObjectRef::new(&name).within(&ns))
+}
+
+fn error_policy(ar: Arc<ActivationRequest>, e: &Error, _ctx: Arc<Context>) -> Action {
+    let conflict = matches!(e, Error::Kube(kube::Error::Api(s)) if s.code == 409);
+    if conflict {
+        // Someone (an approver, the requester) wrote first: re-read and decide again.
+        Action::requeue(Duration::from_millis(200))
+    } else {
+        tracing::warn!(request = %ar.name_any(), namespace = ?ar.namespace(), error = %e, "reconcile failed; retrying");
+        Action::requeue(Duration::from_secs(5))
+    }
+}
+
+/// One pass over one request.
+async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let now = Utc::now();
+    let ns = ar.namespace().unwrap_or_default();
+    let api: Api<ActivationRequest> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // Fetch, from the caches.
+    let rs = ctx
+        .role_settings
+        .get(&ObjectRef::new(&ar.spec.role_setting));
+    let assignments = ctx.assignments.state();
+    let cluster_ns = ctx.settings.cluster_scope_namespace.as_str();
+    let ea = eligibility::select(
+        &Wanted::of(&ar),
+        rs.as_deref(),
+        assignments.iter().map(|a| a.as_ref()),
+        cluster_ns,
+        now,
+    );
+    let tally = rs
+        .as_deref()
+        .map(|rs| approval::tally(&rs.spec.approval, &ar, |_| None))
+        .unwrap_or_default();
+    let pctx = policy::Context {
+        namespace: &ns,
+        cluster_scope_namespace: cluster_ns,
+        mfa: &ctx.settings.mfa,
+        now,
+    };
+
+    // Being deleted: access goes first, and a request that still held or awaited it is
+    // recorded as Revoked before the finalizer lets it go (invariant 7).
+    if ar.meta().deletion_timestamp.is_some() {
+        return finalize(&ar, &api, &ctx, &pctx).await;
+    }
+
+    // Decide.
+    let plan = request::decide(&Inputs {
+        now,
+        request: &ar,
+        role_setting: rs.as_deref(),
+        assignment: ea,
+        tally: &tally,
+        policy: &pctx,
+        retention: ctx.settings.retention,
+    });
+
+    // Apply.
+    let terminal = ar
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(request::is_terminal);
+    let has_finalizer = ar.finalizers().iter().any(|f| f == FINALIZER);
+    if !terminal && !has_finalizer && matches!(plan.bindings, Bindings::Ensure(_)) {
+        // Bindings only ever exist under the finalizer's protection.
+        add_finalizer(&api, &ar).await?;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    apply(&ar, &plan, &ctx).await?;
+    if terminal && has_finalizer {
+        remove_finalizer(&api, &ar).await?;
+    }
+    if plan.delete {
+        tracing::info!(request = %ar.name_any(), namespace = %ns, "retention period over and fully audited: deleting");
+        api.delete(&ar.name_any(), &DeleteParams::default())
+            .await
+            .map(|_| ())
+            .or_else(ignore_not_found)?;
+        return Ok(Action::await_change());
+    }
+    Ok(requeue(plan.requeue_at, &ctx))
+}
+
+fn requeue(at: Option<chrono::DateTime<Utc>>, ctx: &Context) -> Action {
+    let resync = ctx.settings.resync;
+    let wait = at
+        .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+        .map_or(resync, |d| d.min(resync));
+    Action::requeue(wait)
+}
+
+/// Applies a plan: bindings first, then the status (with the audit outbox flushed).
+async fn apply(ar: &ActivationRequest, plan: &Plan, ctx: &Context) -> Result<(), Error> {
+    match &plan.bindings {
+        Bindings::Keep => {}
+        Bindings::Ensure(desired) => ensure_bindings(ar, desired, ctx).await?,
+        Bindings::Remove => remove_bindings(ar, &[], ctx).await?,
+    }
+    write_status(ar, plan.status.as_ref(), plan.initialize_approvals, ctx).await
+}
+
+/// Writes `status` (if any) together with the audit outbox: history entries already committed
+/// but not yet audited are written to the audit stream first, and the same status write
+/// advances `auditedThrough`. The write is conditional on the resourceVersion decided from.
+async fn write_status(
+    ar: &ActivationRequest,
+    status: Option<&ActivationRequestStatus>,
+    initialize_approvals: bool,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let current = ar.status.as_ref();
+    let audited_before = current.map_or(0, |s| usize::try_from(s.audited_through).unwrap_or(0));
+    let committed = current.map_or(0, |s| s.history.len());
+    let audited = if committed > audited_before {
+        let (audited, fresh) = ctx.audit.write_pending(ar, audited_before)?;
+        emit_events(ar, fresh, ctx).await;
+        audited
+    } else {
+        audited_before
+    };
+    if status.is_none() && audited == audited_before {
+        return Ok(());
+    }
+    let mut next = status
+        .cloned()
+        .unwrap_or_else(|| current.cloned().unwrap_or_default());
+    next.audited_through = i64::try_from(audited).unwrap_or(i64::MAX);
+    let mut body = serde_json::to_value(&next).expect("status serializes");
+    let obj = body.as_object_mut().expect("status is an object");
+    // The operator never writes approvals, except to initialise them (invariant 2, ordering).
+    obj.remove("approvals");
+    if initialize_approvals {
+        obj.insert("approvals".into(), json!([]));
+    }
+    let patch = json!({
+        "metadata": {"resourceVersion": ar.resource_version()},
+        "status": body,
+    });
+    let api: Api<ActivationRequest> =
+        Api::namespaced(ctx.client.clone(), &ar.namespace().unwrap_or_default());
+    api.patch_status(
+        &ar.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// One Event per audited transition (those in `range`), reason = the action.
+async fn emit_events(ar: &ActivationRequest, range: std::ops::Range<usize>, ctx: &Context) {
+    let Some(status) = ar.status.as_ref() else {
+        return;
+    };
+    let reference = ar.object_ref(&());
+    for h in &status.history[range] {
+        let warning = matches!(
+            h.action,
+            crate::api::HistoryAction::Denied
+                | crate::api::HistoryAction::Failed
+                | crate::api::HistoryAction::Revoked
+                | crate::api::HistoryAction::TimedOut
+        );
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: format!("{:?}", h.action),
+            note: h.message.clone().map(|m| m.chars().take(1000).collect()),
+            action: format!("{:?}", h.action),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+            tracing::warn!(error = %e, request = %ar.name_any(), "could not record an Event (the audit stream has the transition)");
+        }
+    }
+}
+
+/// Makes the managed bindings of `ar` exactly `desired`: creates or restores each (server-side
+/// apply, skipped when the cache shows it as desired), and deletes any other binding labelled
+/// with this request's uid.
+async fn ensure_bindings(
+    ar: &ActivationRequest,
+    desired: &[Binding],
+    ctx: &Context,
+) -> Result<(), Error> {
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    for b in desired {
+        match b {
+            Binding::Role(rb) => {
+                let ns = rb.metadata.namespace.clone().unwrap_or_default();
+                let name = rb.metadata.name.clone().unwrap_or_default();
+                let cached = ctx.role_bindings.get(&ObjectRef::new(&name).within(&ns));
+                if cached.as_deref().is_none_or(|c| !same_rb(c, rb)) {
+                    Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
+                        .patch(&name, &pp, &Patch::Apply(rb))
+                        .await?;
+                }
+            }
+            Binding::Cluster(crb) => {
+                let name = crb.metadata.name.clone().unwrap_or_default();
+                let cached = ctx.cluster_role_bindings.get(&ObjectRef::new(&name));
+                if cached.as_deref().is_none_or(|c| !same_crb(c, crb)) {
+                    Api::<ClusterRoleBinding>::all(ctx.client.clone())
+                        .patch(&name, &pp, &Patch::Apply(crb))
+                        .await?;
+                }
+            }
+        }
+    }
+    let keep: Vec<String> = desired.iter().map(|b| b.reference().name).collect();
+    remove_bindings(ar, &keep, ctx).await
+}
+
+fn same_meta(a: &kube::api::ObjectMeta, b: &kube::api::ObjectMeta) -> bool {
+    let contains = |have: &Option<BTreeMap<String, String>>,
+                    want: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    contains(&a.labels, &b.labels) && contains(&a.annotations, &b.annotations)
+}
+
+fn same_rb(have: &RoleBinding, want: &RoleBinding) -> bool {
+    have.role_ref == want.role_ref
+        && have.subjects == want.subjects
+        && same_meta(&have.metadata, &want.metadata)
+}
+
+fn same_crb(have: &ClusterRoleBinding, want: &ClusterRoleBinding) -> bool {
+    have.role_ref == want.role_ref
+        && have.subjects == want.subjects
+        && same_meta(&have.metadata, &want.metadata)
+}
+
+/// Deletes every binding of `ar` (found by its uid label in the caches, and by the names in its
+/// status) except those named in `keep`.
+async fn remove_bindings(
+    ar: &ActivationRequest,
+    keep: &[String],
+    ctx: &Context,
+) -> Result<(), Error> {
+    let uid = ar.uid().unwrap_or_default();
+    let ours = |labels: &BTreeMap<String, String>| {
+        bindings::owner_of(labels).is_some_and(|(_, _, u)| u == uid)
+    };
+    let mut rbs: Vec<(String, String)> = ctx
+        .role_bindings
+        .state()
+        .iter()
+        .filter(|b| ours(b.labels()))
+        .map(|b| (b.namespace().unwrap_or_default(), b.name_any()))
+        .collect();
+    let mut crbs: Vec<String> = ctx
+        .cluster_role_bindings
+        .state()
+        .iter()
+        .filter(|b| ours(b.labels()))
+        .map(|b| b.name_any())
+        .collect();
+    for r in ar.status.iter().flat_map(|s| s.bindings.iter()) {
+        match r.kind {
+            crate::api::BindingKind::RoleBinding => {
+                rbs.push((r.namespace.clone().unwrap_or_default(), r.name.clone()))
+            }
+            crate::api::BindingKind::ClusterRoleBinding => crbs.push(r.name.clone()),
+        }
+    }
+    rbs.sort();
+    rbs.dedup();
+    crbs.sort();
+    crbs.dedup();
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    for (ns, name) in rbs.into_iter().filter(|(_, n)| !keep.contains(n)) {
+        let cached = ctx.role_bindings.get(&ObjectRef::new(&name).within(&ns));
+        let status_only = cached.is_none();
+        let res = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
+            .delete(&name, &dp)
+            .await;
+        if status_only {
+            res.map(|_| ()).or_else(ignore_not_found)?;
+        } else {
+            res.map(|_| ()).or_else(ignore_not_found)?;
+            tracing::info!(binding = %name, namespace = %ns, request = %ar.name_any(), "removed RoleBinding");
+        }
+    }
+    for name in crbs.into_iter().filter(|n| !keep.contains(n)) {
+        Api::<ClusterRoleBinding>::all(ctx.client.clone())
+            .delete(&name, &dp)
+            .await
+            .map(|_| ())
+            .or_else(ignore_not_found)?;
+    }
+    Ok(())
+}
+
+fn ignore_not_found(e: kube::Error) -> Result<(), Error> {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => Ok(()),
+        e => Err(e.into()),
+    }
+}
+
+async fn add_finalizer(api: &Api<ActivationRequest>, ar: &ActivationRequest) -> Result<(), Error> {
+    let mut finalizers = ar.finalizers().to_vec();
+    finalizers.push(FINALIZER.into());
+    let patch =
+        json!({"metadata": {"resourceVersion": ar.resource_version(), "finalizers": finalizers}});
+    api.patch(
+        &ar.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn remove_finalizer(
+    api: &Api<ActivationRequest>,
+    ar: &ActivationRequest,
+) -> Result<(), Error> {
+    let finalizers: Vec<String> = ar
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    let patch =
+        json!({"metadata": {"resourceVersion": ar.resource_version(), "finalizers": finalizers}});
+    api.patch(
+        &ar.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+    .or_else(ignore_not_found)
+}
+
+async fn finalize(
+    ar: &ActivationRequest,
+    api: &Api<ActivationRequest>,
+    ctx: &Context,
+    pctx: &policy::Context<'_>,
+) -> Result<Action, Error> {
+    if !ar.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    remove_bindings(ar, &[], ctx).await?;
+    let phase = ar.status.as_ref().and_then(|s| s.phase);
+    let open = phase.is_some_and(|p| !request::is_terminal(p));
+    let audited = ar
+        .status
+        .as_ref()
+        .is_none_or(|s| usize::try_from(s.audited_through).unwrap_or(0) >= s.history.len());
+    if open {
+        let status = request::revoke_on_delete(ar, pctx.now);
+        write_status(ar, Some(&status), false, ctx).await?;
+        // The write triggers another pass, which audits the Revoked entry and then lets go.
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    if !audited {
+        write_status(ar, None, false, ctx).await?;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    remove_finalizer(api, ar).await?;
+    ctx.audit.forget(&ar.uid().unwrap_or_default());
+    Ok(Action::await_change())
+}

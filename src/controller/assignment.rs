@@ -1,0 +1,147 @@
+//! The EligibleAssignment controller: records each assignment's phase (Scheduled, Eligible,
+//! Active, Expired, Invalid with the reason) and a `Valid` condition, from its RoleSetting and
+//! its window, and looks again exactly when the window opens or closes.
+//!
+//! The writer's `bind` check (SPEC invariant 3) is added by the security-hardening work; until
+//! then every writer admitted by RBAC counts as authorized.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::{Action, Controller},
+        reflector::{ObjectRef, ReflectHandle},
+    },
+};
+use serde_json::json;
+
+use super::{Context, Trigger, relate};
+use crate::{
+    Error,
+    api::{EligibleAssignment, EligibleAssignmentStatus, RoleSetting},
+    decide::{eligibility, request::set_condition},
+};
+
+/// The watches that trigger this controller.
+pub struct Triggers {
+    /// EligibleAssignments.
+    pub assignments: ReflectHandle<EligibleAssignment>,
+    /// RoleSettings (an assignment's validity follows its RoleSetting).
+    pub role_settings: Trigger<RoleSetting>,
+}
+
+/// Runs the controller until shutdown.
+pub async fn controller(ctx: Arc<Context>, t: Triggers) {
+    let store = ctx.assignments.clone();
+    let c = Controller::for_shared_stream(t.assignments, ctx.assignments.clone());
+    relate(c, t.role_settings, move |rs: Arc<RoleSetting>| {
+        let name = rs.name_any();
+        store
+            .state()
+            .iter()
+            .filter(|ea| ea.spec.role_setting == name)
+            .map(|ea| ObjectRef::from_obj(ea.as_ref()))
+            .collect::<Vec<_>>()
+    })
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| async {})
+    .await;
+}
+
+fn error_policy(ea: Arc<EligibleAssignment>, e: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(assignment = %ea.name_any(), error = %e, "assignment reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let now = Utc::now();
+    let rs = ctx
+        .role_settings
+        .get(&ObjectRef::new(&ea.spec.role_setting));
+    let (phase, violation) = eligibility::phase(
+        &ea,
+        rs.as_deref(),
+        Ok(()),
+        &ctx.settings.cluster_scope_namespace,
+        now,
+    );
+
+    let mut status = ea.status.clone().unwrap_or_default();
+    status.phase = Some(phase);
+    status.observed_generation = ea.metadata.generation;
+    let (ok, reason, message) = match &violation {
+        None => (
+            true,
+            "Valid",
+            format!("eligible for RoleSetting {}", ea.spec.role_setting),
+        ),
+        Some(v) => (false, v.reason, v.message.clone()),
+    };
+    set_condition(
+        &mut status.conditions,
+        "Valid",
+        ok,
+        reason,
+        &message,
+        now,
+        ea.metadata.generation,
+    );
+    // Activation statistics, from the requests this assignment backed.
+    let name = ea.name_any();
+    let ns = ea.namespace();
+    let backed: Vec<_> = ctx
+        .requests
+        .state()
+        .into_iter()
+        .filter(|ar| ar.namespace() == ns)
+        .filter_map(|ar| ar.status.clone())
+        .filter(|s| s.assignment.as_deref() == Some(name.as_str()) && s.activation_time.is_some())
+        .collect();
+    status.activations = i64::try_from(backed.len()).unwrap_or(i64::MAX);
+    status.last_activation_time = backed.iter().filter_map(|s| s.activation_time).max();
+
+    if ea.status.as_ref() != Some(&status) {
+        write_status(&ctx, &ea, &status).await?;
+    }
+    Ok(Action::requeue(next_boundary(&ea, now).map_or(
+        ctx.settings.resync,
+        |t| {
+            (t - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(ctx.settings.resync)
+        },
+    )))
+}
+
+/// The next time the phase changes by the clock alone: the start or the end of the window.
+fn next_boundary(ea: &EligibleAssignment, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let w = eligibility::window(ea, now);
+    [Some(w.start), w.end]
+        .into_iter()
+        .flatten()
+        .filter(|t| *t > now)
+        .min()
+}
+
+async fn write_status(
+    ctx: &Context,
+    ea: &EligibleAssignment,
+    status: &EligibleAssignmentStatus,
+) -> Result<(), Error> {
+    let api: Api<EligibleAssignment> =
+        Api::namespaced(ctx.client.clone(), &ea.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"resourceVersion": ea.resource_version()}, "status": status});
+    api.patch_status(
+        &ea.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! The controllers: level-triggered reconcilers over watch caches (no polling, no GET per
+//! activation). One watch per resource type feeds both a reflector store (what reconcilers
+//! read) and the triggers of the controllers that care about it.
+//!
+//! - [`activation`]: ActivationRequests — the state machine of [`crate::decide::request`],
+//!   bindings, expiry, the audit outbox;
+//! - [`assignment`]: EligibleAssignment phases and windows;
+//! - [`role_setting`]: RoleSetting status (RolesFound, QuorumReachable, counts).
+
+pub mod activation;
+pub mod assignment;
+pub mod audit;
+pub mod role_setting;
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::TimeDelta;
+use futures::{StreamExt, future::BoxFuture};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use kube::{
+    Api, Client,
+    runtime::{
+        Controller, WatchStreamExt,
+        events::{Recorder, Reporter},
+        reflector::{self, Store},
+        watcher,
+    },
+};
+
+use crate::{
+    api::{ActivationRequest, EligibleAssignment, RoleSetting},
+    decide::{bindings::MANAGED_SELECTOR, policy::MfaConfig},
+};
+
+/// The finalizer kube-pim puts on requests while they may hold bindings.
+pub const FINALIZER: &str = "kubepim.io/bindings";
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "kube-pim";
+
+/// How the controllers behave.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The only namespace for Cluster-scope assignments and requests.
+    pub cluster_scope_namespace: String,
+    /// How requesters prove MFA.
+    pub mfa: MfaConfig,
+    /// How long terminal, fully audited requests are kept.
+    pub retention: TimeDelta,
+    /// The longest a healthy object goes without a reconcile (a safety net; expiries are
+    /// scheduled precisely, not found by this).
+    pub resync: Duration,
+}
+
+/// What every reconciler shares: the client, the caches and the sinks.
+pub struct Context {
+    /// The operator's client (its own identity).
+    pub client: Client,
+    /// Settings.
+    pub settings: Settings,
+    /// RoleSettings by name.
+    pub role_settings: Store<RoleSetting>,
+    /// All EligibleAssignments.
+    pub assignments: Store<EligibleAssignment>,
+    /// All ActivationRequests.
+    pub requests: Store<ActivationRequest>,
+    /// RoleBindings kube-pim made (label-selected).
+    pub role_bindings: Store<RoleBinding>,
+    /// ClusterRoleBindings kube-pim made (label-selected).
+    pub cluster_role_bindings: Store<ClusterRoleBinding>,
+    /// ClusterRoles (for RolesFound).
+    pub cluster_roles: Store<ClusterRole>,
+    /// Kubernetes Events.
+    pub recorder: Recorder,
+    /// The audit stream.
+    pub audit: audit::AuditLog,
+}
+
+/// What one controller hears about one watched type: changed objects (from the shared cache)
+/// and deleted ones. Shared cache subscriptions carry only changes (a subscriber looks the
+/// object up in the cache, where a deleted one no longer is), so deletions come separately,
+/// straight from the watch; losing them would mean not revoking when an assignment or a
+/// RoleSetting is deleted, or not restoring a binding deleted by hand.
+pub struct Trigger<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    /// Created or updated objects.
+    pub changed: reflector::ReflectHandle<K>,
+    /// Deleted objects (their last state).
+    pub deleted: tokio::sync::mpsc::UnboundedReceiver<Arc<K>>,
+}
+
+/// Adds `t` as a trigger of controller `c`: `map` names the objects of `c` to reconcile when
+/// an object of `t` changes or is deleted.
+pub fn relate<K, O, M, I>(c: Controller<K>, t: Trigger<O>, map: M) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    O: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    M: Fn(Arc<O>) -> I + Clone + Send + Sync + 'static,
+    I: IntoIterator<Item = kube::runtime::reflector::ObjectRef<K>> + Send + 'static,
+    I::IntoIter: Send,
+{
+    let on_delete = map.clone();
+    let mut rx = t.deleted;
+    let deleted = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .flat_map(move |o| futures::stream::iter(on_delete(o)));
+    c.watches_shared_stream(t.changed, map)
+        .reconcile_on(deleted)
+}
+
+/// One watch of a resource type: its cache, and triggers for the controllers it concerns.
+struct Shared<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    api: Api<K>,
+    wc: watcher::Config,
+    reader: Store<K>,
+    writer: reflector::store::Writer<K>,
+    deletes: Vec<tokio::sync::mpsc::UnboundedSender<Arc<K>>>,
+}
+
+impl<K> Shared<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    fn new(api: Api<K>, wc: watcher::Config) -> Self {
+        let (reader, writer) = reflector::store_shared(1024);
+        Self {
+            api,
+            wc,
+            reader,
+            writer,
+            deletes: Vec::new(),
+        }
+    }
+
+    /// A stream of changed objects for one more controller.
+    fn subscribe(&self) -> reflector::ReflectHandle<K> {
+        self.writer
+            .subscribe()
+            .expect("shared stores hand out subscriptions")
+    }
+
+    /// Changes and deletions for one more controller.
+    fn trigger(&mut self) -> Trigger<K> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.deletes.push(tx);
+        Trigger {
+            changed: self.subscribe(),
+            deleted: rx,
+        }
+    }
+
+    /// Starts the watch that feeds the cache and every subscription; returns the cache.
+    fn start(self) -> Store<K> {
+        let deletes = self.deletes;
+        let stream = watcher(self.api, self.wc)
+            .default_backoff()
+            .modify(|o: &mut K| {
+                // Caches hold what reconcilers read; managedFields is never read.
+                o.meta_mut().managed_fields = None;
+            })
+            .reflect_shared(self.writer)
+            .for_each(move |ev| {
+                match ev {
+                    Ok(watcher::Event::Delete(o)) => {
+                        let o = Arc::new(o);
+                        for tx in &deletes {
+                            let _ = tx.send(o.clone());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "watch error; retrying with backoff"),
+                }
+                async {}
+            });
+        tokio::spawn(stream);
+        self.reader
+    }
+}
+
+/// Starts the watches and returns the shared context (for the webhook too) and the future that
+/// runs every controller until shutdown; `on_ready` is called once every cache has synced.
+pub fn start(
+    client: Client,
+    settings: Settings,
+    audit: audit::AuditLog,
+    on_ready: impl FnOnce() + Send + 'static,
+) -> (Arc<Context>, BoxFuture<'static, ()>) {
+    let wc = watcher::Config::default();
+    let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
+    let mut rs = Shared::new(Api::<RoleSetting>::all(client.clone()), wc.clone());
+    let mut ea = Shared::new(Api::<EligibleAssignment>::all(client.clone()), wc.clone());
+    let mut ar = Shared::new(Api::<ActivationRequest>::all(client.clone()), wc.clone());
+    let mut rb = Shared::new(Api::<RoleBinding>::all(client.clone()), managed.clone());
+    let mut crb = Shared::new(Api::<ClusterRoleBinding>::all(client.clone()), managed);
+    let mut cr = Shared::new(Api::<ClusterRole>::all(client.clone()), wc);
+
+    let activation_triggers = activation::Triggers {
+        requests: ar.subscribe(),
+        role_settings: rs.trigger(),
+        assignments: ea.trigger(),
+        role_bindings: rb.trigger(),
+        cluster_role_bindings: crb.trigger(),
+    };
+    let assignment_triggers = assignment::Triggers {
+        assignments: ea.subscribe(),
+        role_settings: rs.trigger(),
+    };
+    let role_setting_triggers = role_setting::Triggers {
+        role_settings: rs.subscribe(),
+        assignments: ea.trigger(),
+        requests: ar.trigger(),
+        cluster_roles: cr.trigger(),
+    };
+
+    let reporter = Reporter {
+        controller: "kube-pim".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        settings,
+        role_settings: rs.start(),
+        assignments: ea.start(),
+        requests: ar.start(),
+        role_bindings: rb.start(),
+        cluster_role_bindings: crb.start(),
+        cluster_roles: cr.start(),
+        audit,
+    });
+
+    let readiness = {
+        let ctx = ctx.clone();
+        async move {
+            let _ = tokio::join!(
+                ctx.role_settings.wait_until_ready(),
+                ctx.assignments.wait_until_ready(),
+                ctx.requests.wait_until_ready(),
+                ctx.role_bindings.wait_until_ready(),
+                ctx.cluster_role_bindings.wait_until_ready(),
+                ctx.cluster_roles.wait_until_ready(),
+            );
+            tracing::info!("caches synced");
+            on_ready();
+        }
+    };
+
+    let controllers: Vec<BoxFuture<'static, ()>> = vec![
+        Box::pin(activation::controller(ctx.clone(), activation_triggers)),
+        Box::pin(assignment::controller(ctx.clone(), assignment_triggers)),
+        Box::pin(role_setting::controller(ctx.clone(), role_setting_triggers)),
+        Box::pin(readiness),
+    ];
+    let run = Box::pin(async move {
+        futures::future::join_all(controllers).await;
+    });
+    (ctx, run)
+}

@@ -1,0 +1,157 @@
+//! The RoleSetting controller: `RolesFound` (every roleRef exists), `QuorumReachable`
+//! (`minApprovals` can be met: with a Group approver, or enough User/ServiceAccount approvers),
+//! and how many assignments and active activations use it.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::{Action, Controller},
+        reflector::{ObjectRef, ReflectHandle},
+    },
+};
+use serde_json::json;
+
+use super::{Context, Trigger, relate};
+use crate::{
+    Error,
+    api::{ActivationRequest, EligibleAssignment, RequestPhase, RoleSetting},
+    decide::{approval, request::set_condition},
+};
+
+/// The watches that trigger this controller.
+pub struct Triggers {
+    /// RoleSettings.
+    pub role_settings: ReflectHandle<RoleSetting>,
+    /// EligibleAssignments (counted).
+    pub assignments: Trigger<EligibleAssignment>,
+    /// ActivationRequests (active ones counted).
+    pub requests: Trigger<ActivationRequest>,
+    /// ClusterRoles (RolesFound).
+    pub cluster_roles: Trigger<ClusterRole>,
+}
+
+/// Runs the controller until shutdown.
+pub async fn controller(ctx: Arc<Context>, t: Triggers) {
+    let by_role = ctx.role_settings.clone();
+    let c = Controller::for_shared_stream(t.role_settings, ctx.role_settings.clone());
+    let c = relate(c, t.assignments, |ea: Arc<EligibleAssignment>| {
+        Some(ObjectRef::new(&ea.spec.role_setting))
+    });
+    let c = relate(c, t.requests, |ar: Arc<ActivationRequest>| {
+        Some(ObjectRef::new(&ar.spec.role_setting))
+    });
+    let c = relate(c, t.cluster_roles, move |cr: Arc<ClusterRole>| {
+        let name = cr.name_any();
+        by_role
+            .state()
+            .iter()
+            .filter(|rs| rs.spec.role_refs.iter().any(|r| r.name == name))
+            .map(|rs| ObjectRef::from_obj(rs.as_ref()))
+            .collect::<Vec<_>>()
+    });
+    c.shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+fn error_policy(rs: Arc<RoleSetting>, e: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(role_setting = %rs.name_any(), error = %e, "role setting reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(rs: Arc<RoleSetting>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let now = Utc::now();
+    let name = rs.name_any();
+    let generation = rs.metadata.generation;
+    let mut status = rs.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+
+    let missing: Vec<&str> = rs
+        .spec
+        .role_refs
+        .iter()
+        .filter(|r| ctx.cluster_roles.get(&ObjectRef::new(&r.name)).is_none())
+        .map(|r| r.name.as_str())
+        .collect();
+    if missing.is_empty() {
+        set_condition(
+            &mut status.conditions,
+            "RolesFound",
+            true,
+            "RolesFound",
+            "every ClusterRole in roleRefs exists",
+            now,
+            generation,
+        );
+    } else {
+        let msg = format!(
+            "ClusterRole(s) {} do not exist: create them or fix roleRefs; activations would grant nothing",
+            missing.join(", ")
+        );
+        set_condition(
+            &mut status.conditions,
+            "RolesFound",
+            false,
+            "RoleNotFound",
+            &msg,
+            now,
+            generation,
+        );
+    }
+    let a = &rs.spec.approval;
+    if !a.required || approval::quorum_reachable(a, None, &[]) {
+        set_condition(
+            &mut status.conditions,
+            "QuorumReachable",
+            true,
+            "QuorumReachable",
+            "minApprovals can be met",
+            now,
+            generation,
+        );
+    } else {
+        let msg = format!(
+            "minApprovals {} exceeds the User/ServiceAccount approvers listed and no Group approver is listed: add approvers or a Group, or lower minApprovals",
+            a.min_approvals
+        );
+        set_condition(
+            &mut status.conditions,
+            "QuorumReachable",
+            false,
+            "QuorumUnreachable",
+            &msg,
+            now,
+            generation,
+        );
+    }
+    status.assignments = count(
+        ctx.assignments
+            .state()
+            .iter()
+            .filter(|ea| ea.spec.role_setting == name),
+    );
+    status.active_activations = count(ctx.requests.state().iter().filter(|ar| {
+        ar.spec.role_setting == name
+            && ar.status.as_ref().and_then(|s| s.phase) == Some(RequestPhase::Active)
+    }));
+
+    if rs.status.as_ref() != Some(&status) {
+        let api: Api<RoleSetting> = Api::all(ctx.client.clone());
+        let patch =
+            json!({"metadata": {"resourceVersion": rs.resource_version()}, "status": status});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+fn count<T>(it: impl Iterator<Item = T>) -> i64 {
+    i64::try_from(it.count()).unwrap_or(i64::MAX)
+}

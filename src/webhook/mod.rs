@@ -1,0 +1,297 @@
+//! The admission webhook: a thin HTTPS transport around the pure decisions in [`review`].
+//!
+//! `POST /mutate` stamps identities; `POST /validate` decides. The handler only fetches what a
+//! decision needs: from the controllers' caches, or live when the cache does not have it yet
+//! (a RoleSetting applied in the same `kubectl apply` as the request that names it). Nothing
+//! here writes anything, so dry-run requests have no side effects.
+//!
+//! TLS: the certificate and key are read from files and re-read when they change (mounted
+//! Secrets rotate in place); the test environment issues them from its CA for 127.0.0.1.
+
+pub mod config;
+pub mod review;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use axum::{Json, Router, extract::State, routing::post};
+use chrono::Utc;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, ResourceExt,
+    core::{
+        DynamicObject,
+        admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
+    },
+    runtime::reflector::ObjectRef,
+};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    Error,
+    api::{ActivationRequest, EligibleAssignment, RoleSetting},
+    controller::Context,
+};
+use review::{Settings, Verdict};
+
+/// Where the webhook listens and its TLS files.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// The HTTPS address.
+    pub addr: SocketAddr,
+    /// PEM certificate (chain).
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+}
+
+struct Shared {
+    ctx: Arc<Context>,
+    settings: Settings,
+}
+
+/// Serves the webhook until the process ends.
+pub async fn serve(listen: Listen, ctx: Arc<Context>, settings: Settings) -> Result<(), Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls =
+        axum_server::tls_rustls::RustlsConfig::from_pem_file(&listen.cert_file, &listen.key_file)
+            .await
+            .map_err(Error::io("read the webhook certificate", &listen.cert_file))?;
+    tokio::spawn(reload_on_change(
+        tls.clone(),
+        listen.cert_file.clone(),
+        listen.key_file.clone(),
+    ));
+    let app = Router::new()
+        .route("/mutate", post(mutate))
+        .route("/validate", post(validate))
+        .with_state(Arc::new(Shared { ctx, settings }));
+    tracing::info!(addr = %listen.addr, "serving the admission webhook");
+    axum_server::bind_rustls(listen.addr, tls)
+        .serve(app.into_make_service())
+        .await
+        .map_err(Error::io("serve the webhook on", listen.addr.to_string()))
+}
+
+async fn reload_on_change(tls: axum_server::tls_rustls::RustlsConfig, cert: PathBuf, key: PathBuf) {
+    let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = (stamp(&cert), stamp(&key));
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let now = (stamp(&cert), stamp(&key));
+        if now != seen {
+            match tls.reload_from_pem_file(&cert, &key).await {
+                Ok(()) => tracing::info!("reloaded the webhook certificate"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not reload the webhook certificate; keeping the old one")
+                }
+            }
+            seen = now;
+        }
+    }
+}
+
+fn respond(
+    req: &AdmissionRequest<DynamicObject>,
+    verdict: Verdict,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let base = AdmissionResponse::from(req);
+    let resp = match verdict {
+        Verdict::Allow => base,
+        Verdict::Deny(msg) => {
+            tracing::info!(user = ?req.user_info.username, kind = %req.kind.kind, name = %req.name, operation = ?req.operation, reason = %msg, "admission denied");
+            let mut r = base.deny(msg);
+            // A policy refusal is a 403 Forbidden, as for RBAC (kube's default is 400).
+            r.result.code = 403;
+            r.result.reason = "Forbidden".into();
+            r
+        }
+        Verdict::Patch(p) => match base.with_patch(p) {
+            Ok(r) => r,
+            Err(e) => AdmissionResponse::from(req)
+                .deny(format!("kube-pim could not build its patch: {e}")),
+        },
+    };
+    Json(resp.into_review())
+}
+
+fn bad_request(msg: &str) -> Json<AdmissionReview<DynamicObject>> {
+    Json(AdmissionResponse::invalid(msg).into_review())
+}
+
+fn typed<K: DeserializeOwned>(o: Option<&DynamicObject>) -> Option<K> {
+    o.and_then(|o| serde_json::to_value(o).ok())
+        .and_then(|v| serde_json::from_value(v).ok())
+}
+
+fn raw(o: Option<&DynamicObject>) -> serde_json::Value {
+    o.and_then(|o| serde_json::to_value(o).ok())
+        .unwrap_or_default()
+}
+
+async fn mutate(
+    State(s): State<Arc<Shared>>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let Ok(req): Result<AdmissionRequest<DynamicObject>, _> = review.try_into() else {
+        return bad_request("not an AdmissionReview request");
+    };
+    let user = &req.user_info;
+    let verdict = match (
+        req.resource.resource.as_str(),
+        req.sub_resource.as_deref(),
+        &req.operation,
+    ) {
+        ("activationrequests", None, Operation::Create) => {
+            review::stamp_requester(&raw(req.object.as_ref()), user)
+        }
+        ("activationrequests", Some("status"), Operation::Update) => {
+            let old = raw(req.old_object.as_ref());
+            let rs_name = old
+                .pointer("/spec/roleSetting")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let rs = role_setting(&s.ctx, &rs_name).await;
+            review::stamp_approval(
+                &old,
+                &raw(req.object.as_ref()),
+                user,
+                rs.as_ref(),
+                Utc::now(),
+            )
+        }
+        ("eligibleassignments", None, Operation::Create | Operation::Update) => {
+            review::stamp_authorized_by(&raw(req.object.as_ref()), user)
+        }
+        _ => Verdict::Allow,
+    };
+    respond(&req, verdict)
+}
+
+async fn validate(
+    State(s): State<Arc<Shared>>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let Ok(req): Result<AdmissionRequest<DynamicObject>, _> = review.try_into() else {
+        return bad_request("not an AdmissionReview request");
+    };
+    let verdict = decide(&s, &req).await;
+    respond(&req, verdict)
+}
+
+async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
+    let user = &req.user_info;
+    let now = Utc::now();
+    let ns = req.namespace.clone().unwrap_or_default();
+    let malformed =
+        || Verdict::Deny("kube-pim could not read the object: it does not match the schema".into());
+    match (
+        req.resource.resource.as_str(),
+        req.sub_resource.as_deref(),
+        &req.operation,
+    ) {
+        ("activationrequests", None, Operation::Create) => {
+            let Some(ar) = typed::<ActivationRequest>(req.object.as_ref()) else {
+                return malformed();
+            };
+            let rs = role_setting(&s.ctx, &ar.spec.role_setting).await;
+            let eas = s.ctx.assignments.state();
+            let eas: Vec<&EligibleAssignment> = eas
+                .iter()
+                .map(|a| a.as_ref())
+                .filter(|a| a.namespace().as_deref() == Some(ns.as_str()))
+                .collect();
+            let ars = s.ctx.requests.state();
+            let ars: Vec<&ActivationRequest> = ars
+                .iter()
+                .map(|a| a.as_ref())
+                .filter(|a| a.namespace().as_deref() == Some(ns.as_str()))
+                .collect();
+            review::validate_request_create(&ar, user, rs.as_ref(), &eas, &ars, &s.settings, now)
+        }
+        ("activationrequests", None, Operation::Update) => {
+            let (Some(old), Some(new)) = (
+                typed::<ActivationRequest>(req.old_object.as_ref()),
+                typed::<ActivationRequest>(req.object.as_ref()),
+            ) else {
+                return malformed();
+            };
+            let rs = role_setting(&s.ctx, &old.spec.role_setting).await;
+            review::validate_request_update(&old, &new, user, rs.as_ref())
+        }
+        ("activationrequests", Some("status"), Operation::Update) => {
+            let Some(old) = typed::<ActivationRequest>(req.old_object.as_ref()) else {
+                return malformed();
+            };
+            let Some(new) = typed::<ActivationRequest>(req.object.as_ref()) else {
+                return Verdict::Deny("status.approvals entries need a decision (Approved or Denied); approver and time are filled in by kube-pim".into());
+            };
+            let rs = role_setting(&s.ctx, &old.spec.role_setting).await;
+            review::validate_decision(&old, &new, user, rs.as_ref())
+        }
+        ("activationrequests", None, Operation::Delete) => {
+            let Some(old) = typed::<ActivationRequest>(req.old_object.as_ref()) else {
+                return Verdict::Allow;
+            };
+            let terminating = namespace_terminating(&s.ctx, &ns).await;
+            review::validate_request_delete(&old, user, &s.settings, terminating)
+        }
+        ("eligibleassignments", None, Operation::Create | Operation::Update) => {
+            let Some(ea) = typed::<EligibleAssignment>(req.object.as_ref()) else {
+                return malformed();
+            };
+            let rs = role_setting(&s.ctx, &ea.spec.role_setting).await;
+            review::validate_assignment(&ea, user, rs.as_ref(), &s.settings, now)
+        }
+        ("eligibleassignments", None, Operation::Delete) => {
+            let Some(old) = typed::<EligibleAssignment>(req.old_object.as_ref()) else {
+                return Verdict::Allow;
+            };
+            let rs = role_setting(&s.ctx, &old.spec.role_setting).await;
+            let others = s
+                .ctx
+                .assignments
+                .state()
+                .iter()
+                .filter(|a| {
+                    a.spec.role_setting == old.spec.role_setting
+                        && a.metadata.uid != old.metadata.uid
+                        && a.metadata.deletion_timestamp.is_none()
+                })
+                .count();
+            let terminating = namespace_terminating(&s.ctx, &ns).await;
+            review::validate_assignment_delete(&old, rs.as_ref(), others, terminating)
+        }
+        ("rolesettings", None, Operation::Create | Operation::Update) => {
+            let Some(rs) = typed::<RoleSetting>(req.object.as_ref()) else {
+                return malformed();
+            };
+            review::validate_role_setting(&rs)
+        }
+        _ => Verdict::Allow,
+    }
+}
+
+/// A RoleSetting from the cache, or read live when the cache does not have it (yet).
+async fn role_setting(ctx: &Context, name: &str) -> Option<RoleSetting> {
+    if name.is_empty() {
+        return None;
+    }
+    if let Some(rs) = ctx.role_settings.get(&ObjectRef::new(name)) {
+        return Some(rs.as_ref().clone());
+    }
+    Api::<RoleSetting>::all(ctx.client.clone())
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Whether a namespace is being deleted (then its requests and assignments may go).
+async fn namespace_terminating(ctx: &Context, ns: &str) -> bool {
+    match Api::<Namespace>::all(ctx.client.clone()).get_opt(ns).await {
+        Ok(Some(n)) => n.metadata.deletion_timestamp.is_some(),
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}

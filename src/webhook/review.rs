@@ -1,0 +1,545 @@
+//! The admission decisions, pure: (the request's objects, the caller, what the caches hold,
+//! now) -> allow, allow with a patch, or deny with a message that names the fix.
+//!
+//! Mutation only stamps identities (the requester; an approver's identity and time; who wrote
+//! an assignment), working on raw JSON because what clients send lacks exactly those required
+//! fields. Every decision is in the validating functions, which run after mutation on typed
+//! objects. The operator's own writes never reach here (the webhook configurations exclude its
+//! user name with matchConditions), so nothing below needs an exemption for it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation, jsonptr::PointerBuf};
+use k8s_openapi::api::authentication::v1::UserInfo;
+use serde_json::{Value, json};
+
+use crate::{
+    api::{
+        ActivationRequest, ApprovalDecision, EligibleAssignment, RequestPhase, RoleSetting,
+        SubjectKind,
+    },
+    controller::FINALIZER,
+    decide::{eligibility, policy, request::is_terminal, service_account_username},
+};
+
+/// The annotation that records who wrote an EligibleAssignment (re-written on every write).
+pub const AUTHORIZED_BY: &str = "kubepim.io/authorized-by";
+
+/// What admission answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Let it through unchanged.
+    Allow,
+    /// Let it through with this JSON patch applied.
+    Patch(Patch),
+    /// Refuse, with this message.
+    Deny(String),
+}
+
+/// The webhook's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The only namespace for Cluster scope.
+    pub cluster_scope_namespace: String,
+    /// How MFA is proven.
+    pub mfa: policy::MfaConfig,
+    /// A group whose members may delete open requests (break glass), if any.
+    pub break_glass_group: Option<String>,
+}
+
+fn op_add(path: &str, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::parse(path).expect("valid pointer"),
+        value,
+    })
+}
+
+fn op_replace(path: &str, value: Value) -> PatchOperation {
+    PatchOperation::Replace(ReplaceOperation {
+        path: PointerBuf::parse(path).expect("valid pointer"),
+        value,
+    })
+}
+
+/// The caller as kube-pim records it: username, uid, groups, extra.
+pub fn identity(user: &UserInfo) -> Value {
+    let mut v = json!({
+        "username": user.username.clone().unwrap_or_default(),
+        "groups": user.groups.clone().unwrap_or_default(),
+        "extra": user.extra.clone().unwrap_or_default(),
+    });
+    if let Some(uid) = user.uid.as_ref().filter(|u| !u.is_empty()) {
+        v["uid"] = json!(uid);
+    }
+    v
+}
+
+fn username(user: &UserInfo) -> &str {
+    user.username.as_deref().unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutation: stamping identities.
+// ---------------------------------------------------------------------------------------------
+
+/// ActivationRequest CREATE: `spec.requester` is the authenticated caller, whatever was sent.
+pub fn stamp_requester(object: &Value, user: &UserInfo) -> Verdict {
+    let op = if object.pointer("/spec/requester").is_some() {
+        op_replace
+    } else {
+        op_add
+    };
+    Verdict::Patch(Patch(vec![op("/spec/requester", identity(user))]))
+}
+
+/// The approver Group through which `user` qualifies (None when listed directly).
+fn via_group(rs: &RoleSetting, user: &UserInfo) -> Option<String> {
+    let name = username(user);
+    let a = &rs.spec.approval;
+    let direct = a.approvers.iter().any(|s| match s.kind {
+        SubjectKind::User => s.name == name,
+        SubjectKind::ServiceAccount => {
+            s.namespace
+                .as_deref()
+                .map(|ns| service_account_username(ns, &s.name))
+                .as_deref()
+                == Some(name)
+        }
+        SubjectKind::Group => false,
+    });
+    if direct {
+        return None;
+    }
+    let groups = user.groups.clone().unwrap_or_default();
+    a.approvers
+        .iter()
+        .filter(|s| s.kind == SubjectKind::Group)
+        .find(|s| groups.contains(&s.name))
+        .map(|s| s.name.clone())
+}
+
+/// ActivationRequest status UPDATE: when exactly one approval was appended, its `approver` is
+/// the caller (and the Group it qualifies through) and its `time` is now. Anything else is
+/// left for validation to refuse.
+pub fn stamp_approval(
+    old: &Value,
+    new: &Value,
+    user: &UserInfo,
+    rs: Option<&RoleSetting>,
+    now: DateTime<Utc>,
+) -> Verdict {
+    let (Some(old_list), Some(new_list)) = (
+        old.pointer("/status/approvals").and_then(Value::as_array),
+        new.pointer("/status/approvals").and_then(Value::as_array),
+    ) else {
+        return Verdict::Allow;
+    };
+    if new_list.len() != old_list.len() + 1 {
+        return Verdict::Allow;
+    }
+    let i = old_list.len();
+    let mut approver = json!({"username": username(user)});
+    if let Some(uid) = user.uid.as_ref().filter(|u| !u.is_empty()) {
+        approver["uid"] = json!(uid);
+    }
+    if let Some(g) = rs.and_then(|rs| via_group(rs, user)) {
+        approver["viaGroup"] = json!(g);
+    }
+    let time = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    // `add` on an object member replaces it: whatever the client sent is overwritten.
+    Verdict::Patch(Patch(vec![
+        op_add(&format!("/status/approvals/{i}/approver"), approver),
+        op_add(&format!("/status/approvals/{i}/time"), json!(time)),
+    ]))
+}
+
+/// EligibleAssignment CREATE/UPDATE: record who wrote it (the identity whose `bind` permission
+/// the controller re-checks), replacing any value sent.
+pub fn stamp_authorized_by(object: &Value, user: &UserInfo) -> Verdict {
+    let value = Value::String(identity(user).to_string());
+    let mut ops = Vec::new();
+    if object
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .is_none()
+    {
+        ops.push(op_add("/metadata/annotations", json!({})));
+    }
+    ops.push(op_add(
+        &format!("/metadata/annotations/{}", AUTHORIZED_BY.replace('/', "~1")),
+        value,
+    ));
+    Verdict::Patch(Patch(ops))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+// ---------------------------------------------------------------------------------------------
+
+/// ActivationRequest CREATE: everything policy forbids, refused at once.
+pub fn validate_request_create(
+    ar: &ActivationRequest,
+    user: &UserInfo,
+    rs: Option<&RoleSetting>,
+    assignments: &[&EligibleAssignment],
+    requests: &[&ActivationRequest],
+    s: &Settings,
+    now: DateTime<Utc>,
+) -> Verdict {
+    let ns = ar.metadata.namespace.as_deref().unwrap_or_default();
+    // Mutation stamped the requester; refuse if anything changed it since (defence in depth).
+    if ar.spec.requester.username != username(user) {
+        return Verdict::Deny(
+            "spec.requester must be the caller: it is set by kube-pim, leave it out".into(),
+        );
+    }
+    let Some(rs) = rs else {
+        return Verdict::Deny(format!(
+            "RoleSetting {} does not exist: check the name (kubectl get rolesettings)",
+            ar.spec.role_setting
+        ));
+    };
+    let pctx = policy::Context {
+        namespace: ns,
+        cluster_scope_namespace: &s.cluster_scope_namespace,
+        mfa: &s.mfa,
+        now,
+    };
+    let violations = policy::request_violations(rs, &ar.spec, &pctx);
+    if !violations.is_empty() {
+        return Verdict::Deny(
+            violations
+                .iter()
+                .map(|v| v.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+    }
+    if eligibility::select(
+        &eligibility::Wanted::of(ar),
+        Some(rs),
+        assignments.iter().copied(),
+        &s.cluster_scope_namespace,
+        now,
+    )
+    .is_none()
+    {
+        return Verdict::Deny(format!(
+            "{} is not eligible for RoleSetting {} ({:?} scope) in namespace {ns} now: no EligibleAssignment matches (see kubectl get eligibleassignments -n {ns}); ask an administrator for one",
+            ar.spec.requester.username, ar.spec.role_setting, ar.spec.scope
+        ));
+    }
+    if let Some(target) = &ar.spec.extends {
+        let own_open = requests
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(target.as_str()))
+            .filter(|r| {
+                r.spec.requester.username == ar.spec.requester.username
+                    && r.spec.requester.uid == ar.spec.requester.uid
+                    && r.spec.role_setting == ar.spec.role_setting
+                    && r.spec.scope == ar.spec.scope
+                    && r.status.as_ref().and_then(|st| st.phase).is_some_and(|p| {
+                        matches!(p, RequestPhase::Active | RequestPhase::Scheduled)
+                    })
+            });
+        if own_open.is_none() {
+            return Verdict::Deny(format!(
+                "extends: {target} is not your own Active or Scheduled request for {} ({:?} scope) in {ns}: name one of yours (kubectl get ar -n {ns})",
+                ar.spec.role_setting, ar.spec.scope
+            ));
+        }
+    }
+    Verdict::Allow
+}
+
+fn kubepim_keys(m: &Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    m.iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("kubepim.io/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Metadata only the operator may change on kube-pim's objects: its finalizer, owner
+/// references, and `kubepim.io/*` labels and annotations.
+fn protected_metadata(
+    old: &kube::api::ObjectMeta,
+    new: &kube::api::ObjectMeta,
+    kind: &str,
+) -> Option<String> {
+    let had = old.finalizers.iter().flatten().any(|f| f == FINALIZER);
+    let has = new.finalizers.iter().flatten().any(|f| f == FINALIZER);
+    if had && !has {
+        return Some(format!(
+            "only kube-pim removes the {FINALIZER} finalizer (it does so once access is removed): end the {kind} instead"
+        ));
+    }
+    if has && !had {
+        return Some(format!(
+            "only kube-pim adds the {FINALIZER} finalizer: remove it from your change"
+        ));
+    }
+    if old.owner_references != new.owner_references {
+        return Some(format!(
+            "ownerReferences of a {kind} are kube-pim's: remove them from your change"
+        ));
+    }
+    if kubepim_keys(&old.labels) != kubepim_keys(&new.labels)
+        || kubepim_keys(&old.annotations) != kubepim_keys(&new.annotations)
+    {
+        return Some(format!(
+            "kubepim.io/* labels and annotations of a {kind} are kube-pim's: remove them from your change"
+        ));
+    }
+    None
+}
+
+/// Whether `user` may act as an approver of `rs` (listed by name, as a ServiceAccount when
+/// allowed, or through one of their groups).
+fn is_approver(rs: &RoleSetting, user: &UserInfo) -> bool {
+    let a = &rs.spec.approval;
+    let name = username(user);
+    let groups = user.groups.clone().unwrap_or_default();
+    a.approvers.iter().any(|s| match s.kind {
+        SubjectKind::User => s.name == name,
+        SubjectKind::ServiceAccount => {
+            a.allow_service_account_approvers
+                && s.namespace
+                    .as_deref()
+                    .map(|ns| service_account_username(ns, &s.name))
+                    .as_deref()
+                    == Some(name)
+        }
+        SubjectKind::Group => groups.contains(&s.name),
+    })
+}
+
+fn is_requester(ar: &ActivationRequest, user: &UserInfo) -> bool {
+    let r = &ar.spec.requester;
+    username(user) == r.username
+        || matches!((&user.uid, &r.uid), (Some(a), Some(b)) if !a.is_empty() && a == b)
+}
+
+/// ActivationRequest UPDATE (main resource): the spec only by `deactivate` false -> true, and
+/// only by the requester or an approver; kube-pim's metadata untouched.
+pub fn validate_request_update(
+    old: &ActivationRequest,
+    new: &ActivationRequest,
+    user: &UserInfo,
+    rs: Option<&RoleSetting>,
+) -> Verdict {
+    if let Some(msg) = protected_metadata(&old.metadata, &new.metadata, "ActivationRequest") {
+        return Verdict::Deny(msg);
+    }
+    let mut a = old.spec.clone();
+    a.deactivate = new.spec.deactivate;
+    if a != new.spec {
+        return Verdict::Deny("spec is immutable except deactivate (false -> true): create a new ActivationRequest instead of editing this one".into());
+    }
+    match (old.spec.deactivate, new.spec.deactivate) {
+        (true, false) => Verdict::Deny(
+            "deactivate cannot go back to false: create a new ActivationRequest".into(),
+        ),
+        (false, true)
+            if !is_requester(old, user) && !rs.is_some_and(|rs| is_approver(rs, user)) =>
+        {
+            Verdict::Deny(format!(
+                "only the requester ({}) or an approver of RoleSetting {} may deactivate this request",
+                old.spec.requester.username, old.spec.role_setting
+            ))
+        }
+        _ => Verdict::Allow,
+    }
+}
+
+/// ActivationRequest status UPDATE by anyone but the operator: exactly one approval appended,
+/// by the caller (as stamped), who is an approver, not the requester, and has not decided
+/// before, while the request is Pending; a reason for a Deny and when the policy requires one.
+/// Nothing else in status may change, and status may not be dropped.
+pub fn validate_decision(
+    old: &ActivationRequest,
+    new: &ActivationRequest,
+    user: &UserInfo,
+    rs: Option<&RoleSetting>,
+) -> Verdict {
+    let name = old.metadata.name.as_deref().unwrap_or_default();
+    let (Some(os), Some(ns)) = (old.status.as_ref(), new.status.as_ref()) else {
+        return Verdict::Deny(format!(
+            "{name} has no status to decide on yet, or the change removes it: append one approval to status.approvals"
+        ));
+    };
+    let phase = os.phase;
+    if phase != Some(RequestPhase::Pending) {
+        return Verdict::Deny(format!(
+            "{name} is {}: decisions are only taken while it is Pending",
+            phase.map_or("not yet initialised".to_string(), |p| format!("{p:?}"))
+        ));
+    }
+    let Some(old_list) = os.approvals.as_ref() else {
+        return Verdict::Deny(format!(
+            "{name} is not ready for decisions yet: try again in a moment"
+        ));
+    };
+    let new_list = ns.approvals.clone().unwrap_or_default();
+    let (mut a, mut b) = (os.clone(), ns.clone());
+    a.approvals = None;
+    b.approvals = None;
+    if a != b {
+        return Verdict::Deny("approvers may only append one entry to status.approvals; nothing else in status may change".into());
+    }
+    if new_list.len() != old_list.len() + 1 || new_list[..old_list.len()] != old_list[..] {
+        return Verdict::Deny("append exactly one approval at the end (op add, path /status/approvals/-); existing decisions cannot change".into());
+    }
+    let d = &new_list[old_list.len()];
+    if d.approver.username != username(user) {
+        return Verdict::Deny(
+            "an approval is recorded for the caller only: leave approver out, kube-pim fills it in"
+                .into(),
+        );
+    }
+    let Some(rs) = rs else {
+        return Verdict::Deny(format!(
+            "RoleSetting {} no longer exists: nothing to decide",
+            old.spec.role_setting
+        ));
+    };
+    if is_requester(old, user) {
+        return Verdict::Deny("you cannot decide your own request: ask another approver (to withdraw it, set spec.deactivate: true)".into());
+    }
+    if !is_approver(rs, user) {
+        return Verdict::Deny(format!(
+            "{} is not an approver of RoleSetting {}: its approvers are {}",
+            username(user),
+            old.spec.role_setting,
+            rs.spec
+                .approval
+                .approvers
+                .iter()
+                .map(|s| format!("{:?} {}", s.kind, s.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if old_list
+        .iter()
+        .any(|p| p.approver.username == d.approver.username)
+    {
+        return Verdict::Deny(
+            "you have already decided on this request; a decision cannot be changed".into(),
+        );
+    }
+    let no_reason = d.reason.as_deref().is_none_or(|r| r.trim().is_empty());
+    if no_reason && d.decision == ApprovalDecision::Denied {
+        return Verdict::Deny("a Deny needs a reason: add \"reason\" to the approval".into());
+    }
+    if no_reason && rs.spec.approval.require_reason {
+        return Verdict::Deny(format!(
+            "RoleSetting {} requires a reason for every decision: add \"reason\" to the approval",
+            old.spec.role_setting
+        ));
+    }
+    // The separation-of-duties checks that need the apiserver (impersonation, token minting)
+    // are made by the controller, which re-verifies every approval it counts.
+    Verdict::Allow
+}
+
+/// ActivationRequest DELETE: an open request is deleted only by the break-glass group or with
+/// its namespace; the finalizer still makes the operator revoke and record it first.
+pub fn validate_request_delete(
+    old: &ActivationRequest,
+    user: &UserInfo,
+    s: &Settings,
+    namespace_terminating: bool,
+) -> Verdict {
+    let phase = old.status.as_ref().and_then(|st| st.phase);
+    let open = phase.is_none_or(|p| !is_terminal(p));
+    let break_glass = s
+        .break_glass_group
+        .as_ref()
+        .is_some_and(|g| user.groups.iter().flatten().any(|x| x == g));
+    if open && !break_glass && !namespace_terminating {
+        return Verdict::Deny(format!(
+            "{} is {} and is the audit record of that access: end it with spec.deactivate: true (kubectl pim deactivate {}); ended requests can be deleted",
+            old.metadata.name.as_deref().unwrap_or_default(),
+            phase.map_or("new".to_string(), |p| format!("{p:?}")),
+            old.metadata.name.as_deref().unwrap_or_default()
+        ));
+    }
+    Verdict::Allow
+}
+
+/// EligibleAssignment CREATE/UPDATE: what the RoleSetting forbids (a RoleSetting that does not
+/// exist yet is fine: GitOps order; the assignment is Invalid until it does), Cluster scope
+/// only in the cluster-scope namespace, and the authorized-by stamp is the caller's.
+pub fn validate_assignment(
+    ea: &EligibleAssignment,
+    user: &UserInfo,
+    rs: Option<&RoleSetting>,
+    s: &Settings,
+    now: DateTime<Utc>,
+) -> Verdict {
+    let ns = ea.metadata.namespace.as_deref().unwrap_or_default();
+    let stamped = ea
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(AUTHORIZED_BY));
+    if stamped.map(String::as_str) != Some(identity(user).to_string().as_str()) {
+        return Verdict::Deny(format!(
+            "the {AUTHORIZED_BY} annotation is set by kube-pim: remove it from your change"
+        ));
+    }
+    if ea.spec.scope == crate::api::Scope::Cluster && ns != s.cluster_scope_namespace {
+        return Verdict::Deny(format!(
+            "Cluster-scope assignments live only in namespace {}: create it there, or use scope Namespace",
+            s.cluster_scope_namespace
+        ));
+    }
+    if let Some(rs) = rs {
+        let v = policy::assignment_violations(rs, ea, ns, &s.cluster_scope_namespace, now);
+        if !v.is_empty() {
+            return Verdict::Deny(
+                v.iter()
+                    .map(|x| x.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+        }
+    }
+    Verdict::Allow
+}
+
+/// EligibleAssignment DELETE: `protectLastAssignment` keeps the last one (unless its namespace
+/// is being deleted).
+pub fn validate_assignment_delete(
+    old: &EligibleAssignment,
+    rs: Option<&RoleSetting>,
+    others: usize,
+    namespace_terminating: bool,
+) -> Verdict {
+    if rs.is_some_and(|rs| rs.spec.protect_last_assignment) && others == 0 && !namespace_terminating
+    {
+        return Verdict::Deny(format!(
+            "{} is the last EligibleAssignment of RoleSetting {}, which sets protectLastAssignment: create another one first, or turn protectLastAssignment off",
+            old.metadata.name.as_deref().unwrap_or_default(),
+            old.spec.role_setting
+        ));
+    }
+    Verdict::Allow
+}
+
+/// RoleSetting CREATE/UPDATE: what CEL cannot check on its own (the ticket pattern compiles).
+pub fn validate_role_setting(rs: &RoleSetting) -> Verdict {
+    if let Some(p) = &rs.spec.activation.ticket_pattern
+        && let Err(e) = regex::Regex::new(p)
+    {
+        return Verdict::Deny(format!(
+            "activation.ticketPattern {p:?} is not a valid regular expression ({e}): fix the pattern"
+        ));
+    }
+    Verdict::Allow
+}
+
+#[cfg(test)]
+mod tests;

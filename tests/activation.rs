@@ -1,0 +1,1022 @@
+//! The activation flow end to end against a real kube-apiserver, with the operator and its
+//! admission webhook running as their own user, and distinct people acting with their own
+//! credentials: a requester, approvers, a bystander with approver RBAC who is not an approver.
+//! Access is proven with real requests (listing Secrets) before, during and after activation.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{admin, can, http_get, namespace, operated, refusal, suffix, user};
+use k8s_openapi::api::{
+    core::v1::Secret,
+    rbac::v1::{ClusterRoleBinding, RoleBinding},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use kube_pim::api::{ActivationRequest, HistoryAction, RequestPhase};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One test's world: a namespace, a RoleSetting, and people with unique names.
+struct World {
+    ns: String,
+    rs: String,
+    alice: String,
+    bob: String,
+    carol: String,
+    mallory: String,
+    leads: String,
+}
+
+impl World {
+    /// A namespace where `alice` is eligible for a fresh RoleSetting granting `admin` with
+    /// `spec` (merged over the defaults), `leads` are approvers, and everyone has the persona
+    /// RoleBindings (mallory holds the approver role without being an approver).
+    async fn new(prefix: &str, spec: Value) -> Self {
+        let _ = operated();
+        let s = suffix();
+        let w = World {
+            ns: namespace(prefix).await,
+            rs: format!("{prefix}-{s}"),
+            alice: format!("alice-{s}"),
+            bob: format!("bob-{s}"),
+            carol: format!("carol-{s}"),
+            mallory: format!("mallory-{s}"),
+            leads: format!("leads-{s}"),
+        };
+        let mut rs_spec = json!({"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
+            "activation": {"maxDuration": "1h"}});
+        merge(&mut rs_spec, spec);
+        apply(
+            &admin().await,
+            &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting",
+            "metadata": {"name": w.rs}, "spec": rs_spec}),
+            None,
+        )
+        .await;
+        apply(&admin().await, &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment",
+            "metadata": {"name": "alice"}, "spec": {"roleSetting": w.rs, "subject": {"kind": "User", "name": w.alice}}}), Some(&w.ns)).await;
+        w.bind("kube-pim-requester", "User", &w.alice).await;
+        w.bind("kube-pim-approver", "Group", &w.leads).await;
+        w.bind("kube-pim-approver", "User", &w.mallory).await;
+        w
+    }
+
+    async fn bind(&self, role: &str, kind: &str, name: &str) {
+        let rb: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": format!("{role}-{}", name.to_lowercase().replace(':', "-"))},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name}]
+        }))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(admin().await, &self.ns)
+            .create(&PostParams::default(), &rb)
+            .await
+            .unwrap();
+    }
+
+    async fn alice(&self) -> Client {
+        user(&self.alice, &["team"]).await
+    }
+
+    async fn approver(&self, name: &str) -> Client {
+        user(name, &[&self.leads]).await
+    }
+
+    fn requests(&self, c: Client) -> Api<ActivationRequest> {
+        Api::namespaced(c, &self.ns)
+    }
+
+    /// alice asks for the RoleSetting with `spec` merged over a plain justified request.
+    async fn ask(&self, client: Client, spec: Value) -> Result<ActivationRequest, kube::Error> {
+        let mut s = json!({"roleSetting": self.rs, "duration": "10m", "justification": "INC-1 payments down",
+            "requester": {"username": "whoever"}});
+        merge(&mut s, spec);
+        let ar: ActivationRequest = serde_json::from_value(json!({
+            "apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",
+            "metadata": {"generateName": "req-"}, "spec": s}))
+        .unwrap();
+        self.requests(client)
+            .create(&PostParams::default(), &ar)
+            .await
+    }
+
+    async fn wait(
+        &self,
+        name: &str,
+        what: &str,
+        f: impl Fn(&ActivationRequest) -> bool,
+    ) -> ActivationRequest {
+        let api = self.requests(admin().await);
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let ar = api.get(name).await.unwrap();
+            if f(&ar) {
+                return ar;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never became {what}: {:?}",
+                ar.status
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_phase(&self, name: &str, phase: RequestPhase) -> ActivationRequest {
+        self.wait(name, &format!("{phase:?}"), |ar| {
+            phase_of(ar) == Some(phase)
+        })
+        .await
+    }
+
+    /// Appends a decision as `client`'s user, exactly as SPEC section 2 shows (test on uid).
+    async fn decide(
+        &self,
+        client: Client,
+        ar: &ActivationRequest,
+        decision: &str,
+        reason: Option<&str>,
+    ) -> Result<ActivationRequest, kube::Error> {
+        let mut value = json!({"decision": decision});
+        if let Some(r) = reason {
+            value["reason"] = json!(r);
+        }
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "test", "path": "/metadata/uid", "value": ar.uid().unwrap()},
+            {"op": "add", "path": "/status/approvals/-", "value": value}
+        ]))
+        .unwrap();
+        self.requests(client)
+            .patch_status(
+                &ar.name_any(),
+                &PatchParams::default(),
+                &Patch::<()>::Json(patch),
+            )
+            .await
+    }
+
+    /// Waits until listing Secrets in the namespace as `client` is `allowed` (RBAC caches follow
+    /// binding changes within moments), proving access with a real request.
+    async fn access(&self, client: &Client, allowed: bool) {
+        let api: Api<Secret> = Api::namespaced(client.clone(), &self.ns);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if api.list(&ListParams::default()).await.is_ok() == allowed {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "listing Secrets should be allowed={allowed}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+async fn apply(client: &Client, obj: &Value, ns: Option<&str>) {
+    let ar = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "kubepim.io",
+        "v1alpha1",
+        obj["kind"].as_str().unwrap(),
+    ));
+    let api: Api<kube::api::DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    let name = obj["metadata"]["name"].as_str().unwrap();
+    api.patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(obj))
+        .await
+        .unwrap();
+}
+
+fn phase_of(ar: &ActivationRequest) -> Option<RequestPhase> {
+    ar.status.as_ref().and_then(|s| s.phase)
+}
+
+fn actions(ar: &ActivationRequest) -> Vec<HistoryAction> {
+    ar.status
+        .as_ref()
+        .map(|s| s.history.iter().map(|h| h.action).collect())
+        .unwrap_or_default()
+}
+
+/// The operator runs as its own user with its ClusterRole, not as an administrator.
+#[tokio::test]
+async fn operator_runs_as_its_own_least_privileged_user() {
+    let env = operated();
+    let addr = std::fs::read_to_string(env.dir().join("operator.addr")).unwrap();
+    let body = http_get(addr.trim(), "/readyz").await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let ns = namespace("opuser").await;
+    let op = user(kube_pim::testenv::OPERATOR_USER, &[]).await;
+    assert!(can(&op, "create", "rbac.authorization.k8s.io/rolebindings", &ns).await);
+    assert!(can(&op, "watch", "kubepim.io/activationrequests", &ns).await);
+    assert!(can(&op, "patch", "kubepim.io/activationrequests/status", &ns).await);
+    assert!(
+        !can(&op, "get", "secrets", &ns).await,
+        "the operator must not read Secrets cluster-wide"
+    );
+    assert!(!can(&op, "create", "pods", &ns).await);
+}
+
+#[tokio::test]
+async fn without_approval_access_is_granted_then_removed_at_expiry() {
+    let w = World::new("noappr", json!({})).await;
+    let alice = w.alice().await;
+    w.access(&alice, false).await;
+    let ar = w
+        .ask(alice.clone(), json!({"duration": "8s"}))
+        .await
+        .unwrap();
+    let name = ar.name_any();
+    let active = w.wait_phase(&name, RequestPhase::Active).await;
+    w.access(&alice, true).await;
+
+    // The binding: named, labelled, annotated and owned as SPEC section 3 says.
+    let s = active.status.clone().unwrap();
+    assert_eq!(s.bindings.len(), 1);
+    let rb = Api::<RoleBinding>::namespaced(admin().await, &w.ns)
+        .get(&s.bindings[0].name)
+        .await
+        .unwrap();
+    assert_eq!(
+        rb.name_any(),
+        kube_pim::decide::bindings::binding_name(&ar.uid().unwrap(), "admin")
+    );
+    assert_eq!(rb.labels()["app.kubernetes.io/managed-by"], "kube-pim");
+    assert_eq!(rb.labels()["kubepim.io/activation-request"], name);
+    assert_eq!(
+        rb.labels()["kubepim.io/activation-request-uid"],
+        ar.uid().unwrap()
+    );
+    let expires = s.expiration_time.unwrap();
+    assert_eq!(
+        rb.annotations()["kubepim.io/expires-at"],
+        expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    assert_eq!(rb.owner_references()[0].uid, ar.uid().unwrap());
+    assert_eq!(
+        rb.subjects.as_ref().unwrap()[0].name,
+        w.alice,
+        "the binding is for the requester"
+    );
+    assert!(
+        active
+            .finalizers()
+            .contains(&"kubepim.io/bindings".to_string())
+    );
+    assert!(s.approvals.is_some(), "approvals are initialised");
+
+    let expired = w.wait_phase(&name, RequestPhase::Expired).await;
+    w.access(&alice, false).await;
+    let gone = Api::<RoleBinding>::namespaced(admin().await, &w.ns)
+        .get_opt(&s.bindings[0].name)
+        .await
+        .unwrap();
+    assert!(gone.is_none(), "the binding is deleted at expiry");
+    assert_eq!(
+        actions(&expired),
+        [
+            HistoryAction::Requested,
+            HistoryAction::Approved,
+            HistoryAction::Activated,
+            HistoryAction::Expired
+        ]
+    );
+
+    // Audited: every history entry on the audit stream, and auditedThrough says so.
+    let audited = w
+        .wait(&name, "fully audited", |ar| {
+            ar.status.as_ref().is_some_and(|s| s.audited_through == 4)
+        })
+        .await;
+    assert!(
+        audited.finalizers().is_empty(),
+        "the finalizer goes once access is removed"
+    );
+    let log = std::fs::read_to_string(operated().dir().join("audit.log")).unwrap();
+    let uid = ar.uid().unwrap();
+    for seq in 1..=4 {
+        assert!(
+            log.contains(&format!("\"id\":\"{uid}/{seq}\"")),
+            "audit line {seq} missing"
+        );
+    }
+    // One Event per transition.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin().await, &w.ns);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.clone()) == Some(name.clone()))
+        .filter_map(|e| e.reason)
+        .collect();
+    for r in ["Requested", "Approved", "Activated", "Expired"] {
+        assert!(
+            reasons.contains(&r.to_string()),
+            "no {r} Event in {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_forged_requester_is_replaced_by_the_caller() {
+    let w = World::new("forge", json!({"approval": {"required": true, "approvers": [{"kind": "Group", "name": "placeholder"}]}})).await;
+    let ar = w
+        .ask(
+            w.alice().await,
+            json!({"requester": {"username": w.bob, "uid": "bobs-uid", "groups": [w.leads]}}),
+        )
+        .await
+        .unwrap();
+    let r = &ar.spec.requester;
+    assert_eq!(r.username, w.alice);
+    assert_ne!(r.uid.as_deref(), Some("bobs-uid"));
+    assert!(
+        r.groups.contains(&"team".to_string()) && !r.groups.contains(&w.leads),
+        "{:?}",
+        r.groups
+    );
+}
+
+#[tokio::test]
+async fn policy_violations_are_refused_at_admission_with_the_fix() {
+    let w = World::new(
+        "policy",
+        json!({"activation": {"maxDuration": "30m", "ticketPattern": "^INC-[0-9]+$"}}),
+    )
+    .await;
+    let alice = w.alice().await;
+    let (code, msg) = refusal(w.ask(alice.clone(), json!({"duration": "2h"})).await);
+    assert_eq!(code, 403);
+    assert!(
+        msg.contains(&format!(
+            "duration 2h exceeds maxDuration 30m of RoleSetting {}: ask for 30m or less",
+            w.rs
+        )),
+        "{msg}"
+    );
+    let (_, msg) = refusal(w.ask(alice.clone(), json!({"justification": " "})).await);
+    assert!(
+        msg.contains("requires a justification: set spec.justification"),
+        "{msg}"
+    );
+    let (_, msg) = refusal(w.ask(alice.clone(), json!({"ticket": "JIRA-7"})).await);
+    assert!(msg.contains("does not match ticketPattern"), "{msg}");
+    let (_, msg) = refusal(
+        w.ask(alice.clone(), json!({"roleSetting": "no-such-rs"}))
+            .await,
+    );
+    assert!(
+        msg.contains("RoleSetting no-such-rs does not exist"),
+        "{msg}"
+    );
+    // Someone with RBAC to create requests but no eligibility.
+    w.bind("kube-pim-requester", "User", &w.mallory).await;
+    let (_, msg) = refusal(w.ask(user(&w.mallory, &[]).await, json!({})).await);
+    assert!(
+        msg.contains(&format!(
+            "{} is not eligible for RoleSetting {}",
+            w.mallory, w.rs
+        )),
+        "{msg}"
+    );
+    // Nothing was created.
+    assert!(
+        w.requests(admin().await)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn approval_with_plain_kubectl_patch_exactly_as_the_spec_shows() {
+    let w = World::new("kubectl", json!({"approval": {"required": true, "approvers": [{"kind": "Group", "name": "placeholder"}]}})).await;
+    // Approvers: the leads group (set now that the name is known).
+    apply(&admin().await, &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": w.rs},
+        "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
+                 "approval": {"required": true, "approvers": [{"kind": "Group", "name": w.leads}]}}}), None).await;
+    let alice = w.alice().await;
+    let ar = w.ask(alice.clone(), json!({})).await.unwrap();
+    let name = ar.name_any();
+    let pending = w
+        .wait(&name, "ready for decisions", |ar| {
+            ar.status.as_ref().is_some_and(|s| s.approvals.is_some())
+        })
+        .await;
+    assert_eq!(phase_of(&pending), Some(RequestPhase::Pending));
+    w.access(&alice, false).await;
+
+    // bob approves with the kubectl built with the control plane, as a person would.
+    let env = operated();
+    let kubeconfig = env.dir().join(format!("{}.kubeconfig", w.bob));
+    env.write_kubeconfig(&kubeconfig, &w.bob, std::slice::from_ref(&w.leads))
+        .unwrap();
+    let patch = format!(
+        r#"[{{"op":"test","path":"/metadata/uid","value":"{}"}},{{"op":"add","path":"/status/approvals/-","value":{{"decision":"Approved","reason":"ok, INC-1 is real"}}}}]"#,
+        ar.uid().unwrap()
+    );
+    let out = std::process::Command::new(env.kubectl())
+        .args([
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "patch",
+            "ar",
+            &name,
+            "-n",
+            &w.ns,
+            "--subresource=status",
+            "--type=json",
+            "-p",
+            &patch,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let active = w.wait_phase(&name, RequestPhase::Active).await;
+    w.access(&alice, true).await;
+    let a = &active.status.as_ref().unwrap().approvals.as_ref().unwrap()[0];
+    assert_eq!(
+        a.approver.username, w.bob,
+        "the webhook records who approved"
+    );
+    assert_eq!(a.approver.via_group.as_deref(), Some(w.leads.as_str()));
+    assert_eq!(a.reason.as_deref(), Some("ok, INC-1 is real"));
+    assert_eq!(
+        actions(&active),
+        [
+            HistoryAction::Requested,
+            HistoryAction::Approved,
+            HistoryAction::Activated
+        ]
+    );
+    assert_eq!(active.status.as_ref().unwrap().history[1].actor, w.bob);
+}
+
+async fn approval_world(prefix: &str, min: i32) -> World {
+    let w = World::new(prefix, json!({})).await;
+    apply(&admin().await, &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": w.rs},
+        "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
+                 "approval": {"required": true, "minApprovals": min, "approvers": [{"kind": "Group", "name": w.leads}]}}}), None).await;
+    w
+}
+
+async fn pending(w: &World) -> ActivationRequest {
+    let ar = w.ask(w.alice().await, json!({})).await.unwrap();
+    w.wait(&ar.name_any(), "ready for decisions", |ar| {
+        ar.status.as_ref().is_some_and(|s| s.approvals.is_some())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn self_approval_strangers_second_decisions_and_reasonless_denials_are_refused() {
+    let w = approval_world("sod", 1).await;
+    // alice is in the approvers' group and holds the approver role: still not for her own request.
+    w.bind("kube-pim-approver", "User", &w.alice).await;
+    let ar = pending(&w).await;
+    let alice_as_lead = user(&w.alice, &[&w.leads]).await;
+    let (code, msg) = refusal(w.decide(alice_as_lead, &ar, "Approved", Some("me")).await);
+    assert_eq!(code, 403);
+    assert!(msg.contains("you cannot decide your own request"), "{msg}");
+    let (_, msg) = refusal(
+        w.decide(user(&w.mallory, &[]).await, &ar, "Approved", Some("sure"))
+            .await,
+    );
+    assert!(
+        msg.contains(&format!(
+            "{} is not an approver of RoleSetting {}",
+            w.mallory, w.rs
+        )),
+        "{msg}"
+    );
+    let (_, msg) = refusal(
+        w.decide(w.approver(&w.bob).await, &ar, "Denied", None)
+            .await,
+    );
+    assert!(msg.contains("a Deny needs a reason"), "{msg}");
+    // A forged approver identity is overwritten with the caller's.
+    let forged: json_patch::Patch = serde_json::from_value(json!([{"op": "add", "path": "/status/approvals/-",
+        "value": {"decision": "Approved", "reason": "x", "approver": {"username": w.carol}, "time": "2020-01-01T00:00:00Z"}}])).unwrap();
+    w.requests(w.approver(&w.bob).await)
+        .patch_status(
+            &ar.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(forged),
+        )
+        .await
+        .unwrap();
+    let now = w.requests(admin().await).get(&ar.name_any()).await.unwrap();
+    let a = &now.status.as_ref().unwrap().approvals.as_ref().unwrap()[0];
+    assert_eq!(a.approver.username, w.bob);
+    assert!(
+        a.time.timestamp() > 1_700_000_000,
+        "time is stamped by the webhook"
+    );
+    // bob has decided; he cannot decide again.
+    let (_, msg) = refusal(
+        w.decide(w.approver(&w.bob).await, &now, "Approved", Some("again"))
+            .await,
+    );
+    assert!(
+        msg.contains("already decided") || msg.contains("only taken while it is Pending"),
+        "{msg}"
+    );
+    // Anything else in status is the operator's.
+    let tamper = Patch::Merge(json!({"status": {"phase": "Active"}}));
+    let (_, msg) = refusal(
+        w.requests(w.approver(&w.carol).await)
+            .patch_status(&ar.name_any(), &PatchParams::default(), &tamper)
+            .await,
+    );
+    assert!(
+        msg.contains("only append one entry") || msg.contains("only taken while it is Pending"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_quorum_of_two_distinct_approvers() {
+    let w = approval_world("quorum", 2).await;
+    let alice = w.alice().await;
+    let ar = pending(&w).await;
+    w.decide(w.approver(&w.bob).await, &ar, "Approved", Some("one"))
+        .await
+        .unwrap();
+    // Still pending with one approval.
+    let one = w
+        .wait(&ar.name_any(), "seen one approval", |ar| {
+            ar.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Approved" && c.message.contains("waiting for 1 more"))
+            })
+        })
+        .await;
+    assert_eq!(phase_of(&one), Some(RequestPhase::Pending));
+    w.access(&alice, false).await;
+    w.decide(w.approver(&w.carol).await, &one, "Approved", Some("two"))
+        .await
+        .unwrap();
+    let active = w.wait_phase(&ar.name_any(), RequestPhase::Active).await;
+    w.access(&alice, true).await;
+    assert!(
+        active.status.unwrap().history[1]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains(&format!("approved by {}, {}", w.bob, w.carol))
+    );
+}
+
+#[tokio::test]
+async fn a_valid_deny_ends_the_request() {
+    let w = approval_world("deny", 1).await;
+    let ar = pending(&w).await;
+    w.decide(
+        w.approver(&w.carol).await,
+        &ar,
+        "Denied",
+        Some("not during the freeze"),
+    )
+    .await
+    .unwrap();
+    let denied = w.wait_phase(&ar.name_any(), RequestPhase::Denied).await;
+    assert!(
+        denied
+            .status
+            .as_ref()
+            .unwrap()
+            .history
+            .last()
+            .unwrap()
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("not during the freeze")
+    );
+    w.access(&w.alice().await, false).await;
+    // Decisions are closed.
+    let (_, msg) = refusal(
+        w.decide(w.approver(&w.bob).await, &denied, "Approved", Some("late"))
+            .await,
+    );
+    assert!(msg.contains("only taken while it is Pending"), "{msg}");
+}
+
+/// An Approve and a Deny race, many times: the request is never Active after a valid Deny
+/// that was admitted before the decision was committed.
+#[tokio::test]
+async fn racing_approve_and_deny_never_activate_after_a_valid_deny() {
+    let w = approval_world("race", 1).await;
+    let (bob, carol) = (w.approver(&w.bob).await, w.approver(&w.carol).await);
+    for _ in 0..8 {
+        let ar = pending(&w).await;
+        let (a, d) = tokio::join!(
+            w.decide(bob.clone(), &ar, "Approved", Some("go")),
+            w.decide(carol.clone(), &ar, "Denied", Some("stop"))
+        );
+        let name = ar.name_any();
+        let settled = w
+            .wait(&name, "settled", |ar| {
+                matches!(
+                    phase_of(ar),
+                    Some(RequestPhase::Active | RequestPhase::Denied)
+                )
+            })
+            .await;
+        let s = settled.status.as_ref().unwrap();
+        let approvals = s.approvals.clone().unwrap_or_default();
+        let deny = approvals.iter().find(|x| x.approver.username == w.carol);
+        match phase_of(&settled) {
+            Some(RequestPhase::Active) => {
+                // Only possible if the Deny came after the commit (or was refused as too late).
+                let committed = s
+                    .history
+                    .iter()
+                    .find(|h| h.action == HistoryAction::Approved)
+                    .unwrap()
+                    .time;
+                if let Some(deny) = deny {
+                    assert!(
+                        deny.time > committed,
+                        "Active although a Deny was admitted before the commit"
+                    );
+                } else {
+                    assert!(d.is_err(), "the Deny was accepted but is not recorded");
+                }
+            }
+            _ => assert!(
+                !actions(&settled).contains(&HistoryAction::Activated),
+                "Denied after being Activated"
+            ),
+        }
+        assert!(a.is_ok() || d.is_ok(), "at least one decision goes through");
+        // Tidy up: end it so the next round starts clean.
+        let _ = w
+            .requests(w.alice().await)
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"deactivate": true}})),
+            )
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_pending_request_times_out() {
+    let w = World::new("timeout", json!({})).await;
+    apply(&admin().await, &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": w.rs},
+        "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
+                 "approval": {"required": true, "timeout": "3s", "approvers": [{"kind": "Group", "name": w.leads}]}}}), None).await;
+    let ar = pending(&w).await;
+    let t = w.wait_phase(&ar.name_any(), RequestPhase::TimedOut).await;
+    assert!(
+        t.status
+            .unwrap()
+            .history
+            .last()
+            .unwrap()
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("approval.timeout 3s")
+    );
+}
+
+#[tokio::test]
+async fn cancel_before_access_and_deactivate_during_it() {
+    let w = approval_world("cancel", 1).await;
+    let alice = w.alice().await;
+    let ar = pending(&w).await;
+    w.requests(alice.clone())
+        .patch(
+            &ar.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deactivate": true}})),
+        )
+        .await
+        .unwrap();
+    w.wait_phase(&ar.name_any(), RequestPhase::Canceled).await;
+
+    let ar = pending(&w).await;
+    w.decide(w.approver(&w.bob).await, &ar, "Approved", Some("ok"))
+        .await
+        .unwrap();
+    w.wait_phase(&ar.name_any(), RequestPhase::Active).await;
+    w.access(&alice, true).await;
+    // Someone who is neither the requester nor an approver cannot end it.
+    w.bind("kube-pim-requester", "User", &w.mallory).await;
+    let (_, msg) = refusal(
+        w.requests(user(&w.mallory, &[]).await)
+            .patch(
+                &ar.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"deactivate": true}})),
+            )
+            .await,
+    );
+    assert!(msg.contains("only the requester"), "{msg}");
+    w.requests(alice.clone())
+        .patch(
+            &ar.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deactivate": true}})),
+        )
+        .await
+        .unwrap();
+    w.wait_phase(&ar.name_any(), RequestPhase::Deactivated)
+        .await;
+    w.access(&alice, false).await;
+}
+
+#[tokio::test]
+async fn open_requests_cannot_be_deleted_ended_ones_can() {
+    let w = World::new("delete", json!({})).await;
+    let ar = w.ask(w.alice().await, json!({})).await.unwrap();
+    w.wait_phase(&ar.name_any(), RequestPhase::Active).await;
+    // Not even the cluster administrator: the record of open access stays.
+    let (code, msg) = refusal(
+        w.requests(admin().await)
+            .delete(&ar.name_any(), &DeleteParams::default())
+            .await,
+    );
+    assert_eq!(code, 403);
+    assert!(msg.contains("end it with spec.deactivate: true"), "{msg}");
+    w.requests(w.alice().await)
+        .patch(
+            &ar.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deactivate": true}})),
+        )
+        .await
+        .unwrap();
+    w.wait(&ar.name_any(), "ended and released", |ar| {
+        phase_of(ar) == Some(RequestPhase::Deactivated) && ar.finalizers().is_empty()
+    })
+    .await;
+    w.requests(admin().await)
+        .delete(&ar.name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn deleting_the_assignment_revokes_access() {
+    let w = World::new("revoke", json!({})).await;
+    let alice = w.alice().await;
+    let ar = w.ask(alice.clone(), json!({})).await.unwrap();
+    w.wait_phase(&ar.name_any(), RequestPhase::Active).await;
+    w.access(&alice, true).await;
+    Api::<kube_pim::api::EligibleAssignment>::namespaced(admin().await, &w.ns)
+        .delete("alice", &DeleteParams::default())
+        .await
+        .unwrap();
+    let revoked = w.wait_phase(&ar.name_any(), RequestPhase::Revoked).await;
+    w.access(&alice, false).await;
+    assert!(
+        revoked
+            .status
+            .unwrap()
+            .history
+            .last()
+            .unwrap()
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("ask an administrator")
+    );
+}
+
+#[tokio::test]
+async fn a_managed_binding_edited_or_deleted_by_hand_is_restored() {
+    let w = World::new("drift", json!({})).await;
+    let alice = w.alice().await;
+    let ar = w.ask(alice.clone(), json!({})).await.unwrap();
+    let active = w.wait_phase(&ar.name_any(), RequestPhase::Active).await;
+    let name = active.status.unwrap().bindings[0].name.clone();
+    let rbs: Api<RoleBinding> = Api::namespaced(admin().await, &w.ns);
+    // Edited: another subject added.
+    rbs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"subjects": [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": w.alice},
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": w.mallory}]})),
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let rb = rbs.get(&name).await.unwrap();
+        if rb.subjects.as_ref().map(|s| s.len()) == Some(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edited binding was not restored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Deleted: recreated while the request is Active.
+    rbs.delete(&name, &DeleteParams::default()).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while rbs.get_opt(&name).await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted binding was not recreated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.access(&alice, true).await;
+    w.access(&user(&w.mallory, &[]).await, false).await;
+}
+
+#[tokio::test]
+async fn cluster_scope_grants_a_cluster_role_binding_from_the_cluster_scope_namespace() {
+    let _ = operated();
+    let s = suffix();
+    let (rs, alice) = (format!("cluster-{s}"), format!("alice-{s}"));
+    let ns = kube_pim::testenv::CLUSTER_SCOPE_NAMESPACE;
+    let admin = admin().await;
+    apply(&admin, &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": rs},
+        "spec": {"roleRefs": [{"name": "view"}], "scopes": ["Cluster"]}}), None).await;
+    apply(&admin, &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment", "metadata": {"name": format!("alice-{s}")},
+        "spec": {"roleSetting": rs, "scope": "Cluster", "subject": {"kind": "User", "name": alice}}}), Some(ns)).await;
+    let rb: RoleBinding = serde_json::from_value(json!({"metadata": {"name": format!("req-{s}")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kube-pim-requester"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": alice}]})).unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &rb)
+        .await
+        .unwrap();
+    let alice_c = user(&alice, &[]).await;
+    let other_ns = namespace("elsewhere").await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(alice_c.clone());
+    assert_eq!(refusal(nss.list(&ListParams::default()).await).0, 403);
+
+    let ar: ActivationRequest = serde_json::from_value(json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",
+        "metadata": {"name": format!("c-{s}")}, "spec": {"roleSetting": rs, "scope": "Cluster", "duration": "10m",
+        "justification": "audit", "requester": {"username": "x"}}})).unwrap();
+    let ars: Api<ActivationRequest> = Api::namespaced(alice_c.clone(), ns);
+    // Cluster scope outside the cluster-scope namespace is refused, with where to go.
+    let elsewhere: Api<ActivationRequest> = Api::namespaced(admin.clone(), &other_ns);
+    let (_, msg) = refusal(elsewhere.create(&PostParams::default(), &ar).await);
+    assert!(
+        msg.contains(&format!("live only in namespace {ns}")),
+        "{msg}"
+    );
+    ars.create(&PostParams::default(), &ar).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let active = loop {
+        let a = Api::<ActivationRequest>::namespaced(admin.clone(), ns)
+            .get(&format!("c-{s}"))
+            .await
+            .unwrap();
+        if phase_of(&a) == Some(RequestPhase::Active) {
+            break a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cluster activation never became Active: {:?}",
+            a.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let b = &active.status.as_ref().unwrap().bindings[0];
+    assert_eq!(format!("{:?}", b.kind), "ClusterRoleBinding");
+    let crb = Api::<ClusterRoleBinding>::all(admin.clone())
+        .get(&b.name)
+        .await
+        .unwrap();
+    assert_eq!(crb.role_ref.name, "view");
+    // view across the cluster: namespaces in any namespace... list pods in another namespace.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(alice_c.clone(), &other_ns);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pods.list(&ListParams::default()).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cluster-wide view was not granted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Api::<ActivationRequest>::namespaced(alice_c.clone(), ns)
+        .patch(
+            &format!("c-{s}"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deactivate": true}})),
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while Api::<ClusterRoleBinding>::all(admin.clone())
+        .get_opt(&b.name)
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ClusterRoleBinding outlived the activation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_role_setting_and_an_assignment_in_one_kubectl_apply() {
+    let env = operated();
+    let ns = namespace("oneapply").await;
+    let s = suffix();
+    let file = env.dir().join(format!("bundle-{s}.yaml"));
+    std::fs::write(&file, format!(
+        "apiVersion: kubepim.io/v1alpha1\nkind: RoleSetting\nmetadata: {{name: bundle-{s}}}\nspec: {{roleRefs: [{{name: view}}], activation: {{maxDuration: 30m}}}}\n---\napiVersion: kubepim.io/v1alpha1\nkind: EligibleAssignment\nmetadata: {{name: dana, namespace: {ns}}}\nspec: {{roleSetting: bundle-{s}, subject: {{kind: User, name: dana-{s}}}, endTime: \"2099-01-01T00:00:00Z\"}}\n"
+    )).unwrap();
+    let out = std::process::Command::new(env.kubectl())
+        .args([
+            "--kubeconfig",
+            env.dir().join("admin.kubeconfig").to_str().unwrap(),
+            "apply",
+            "--server-side",
+            "-f",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ea = Api::<kube_pim::api::EligibleAssignment>::namespaced(admin().await, &ns)
+        .get("dana")
+        .await
+        .unwrap();
+    let stamp = &ea.annotations()["kubepim.io/authorized-by"];
+    assert!(stamp.contains("\"username\":\"kubepim-admin\""), "{stamp}");
+    // An assignment is Eligible once the operator has seen both.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let ea = Api::<kube_pim::api::EligibleAssignment>::namespaced(admin().await, &ns)
+            .get("dana")
+            .await
+            .unwrap();
+        if ea.status.and_then(|s| s.phase) == Some(kube_pim::api::AssignmentPhase::Eligible) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the assignment never became Eligible"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_scheduled_request_starts_at_its_start_time() {
+    let w = World::new("sched", json!({})).await;
+    let alice = w.alice().await;
+    let start = chrono::Utc::now() + chrono::TimeDelta::seconds(4);
+    let ar = w
+        .ask(
+            alice.clone(),
+            json!({"startTime": start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}),
+        )
+        .await
+        .unwrap();
+    let scheduled = w.wait_phase(&ar.name_any(), RequestPhase::Scheduled).await;
+    assert!(scheduled.status.as_ref().unwrap().bindings.is_empty());
+    let active = w.wait_phase(&ar.name_any(), RequestPhase::Active).await;
+    assert!(
+        active.status.unwrap().activation_time.unwrap()
+            >= chrono::DateTime::from_timestamp(start.timestamp(), 0).unwrap()
+    );
+    w.access(&alice, true).await;
+}
