@@ -1020,3 +1020,201 @@ async fn a_scheduled_request_starts_at_its_start_time() {
     );
     w.access(&alice, true).await;
 }
+
+/// An extension takes over without a gap: its bindings exist before the extended request's
+/// are removed, so the requester's access never lapses; it runs from the old expiry.
+#[tokio::test]
+async fn an_extension_takes_over_without_a_gap() {
+    let w = World::new("extend", json!({})).await;
+    let alice = w.alice().await;
+    let first = w
+        .ask(alice.clone(), json!({"duration": "20s"}))
+        .await
+        .unwrap();
+    let first = w.wait_phase(&first.name_any(), RequestPhase::Active).await;
+    w.access(&alice, true).await;
+
+    // Watch access continuously through the handover.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, api) = (
+            stop.clone(),
+            Api::<Secret>::namespaced(alice.clone(), &w.ns),
+        );
+        tokio::spawn(async move {
+            let (mut checks, mut denied) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                checks += 1;
+                if api.list(&ListParams::default()).await.is_err() {
+                    denied += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (checks, denied)
+        })
+    };
+    let ext = w
+        .ask(
+            alice.clone(),
+            json!({"duration": "30s", "extends": first.name_any()}),
+        )
+        .await
+        .unwrap();
+    let ext = w.wait_phase(&ext.name_any(), RequestPhase::Active).await;
+    let superseded = w
+        .wait_phase(&first.name_any(), RequestPhase::Superseded)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (checks, denied) = watcher.await.unwrap();
+    assert!(checks > 5, "access was checked {checks} times");
+    assert_eq!(
+        denied, 0,
+        "access lapsed during the handover ({denied} of {checks} checks denied)"
+    );
+
+    let old_exp = first.status.as_ref().unwrap().expiration_time.unwrap();
+    assert_eq!(
+        ext.status.as_ref().unwrap().expiration_time,
+        Some(old_exp + chrono::TimeDelta::seconds(30))
+    );
+    assert_eq!(
+        actions(&superseded).last(),
+        Some(&HistoryAction::Superseded)
+    );
+    let gone = &first.status.as_ref().unwrap().bindings[0].name;
+    assert!(
+        Api::<RoleBinding>::namespaced(admin().await, &w.ns)
+            .get_opt(gone)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Someone else's request cannot be extended.
+    w.bind("kube-pim-requester", "User", &w.mallory).await;
+    let (_, msg) = refusal(
+        w.ask(
+            user(&w.mallory, &[]).await,
+            json!({"extends": ext.name_any()}),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("not eligible") || msg.contains("not your own"),
+        "{msg}"
+    );
+}
+
+/// Eligible through a group: any member may activate, and the binding is for that member only.
+#[tokio::test]
+async fn a_group_member_activates_for_themselves_only() {
+    let w = World::new("group", json!({})).await;
+    let oncall = format!("oncall-{}", suffix());
+    apply(&admin().await, &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment",
+        "metadata": {"name": "oncall"}, "spec": {"roleSetting": w.rs, "subject": {"kind": "Group", "name": oncall}}}), Some(&w.ns)).await;
+    w.bind("kube-pim-requester", "Group", &oncall).await;
+    let dana = user(&format!("dana-{}", suffix()), &[&oncall]).await;
+    let erin = user(&format!("erin-{}", suffix()), &[&oncall]).await;
+    let ar = w.ask(dana.clone(), json!({})).await.unwrap();
+    let active = w.wait_phase(&ar.name_any(), RequestPhase::Active).await;
+    assert_eq!(
+        active.status.as_ref().unwrap().assignment.as_deref(),
+        Some("oncall")
+    );
+    let rb = Api::<RoleBinding>::namespaced(admin().await, &w.ns)
+        .get(&active.status.as_ref().unwrap().bindings[0].name)
+        .await
+        .unwrap();
+    let subject = &rb.subjects.unwrap()[0];
+    assert_eq!(
+        (subject.kind.as_str(), subject.name.as_str()),
+        ("User", active.spec.requester.username.as_str())
+    );
+    w.access(&dana, true).await;
+    w.access(&erin, false).await;
+}
+
+/// A ServiceAccount requester, with a real token: the binding names the ServiceAccount.
+#[tokio::test]
+async fn a_service_account_activates_with_its_token() {
+    use k8s_openapi::api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::ServiceAccount,
+    };
+    let w = World::new("sa", json!({})).await;
+    let admin = admin().await;
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &w.ns);
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "deployer"}})).unwrap();
+    sas.create(&PostParams::default(), &sa).await.unwrap();
+    apply(&admin, &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment", "metadata": {"name": "deployer"},
+        "spec": {"roleSetting": w.rs, "subject": {"kind": "ServiceAccount", "name": "deployer", "namespace": w.ns}}}), Some(&w.ns)).await;
+    let rb: RoleBinding = serde_json::from_value(json!({"metadata": {"name": "deployer-requests"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kube-pim-requester"},
+        "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": w.ns}]})).unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), &w.ns)
+        .create(&PostParams::default(), &rb)
+        .await
+        .unwrap();
+    let tr = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token = sas
+        .create_token_request("deployer", &PostParams::default(), &tr)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap();
+    let bot = operated().client_with_token(&token).await.unwrap();
+    w.access(&bot, false).await;
+    let ar = w.ask(bot.clone(), json!({})).await.unwrap();
+    assert_eq!(
+        ar.spec.requester.username,
+        format!("system:serviceaccount:{}:deployer", w.ns)
+    );
+    let active = w.wait_phase(&ar.name_any(), RequestPhase::Active).await;
+    let rb = Api::<RoleBinding>::namespaced(admin.clone(), &w.ns)
+        .get(&active.status.as_ref().unwrap().bindings[0].name)
+        .await
+        .unwrap();
+    let s = &rb.subjects.unwrap()[0];
+    assert_eq!(
+        (s.kind.as_str(), s.name.as_str(), s.namespace.as_deref()),
+        ("ServiceAccount", "deployer", Some(w.ns.as_str()))
+    );
+    w.access(&bot, true).await;
+}
+
+/// A binding that carries kube-pim's labels but whose request does not exist (forged, or left
+/// behind) is removed by the operator's sweep.
+#[tokio::test]
+async fn a_managed_binding_without_its_request_is_swept() {
+    let w = World::new("orphan", json!({})).await;
+    let rb: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "kubepim-000000000000", "labels": {
+            "app.kubernetes.io/managed-by": "kube-pim",
+            "kubepim.io/activation-request": "no-such-request",
+            "kubepim.io/activation-request-namespace": w.ns,
+            "kubepim.io/activation-request-uid": "00000000-0000-0000-0000-000000000000"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": w.mallory}]
+    }))
+    .unwrap();
+    let rbs: Api<RoleBinding> = Api::namespaced(admin().await, &w.ns);
+    rbs.create(&PostParams::default(), &rb).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while rbs.get_opt("kubepim-000000000000").await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphaned binding was not swept"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    w.access(&user(&w.mallory, &[]).await, false).await;
+}

@@ -40,6 +40,8 @@ use crate::{
 pub struct Triggers {
     /// ActivationRequests.
     pub requests: ReflectHandle<ActivationRequest>,
+    /// ActivationRequests again, to wake the request an extension extends.
+    pub extensions: ReflectHandle<ActivationRequest>,
     /// RoleSettings.
     pub role_settings: Trigger<RoleSetting>,
     /// EligibleAssignments.
@@ -54,7 +56,15 @@ pub struct Triggers {
 pub async fn controller(ctx: Arc<Context>, t: Triggers) {
     let by_role_setting = ctx.requests.clone();
     let by_assignment = ctx.requests.clone();
-    let c = Controller::for_shared_stream(t.requests, ctx.requests.clone());
+    let c = Controller::for_shared_stream(t.requests, ctx.requests.clone())
+        // An extension's progress decides its predecessor's (Superseded once it is Active).
+        .watches_shared_stream(t.extensions, |ar| {
+            let ns = ar.namespace()?;
+            ar.spec
+                .extends
+                .as_ref()
+                .map(|x| ObjectRef::new(x).within(&ns))
+        });
     let c = relate(c, t.role_settings, move |rs: Arc<RoleSetting>| {
         let name = rs.name_any();
         requests_where(&by_role_setting, |ar| ar.spec.role_setting == name)
@@ -145,6 +155,28 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
         return finalize(&ar, &api, &ctx, &pctx).await;
     }
 
+    // Extensions: the request this one extends, where its chain started, and whether an
+    // Active extension of this one has taken over (all from the cache of this namespace).
+    let same_ns: Vec<Arc<ActivationRequest>> = ctx
+        .requests
+        .state()
+        .into_iter()
+        .filter(|r| r.namespace().as_deref() == Some(ns.as_str()))
+        .collect();
+    let lookup = |name: &str| {
+        same_ns
+            .iter()
+            .map(|r| r.as_ref())
+            .find(|r| r.metadata.name.as_deref() == Some(name))
+    };
+    let extended = ar.spec.extends.as_deref().and_then(lookup);
+    let chain_start = extended.and_then(|x| request::chain_start(x, lookup));
+    let successor = same_ns.iter().map(|r| r.as_ref()).find(|r| {
+        r.spec.extends.as_deref() == ar.metadata.name.as_deref()
+            && r.metadata.uid != ar.metadata.uid
+            && r.status.as_ref().and_then(|s| s.phase) == Some(crate::api::RequestPhase::Active)
+    });
+
     // Decide.
     let plan = request::decide(&Inputs {
         now,
@@ -154,6 +186,9 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
         tally: &tally,
         policy: &pctx,
         retention: ctx.settings.retention,
+        extended,
+        chain_start,
+        successor,
     });
 
     // Apply.
@@ -474,4 +509,56 @@ async fn finalize(
     remove_finalizer(api, ar).await?;
     ctx.audit.forget(&ar.uid().unwrap_or_default());
     Ok(Action::await_change())
+}
+
+/// Deletes managed bindings whose request no longer exists (or is another request with the
+/// same name, or has ended): kube-runtime does not reconcile a request that is gone, so its
+/// leftovers are found by this sweep, run at start and periodically (SPEC invariant 4).
+pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
+    let live = |labels: &BTreeMap<String, String>| {
+        bindings::owner_of(labels).is_some_and(|(ns, name, uid)| {
+            ctx.requests
+                .get(&ObjectRef::new(&name).within(&ns))
+                .is_some_and(|ar| {
+                    ar.uid().as_deref() == Some(uid.as_str())
+                        && !ar
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.phase)
+                            .is_some_and(request::is_terminal)
+                })
+        })
+    };
+    let dp = DeleteParams::default();
+    let mut removed = 0;
+    for b in ctx
+        .role_bindings
+        .state()
+        .iter()
+        .filter(|b| !live(b.labels()))
+    {
+        let ns = b.namespace().unwrap_or_default();
+        tracing::warn!(binding = %b.name_any(), namespace = %ns, "removing a managed RoleBinding whose request is gone or ended");
+        Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
+            .delete(&b.name_any(), &dp)
+            .await
+            .map(|_| ())
+            .or_else(ignore_not_found)?;
+        removed += 1;
+    }
+    for b in ctx
+        .cluster_role_bindings
+        .state()
+        .iter()
+        .filter(|b| !live(b.labels()))
+    {
+        tracing::warn!(binding = %b.name_any(), "removing a managed ClusterRoleBinding whose request is gone or ended");
+        Api::<ClusterRoleBinding>::all(ctx.client.clone())
+            .delete(&b.name_any(), &dp)
+            .await
+            .map(|_| ())
+            .or_else(ignore_not_found)?;
+        removed += 1;
+    }
+    Ok(removed)
 }

@@ -211,6 +211,7 @@ pub fn start(
 
     let activation_triggers = activation::Triggers {
         requests: ar.subscribe(),
+        extensions: ar.subscribe(),
         role_settings: rs.trigger(),
         assignments: ea.trigger(),
         role_bindings: rb.trigger(),
@@ -257,6 +258,18 @@ pub fn start(
             );
             tracing::info!("caches synced");
             on_ready();
+            // Orphaned bindings: at start, then periodically (every resync, at most 30 s).
+            let every = ctx.settings.resync.min(Duration::from_secs(30));
+            loop {
+                match activation::sweep_orphans(&ctx).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "orphaned bindings removed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "orphan sweep failed; retrying next round")
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
         }
     };
 
@@ -264,8 +277,10 @@ pub fn start(
         Box::pin(activation::controller(ctx.clone(), activation_triggers)),
         Box::pin(assignment::controller(ctx.clone(), assignment_triggers)),
         Box::pin(role_setting::controller(ctx.clone(), role_setting_triggers)),
-        Box::pin(readiness),
     ];
+    // Readiness and the periodic sweep run beside the controllers; they end with the process
+    // (the controllers end on SIGTERM, and with them `run`).
+    tokio::spawn(readiness);
     let run = Box::pin(async move {
         futures::future::join_all(controllers).await;
     });

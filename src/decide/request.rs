@@ -48,6 +48,57 @@ pub struct Inputs<'a> {
     pub policy: &'a policy::Context<'a>,
     /// How long terminal, fully audited requests are kept.
     pub retention: TimeDelta,
+    /// The request this one extends (`spec.extends`), if it exists.
+    pub extended: Option<&'a ActivationRequest>,
+    /// When the chain of extensions that `extended` belongs to first became Active
+    /// ([`chain_start`]), for `maxContinuous`.
+    pub chain_start: Option<DateTime<Utc>>,
+    /// An Active extension of this request, which has taken over its access.
+    pub successor: Option<&'a ActivationRequest>,
+}
+
+/// When a chain of extensions started: the activation time of `x`, or of the request it
+/// extended if that one was Superseded by it, and so on back (at most 32 links).
+pub fn chain_start<'a>(
+    x: &'a ActivationRequest,
+    lookup: impl Fn(&str) -> Option<&'a ActivationRequest>,
+) -> Option<DateTime<Utc>> {
+    let mut start = x.status.as_ref()?.activation_time?;
+    let mut cur = x;
+    for _ in 0..32 {
+        let Some(prev) = cur.spec.extends.as_deref().and_then(&lookup) else {
+            break;
+        };
+        let ps = prev.status.as_ref();
+        match (ps.and_then(|s| s.phase), ps.and_then(|s| s.activation_time)) {
+            (Some(RequestPhase::Superseded), Some(t)) => {
+                start = t;
+                cur = prev;
+            }
+            _ => break,
+        }
+    }
+    Some(start)
+}
+
+/// Whether `x` is a request `req` may extend: the same requester (name and uid), RoleSetting
+/// and scope.
+fn extendable_by(x: &ActivationRequest, req: &ActivationRequest) -> bool {
+    let (a, b) = (&x.spec, &req.spec);
+    a.requester.username == b.requester.username
+        && a.requester.uid == b.requester.uid
+        && a.role_setting == b.role_setting
+        && a.scope == b.scope
+}
+
+fn phase_of(r: &ActivationRequest) -> Option<RequestPhase> {
+    r.status.as_ref().and_then(|s| s.phase)
+}
+
+/// The extended request, when it is this requester's and in `phase`.
+fn extending<'a>(i: &Inputs<'a>, phase: RequestPhase) -> Option<&'a ActivationRequest> {
+    i.extended
+        .filter(|x| extendable_by(x, i.request) && phase_of(x) == Some(phase))
 }
 
 /// What to do about the bindings.
@@ -305,14 +356,10 @@ pub fn decide(i: &Inputs<'_>) -> Plan {
 
     match phase {
         RequestPhase::Pending => pending(i, next, rs, ea),
-        RequestPhase::Scheduled => {
-            let start = spec.start_time.unwrap_or(i.now);
-            if i.now >= start {
-                activate(i, next, rs, ea)
-            } else {
-                next.plan(Bindings::Keep, Some(start))
-            }
-        }
+        RequestPhase::Scheduled => match start_after(i) {
+            Some(start) if start > i.now => next.plan(Bindings::Keep, Some(start)),
+            _ => activate(i, next, rs, ea),
+        },
         RequestPhase::Active => active(i, next, ea),
         _ => unreachable!("terminal phases returned above"),
     }
@@ -360,7 +407,7 @@ fn pending(i: &Inputs<'_>, mut next: Next<'_>, rs: &RoleSetting, ea: &EligibleAs
     let spec = &i.request.spec;
     if condition_true(&next.status, CONDITION_APPROVED) {
         // The decision is committed: carry it out.
-        return match spec.start_time {
+        return match start_after(i) {
             Some(start) if start > i.now => {
                 next.status.phase = Some(RequestPhase::Scheduled);
                 next.record(
@@ -495,13 +542,33 @@ fn quorum_unreachable(rs: &RoleSetting, t: &approval::Tally) -> Violation {
     )
 }
 
+/// When an approved request may start: its own startTime, or, when it extends a request that
+/// has not started yet, that request's start.
+fn start_after(i: &Inputs<'_>) -> Option<DateTime<Utc>> {
+    let own = i.request.spec.start_time;
+    let pred = extending(i, RequestPhase::Scheduled).and_then(|x| x.spec.start_time);
+    match (own, pred) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 fn activate(i: &Inputs<'_>, mut next: Next<'_>, rs: &RoleSetting, ea: &EligibleAssignment) -> Plan {
     let duration = policy::requested_duration(rs, &i.request.spec);
+    // An extension continues its predecessor's access without a gap; otherwise (no
+    // predecessor, or it is no longer Active) it is a plain activation from now.
+    let predecessor = extending(i, RequestPhase::Active);
+    let from = predecessor
+        .and_then(|x| x.status.as_ref()?.expiration_time)
+        .map_or(i.now, |e| e.max(i.now));
     // Whole seconds, rounded down: the time people read is the time access ends, and it is
     // never later than asked for.
-    let mut expires = floor_seconds(i.now + duration);
+    let mut expires = floor_seconds(from + duration);
     if let Some(end) = ea.spec.end_time {
         expires = expires.min(end);
+    }
+    if let Some(start) = predecessor.and(i.chain_start) {
+        expires = expires.min(floor_seconds(start + policy::max_continuous(rs)));
     }
     let roles: Vec<String> = rs.spec.role_refs.iter().map(|r| r.name.clone()).collect();
     let desired = bindings::for_request(i.request, &roles, expires);
@@ -511,18 +578,41 @@ fn activate(i: &Inputs<'_>, mut next: Next<'_>, rs: &RoleSetting, ea: &EligibleA
     next.status.assignment = ea.metadata.name.clone();
     next.status.bindings = desired.iter().map(Binding::reference).collect();
     let until = expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let msg = format!(
+    let mut msg = format!(
         "granted {} to {} until {until} (assignment {})",
         roles.join(", "),
         i.request.spec.requester.username,
         ea.metadata.name.as_deref().unwrap_or("?")
     );
+    if let Some(x) = predecessor {
+        msg.push_str(&format!(
+            ", extending {}",
+            x.metadata.name.as_deref().unwrap_or("?")
+        ));
+    }
     next.condition(CONDITION_ACTIVE, true, "Activated", &msg);
     next.record(HistoryAction::Activated, OPERATOR_ACTOR, msg);
     next.plan(Bindings::Ensure(desired), Some(expires))
 }
 
 fn active(i: &Inputs<'_>, mut next: Next<'_>, ea: &EligibleAssignment) -> Plan {
+    // An extension is Active (its bindings exist): hand over (make-before-break).
+    if let Some(succ) = i
+        .successor
+        .filter(|e| extendable_by(e, i.request) && phase_of(e) == Some(RequestPhase::Active))
+    {
+        let msg = format!(
+            "extended by {}: its bindings took over",
+            succ.metadata.name.as_deref().unwrap_or("?")
+        );
+        return next.end(
+            RequestPhase::Superseded,
+            HistoryAction::Superseded,
+            OPERATOR_ACTOR,
+            "Superseded",
+            msg,
+        );
+    }
     let Some(mut expires) = next.status.expiration_time else {
         // Cannot happen for a request this operator activated; end it rather than guess.
         return next.end(

@@ -182,6 +182,27 @@ impl TestEnv {
         Ok(Client::try_from(config)?)
     }
 
+    /// A client that authenticates with a bearer token (e.g. a ServiceAccount token).
+    pub async fn client_with_token(&self, token: &str) -> Result<Client> {
+        let doc = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kube-pim-testenv", "cluster": {
+                "server": self.server,
+                "certificate-authority-data": B64.encode(&self.ca_pem),
+            }}],
+            "users": [{"name": "token", "user": {"token": token}}],
+            "contexts": [{"name": "token", "context": {"cluster": "kube-pim-testenv", "user": "token"}}],
+            "current-context": "token",
+        });
+        let kc: Kubeconfig =
+            serde_json::from_value(doc).map_err(|e| Error::TestEnv(format!("kubeconfig: {e}")))?;
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Client::try_from(config)?)
+    }
+
     /// A client for the administrator (`system:masters`: not subject to RBAC).
     pub async fn admin(&self) -> Result<Client> {
         self.client(ADMIN_USER, &["system:masters"]).await
@@ -456,29 +477,34 @@ impl ControlPlane {
         write_private(&pki_dir.join("webhook.key"), serving.key_pem.as_bytes())?;
         let webhook_port = process::free_port()?;
         let health_port = process::free_port()?;
-        let mut op = Process::spawn_with_env(
-            "kube-pim",
-            bin,
-            &[
-                "run".into(),
-                format!("--health-addr=127.0.0.1:{health_port}"),
-                format!("--operator-username={OPERATOR_USER}"),
-                format!("--cluster-scope-namespace={CLUSTER_SCOPE_NAMESPACE}"),
-                format!("--audit-log={}", self.env.dir.join("audit.log").display()),
-                format!("--webhook-addr=127.0.0.1:{webhook_port}"),
-                format!(
-                    "--webhook-cert-file={}",
-                    pki_dir.join("webhook.crt").display()
-                ),
-                format!(
-                    "--webhook-key-file={}",
-                    pki_dir.join("webhook.key").display()
-                ),
-                "--log-format=json".into(),
-            ],
-            &self.env.dir.join("logs"),
-            &[("KUBECONFIG", kubeconfig.display().to_string())],
+        let args = vec![
+            "run".to_string(),
+            format!("--health-addr=127.0.0.1:{health_port}"),
+            format!("--operator-username={OPERATOR_USER}"),
+            format!("--cluster-scope-namespace={CLUSTER_SCOPE_NAMESPACE}"),
+            format!("--audit-log={}", self.env.dir.join("audit.log").display()),
+            format!("--webhook-addr=127.0.0.1:{webhook_port}"),
+            format!(
+                "--webhook-cert-file={}",
+                pki_dir.join("webhook.crt").display()
+            ),
+            format!(
+                "--webhook-key-file={}",
+                pki_dir.join("webhook.key").display()
+            ),
+            "--log-format=json".into(),
+        ];
+        let env = [("KUBECONFIG", kubeconfig.display().to_string())];
+        // How the operator was started, so a test can stop it and start it again the same way.
+        let how = serde_json::json!({
+            "bin": bin, "args": args, "env": {"KUBECONFIG": env[0].1}, "healthAddr": format!("127.0.0.1:{health_port}"),
+        });
+        write(
+            &self.env.dir.join("operator.json"),
+            serde_json::to_vec_pretty(&how).expect("serializes"),
         )?;
+        let mut op =
+            Process::spawn_with_env("kube-pim", bin, &args, &self.env.dir.join("logs"), &env)?;
         process::wait_for_http_ok(
             "kube-pim",
             health_port,

@@ -243,6 +243,22 @@ pub fn validate_request_create(
                         matches!(p, RequestPhase::Active | RequestPhase::Scheduled)
                     })
             });
+        let open = |r: &&&ActivationRequest| {
+            r.status
+                .as_ref()
+                .and_then(|st| st.phase)
+                .is_none_or(|p| !is_terminal(p))
+        };
+        if let Some(other) = requests
+            .iter()
+            .filter(open)
+            .find(|r| r.spec.extends.as_deref() == Some(target.as_str()))
+        {
+            return Verdict::Deny(format!(
+                "{target} already has an open extension, {}: wait for it to be decided, or deactivate it first",
+                other.metadata.name.as_deref().unwrap_or_default()
+            ));
+        }
         if own_open.is_none() {
             return Verdict::Deny(format!(
                 "extends: {target} is not your own Active or Scheduled request for {} ({:?} scope) in {ns}: name one of yours (kubectl get ar -n {ns})",

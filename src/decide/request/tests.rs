@@ -16,6 +16,9 @@ struct World {
     mfa: MfaConfig,
     assignment_gone: bool,
     rs_gone: bool,
+    extended: Option<ActivationRequest>,
+    chain_start: Option<DateTime<Utc>>,
+    successor: Option<ActivationRequest>,
 }
 
 impl World {
@@ -33,6 +36,9 @@ impl World {
             mfa: MfaConfig::default(),
             assignment_gone: false,
             rs_gone: false,
+            extended: None,
+            chain_start: None,
+            successor: None,
         }
     }
 
@@ -51,6 +57,9 @@ impl World {
             tally: &self.tally,
             policy: &ctx,
             retention: TimeDelta::days(30),
+            extended: self.extended.as_ref(),
+            chain_start: self.chain_start,
+            successor: self.successor.as_ref(),
         })
     }
 
@@ -548,5 +557,183 @@ fn deleting_an_open_request_records_its_revocation() {
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("False", "RequestDeleted")
+    );
+}
+
+/// An Active request of alice's, activated at t0 for 1h (expires t0+1h).
+fn active_world() -> World {
+    let mut w = World::new();
+    for _ in 0..3 {
+        w.step(t0());
+    }
+    assert_eq!(w.phase(), RequestPhase::Active);
+    w
+}
+
+#[test]
+fn an_extension_continues_without_a_gap_and_supersedes_its_predecessor() {
+    let x = active_world();
+    let mut e = World::new();
+    e.req = request(
+        "alice-ext",
+        "payments",
+        "namespace-admin",
+        requester("alice", &["team"]),
+    );
+    e.req.spec.extends = Some("alice-x".into());
+    e.req.spec.duration = Some("30m".parse().unwrap());
+    e.extended = Some(x.req.clone());
+    e.chain_start = chain_start(&x.req, |_| None);
+    assert_eq!(e.chain_start, Some(t0()));
+    let later = t0() + TimeDelta::minutes(50);
+    e.step(later);
+    e.step(later);
+    let p = e.step(later);
+    assert_eq!(e.phase(), RequestPhase::Active);
+    assert_eq!(ensured(&p).len(), 1);
+    // From the predecessor's expiry, not from now.
+    assert_eq!(
+        e.req.status.as_ref().unwrap().expiration_time,
+        Some(t0() + TimeDelta::minutes(90))
+    );
+    assert!(e.last_message().ends_with("extending alice-x"));
+
+    // The predecessor hands over once the extension is Active.
+    let mut x = x;
+    x.successor = Some(e.req.clone());
+    let p = x.step(later + TimeDelta::seconds(1));
+    assert_eq!(x.phase(), RequestPhase::Superseded);
+    assert_eq!(p.bindings, Bindings::Remove);
+    let x_binding = &x.req.status.as_ref().unwrap().bindings[0].name;
+    let e_binding = &e.req.status.as_ref().unwrap().bindings[0].name;
+    assert_ne!(
+        x_binding, e_binding,
+        "removing the predecessor's bindings leaves the extension's"
+    );
+}
+
+#[test]
+fn max_continuous_caps_a_chain_of_extensions() {
+    let x = active_world();
+    let mut e = World::new();
+    e.rs.spec.activation.max_continuous = Some("80m".parse().unwrap());
+    e.req = request(
+        "alice-ext",
+        "payments",
+        "namespace-admin",
+        requester("alice", &["team"]),
+    );
+    e.req.spec.extends = Some("alice-x".into());
+    e.extended = Some(x.req.clone());
+    e.chain_start = Some(t0());
+    for _ in 0..3 {
+        e.step(t0() + TimeDelta::minutes(50));
+    }
+    assert_eq!(
+        e.req.status.as_ref().unwrap().expiration_time,
+        Some(t0() + TimeDelta::minutes(80))
+    );
+}
+
+#[test]
+fn extending_an_ended_request_is_a_plain_activation() {
+    let mut x = active_world();
+    x.req.spec.deactivate = true;
+    x.step(t0() + TimeDelta::minutes(10));
+    assert_eq!(x.phase(), RequestPhase::Deactivated);
+    let mut e = World::new();
+    e.req = request(
+        "alice-ext",
+        "payments",
+        "namespace-admin",
+        requester("alice", &["team"]),
+    );
+    e.req.spec.extends = Some("alice-x".into());
+    e.extended = Some(x.req.clone());
+    let now = t0() + TimeDelta::minutes(20);
+    for _ in 0..3 {
+        e.step(now);
+    }
+    assert_eq!(
+        e.req.status.as_ref().unwrap().expiration_time,
+        Some(now + TimeDelta::hours(1))
+    );
+    assert!(!e.last_message().contains("extending"));
+}
+
+#[test]
+fn someone_elses_request_is_never_extended_or_superseded() {
+    let x = active_world();
+    let mut e = World::new();
+    e.req = request(
+        "bob-ext",
+        "payments",
+        "namespace-admin",
+        requester("bob", &[]),
+    );
+    e.req.spec.extends = Some("alice-x".into());
+    e.extended = Some(x.req.clone());
+    e.chain_start = Some(t0());
+    let later = t0() + TimeDelta::minutes(50);
+    for _ in 0..3 {
+        e.step(later);
+    }
+    assert_eq!(
+        e.req.status.as_ref().unwrap().expiration_time,
+        Some(later + TimeDelta::hours(1)),
+        "no carry-over"
+    );
+    let mut x = x;
+    x.successor = Some(e.req.clone());
+    x.step(later);
+    assert_eq!(
+        x.phase(),
+        RequestPhase::Active,
+        "bob's request does not end alice's"
+    );
+}
+
+#[test]
+fn an_extension_of_a_scheduled_request_waits_for_it_to_start() {
+    let mut x = World::new();
+    x.req.spec.start_time = Some(t0() + TimeDelta::hours(2));
+    for _ in 0..3 {
+        x.step(t0());
+    }
+    assert_eq!(x.phase(), RequestPhase::Scheduled);
+    let mut e = World::new();
+    e.req = request(
+        "alice-ext",
+        "payments",
+        "namespace-admin",
+        requester("alice", &["team"]),
+    );
+    e.req.spec.extends = Some("alice-x".into());
+    e.extended = Some(x.req.clone());
+    e.step(t0());
+    e.step(t0());
+    let p = e.step(t0());
+    assert_eq!(e.phase(), RequestPhase::Scheduled);
+    assert_eq!(p.requeue_at, Some(t0() + TimeDelta::hours(2)));
+}
+
+#[test]
+fn chain_start_follows_superseded_links() {
+    let mut w1 = active_world();
+    w1.req.metadata.name = Some("first".into());
+    w1.req.status.as_mut().unwrap().phase = Some(RequestPhase::Superseded);
+    let mut w2 = active_world();
+    w2.req.metadata.name = Some("second".into());
+    w2.req.spec.extends = Some("first".into());
+    w2.req.status.as_mut().unwrap().activation_time = Some(t0() + TimeDelta::minutes(55));
+    let first = w1.req.clone();
+    let lookup = |n: &str| (n == "first").then_some(&first);
+    assert_eq!(chain_start(&w2.req, lookup), Some(t0()));
+    // A predecessor that simply expired breaks the chain.
+    let mut expired = first.clone();
+    expired.status.as_mut().unwrap().phase = Some(RequestPhase::Expired);
+    assert_eq!(
+        chain_start(&w2.req, |n| (n == "first").then_some(&expired)),
+        Some(t0() + TimeDelta::minutes(55))
     );
 }

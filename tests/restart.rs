@@ -1,0 +1,151 @@
+//! Access ends even when no operator was running at expiry (SPEC invariant 4): the operator is
+//! killed while an activation is Active, the expiry passes, and a new operator process revokes
+//! it as soon as it starts (its start-up pass reconciles every request).
+//!
+//! In its own test binary, so killing the operator disturbs no other test.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{admin, namespace, operated, suffix, user};
+use k8s_openapi::api::{core::v1::Secret, rbac::v1::RoleBinding};
+use kube::{
+    Api,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use kube_pim::api::{ActivationRequest, RequestPhase};
+use serde_json::json;
+
+fn phase(ar: &ActivationRequest) -> Option<RequestPhase> {
+    ar.status.as_ref().and_then(|s| s.phase)
+}
+
+#[tokio::test]
+async fn an_activation_that_expired_while_the_operator_was_down_is_revoked_when_it_starts() {
+    let env = operated();
+    let admin = admin().await;
+    let ns = namespace("restart").await;
+    let s = suffix();
+    let (rs, alice) = (format!("restart-{s}"), format!("alice-{s}"));
+    let pp = PatchParams::apply("e2e").force();
+    let rsets: Api<kube_pim::api::RoleSetting> = Api::all(admin.clone());
+    rsets.patch(&rs, &pp, &Patch::Apply(json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": rs},
+        "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true}}))).await.unwrap();
+    let eas: Api<kube_pim::api::EligibleAssignment> = Api::namespaced(admin.clone(), &ns);
+    eas.patch("alice", &pp, &Patch::Apply(json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment", "metadata": {"name": "alice"},
+        "spec": {"roleSetting": rs, "subject": {"kind": "User", "name": alice}}}))).await.unwrap();
+    let rb: RoleBinding = serde_json::from_value(json!({"metadata": {"name": "alice-requests"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kube-pim-requester"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": alice}]})).unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &rb)
+        .await
+        .unwrap();
+
+    let alice_c = user(&alice, &[]).await;
+    let ar: ActivationRequest = serde_json::from_value(json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",
+        "metadata": {"name": "short"}, "spec": {"roleSetting": rs, "duration": "5s", "justification": "restart test",
+        "requester": {"username": alice}}})).unwrap();
+    let ars: Api<ActivationRequest> = Api::namespaced(admin.clone(), &ns);
+    Api::<ActivationRequest>::namespaced(alice_c.clone(), &ns)
+        .create(&PostParams::default(), &ar)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let active = loop {
+        let a = ars.get("short").await.unwrap();
+        if phase(&a) == Some(RequestPhase::Active) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "never Active: {:?}", a.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let binding = active.status.as_ref().unwrap().bindings[0].name.clone();
+    let expires = active.status.as_ref().unwrap().expiration_time.unwrap();
+
+    // Kill the operator (SIGKILL: no chance to clean up).
+    let pids = std::fs::read_to_string(env.dir().join("pids")).unwrap();
+    let pid: i32 = pids
+        .lines()
+        .find(|l| l.ends_with(" kube-pim"))
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    // Past the expiry, with nobody to revoke: the binding is still there, and so is access.
+    let wait = (expires - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(2);
+    tokio::time::sleep(wait).await;
+    let rbs: Api<RoleBinding> = Api::namespaced(admin.clone(), &ns);
+    assert!(
+        rbs.get_opt(&binding).await.unwrap().is_some(),
+        "something else revoked it; this test would prove nothing"
+    );
+    assert!(
+        Api::<Secret>::namespaced(alice_c.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .is_ok()
+    );
+
+    // A new operator process, started the same way.
+    let how: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.dir().join("operator.json")).unwrap()).unwrap();
+    let args: Vec<String> = serde_json::from_value(how["args"].clone()).unwrap();
+    let log = std::fs::File::create(env.dir().join("logs/kube-pim-restarted.log")).unwrap();
+    let mut op = tokio::process::Command::new(how["bin"].as_str().unwrap())
+        .args(&args)
+        .env("KUBECONFIG", how["env"]["KUBECONFIG"].as_str().unwrap())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    loop {
+        let a = ars.get("short").await.unwrap();
+        if phase(&a) == Some(RequestPhase::Expired)
+            && rbs.get_opt(&binding).await.unwrap().is_none()
+        {
+            break;
+        }
+        if let Some(status) = op.try_wait().unwrap() {
+            panic!("the restarted operator exited: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not revoked after the restart: {:?}",
+            a.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Reported, not asserted (timings belong in benchmarks).
+    eprintln!(
+        "revoked {:?} after the operator process was started",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Api::<Secret>::namespaced(alice_c.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "access outlived the revocation");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expired = ars.get("short").await.unwrap();
+    assert_eq!(
+        expired.status.unwrap().history.last().unwrap().action,
+        kube_pim::api::HistoryAction::Expired
+    );
+    let _ = op.kill().await;
+}
