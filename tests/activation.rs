@@ -981,6 +981,30 @@ async fn a_role_setting_and_an_assignment_in_one_kubectl_apply() {
         .unwrap();
     let stamp = &ea.annotations()["kubepim.io/authorized-by"];
     assert!(stamp.contains("\"username\":\"kubepim-admin\""), "{stamp}");
+    // Both writes are on the audit stream with the actor the apiserver authenticated.
+    let log = std::fs::read_to_string(env.dir().join("audit.log")).unwrap();
+    for (resource, name) in [
+        ("rolesettings", format!("bundle-{s}")),
+        ("eligibleassignments", "dana".to_string()),
+    ] {
+        let line = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| {
+                r["kind"] == "PolicyWrite"
+                    && r["resource"] == resource
+                    && r["name"] == name.as_str()
+                    && r["namespace"]
+                        == if resource == "rolesettings" {
+                            Value::Null
+                        } else {
+                            json!(ns)
+                        }
+            })
+            .unwrap_or_else(|| panic!("no PolicyWrite record for {resource} {name}"));
+        assert_eq!(line["actor"]["username"], "kubepim-admin");
+        assert_eq!(line["operation"], "CREATE");
+    }
     // An assignment is Eligible once the operator has seen both.
     let deadline = std::time::Instant::now() + WAIT;
     loop {
@@ -1217,4 +1241,46 @@ async fn a_managed_binding_without_its_request_is_swept() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     w.access(&user(&w.mallory, &[]).await, false).await;
+}
+
+/// Besides the requester and the approvers, someone who may `bind` the request's roles where
+/// it grants them (checked with a SubjectAccessReview as that person) may end an activation.
+#[tokio::test]
+async fn someone_who_may_bind_the_roles_can_end_an_activation() {
+    let w = World::new("binder", json!({})).await;
+    let alice = w.alice().await;
+    let ar = w.ask(alice.clone(), json!({})).await.unwrap();
+    w.wait_phase(&ar.name_any(), RequestPhase::Active).await;
+    let frank = format!("frank-{}", suffix());
+    let admin = admin().await;
+    let cr: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": format!("bind-admin-{frank}")},
+        "rules": [
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["bind"], "resourceNames": ["admin"]},
+            {"apiGroups": ["kubepim.io"], "resources": ["activationrequests"], "verbs": ["get", "patch"]}
+        ]})).unwrap();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &cr)
+        .await
+        .unwrap();
+    w.bind(&format!("bind-admin-{frank}"), "User", &frank).await;
+    let stop = Patch::Merge(json!({"spec": {"deactivate": true}}));
+    // mallory (approver RBAC, not an approver, no bind) may not; frank (bind on admin here) may.
+    w.bind("kube-pim-requester", "User", &w.mallory).await;
+    let (_, msg) = refusal(
+        w.requests(user(&w.mallory, &[]).await)
+            .patch(&ar.name_any(), &PatchParams::default(), &stop)
+            .await,
+    );
+    assert!(
+        msg.contains("or someone who may bind its roles may deactivate"),
+        "{msg}"
+    );
+    w.requests(user(&frank, &[]).await)
+        .patch(&ar.name_any(), &PatchParams::default(), &stop)
+        .await
+        .unwrap();
+    w.wait_phase(&ar.name_any(), RequestPhase::Deactivated)
+        .await;
+    w.access(&alice, false).await;
 }

@@ -143,6 +143,13 @@ impl AuditLog {
         Ok((status.history.len(), start..status.history.len()))
     }
 
+    /// Writes one record that is not a request transition (e.g. a policy write) and flushes.
+    pub fn write_record(&self, record: &serde_json::Value) -> Result<()> {
+        let mut out = self.out.lock().expect("audit writer not poisoned");
+        writeln!(out, "{record}").map_err(Error::io("write audit log", "audit"))?;
+        out.flush().map_err(Error::io("flush audit log", "audit"))
+    }
+
     /// Forgets a request's high-water mark (the request is gone).
     pub fn forget(&self, uid: &str) {
         self.written

@@ -176,6 +176,9 @@ async fn validate(
         return bad_request("not an AdmissionReview request");
     };
     let verdict = decide(&s, &req).await;
+    if !matches!(verdict, Verdict::Deny(_)) && !req.dry_run {
+        audit_policy_write(&s.ctx, &req);
+    }
     respond(&req, verdict)
 }
 
@@ -217,7 +220,12 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
                 return malformed();
             };
             let rs = role_setting(&s.ctx, &old.spec.role_setting).await;
-            review::validate_request_update(&old, &new, user, rs.as_ref())
+            let may_bind = review::deactivation_needs_bind_check(&old, &new, user, rs.as_ref())
+                && match &rs {
+                    Some(rs) => may_bind_roles(&s.ctx, user, rs, &old).await,
+                    None => false,
+                };
+            review::validate_request_update(&old, &new, user, rs.as_ref(), may_bind)
         }
         ("activationrequests", Some("status"), Operation::Update) => {
             let Some(old) = typed::<ActivationRequest>(req.old_object.as_ref()) else {
@@ -270,6 +278,79 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
         }
         _ => Verdict::Allow,
     }
+}
+
+/// Writes to RoleSettings and EligibleAssignments go to the audit stream with the actor the
+/// apiserver authenticated (SPEC section 3, *Audit*). Recorded at admission, the one place that
+/// sees the actor of a DELETE too; so a line means "admitted", and a write that a later
+/// admission step refuses is still recorded as admitted. Dry runs are not recorded.
+fn audit_policy_write(ctx: &Context, req: &AdmissionRequest<DynamicObject>) {
+    let resource = req.resource.resource.as_str();
+    if !matches!(resource, "rolesettings" | "eligibleassignments") || req.sub_resource.is_some() {
+        return;
+    }
+    let record = serde_json::json!({
+        "apiVersion": crate::controller::audit::AUDIT_API_VERSION,
+        "kind": "PolicyWrite",
+        "id": req.uid,
+        "time": Utc::now(),
+        "operation": format!("{:?}", req.operation).to_uppercase(),
+        "resource": resource,
+        "namespace": req.namespace,
+        "name": req.name,
+        "actor": review::identity(&req.user_info),
+    });
+    if let Err(e) = ctx.audit.write_record(&record) {
+        tracing::warn!(error = %e, "could not write a policy audit record");
+    }
+}
+
+/// Whether `user` may `bind` every role of `rs` where `ar` grants it (its namespace, or
+/// cluster-wide for Cluster scope), as the apiserver's authorizer answers for that user.
+async fn may_bind_roles(
+    ctx: &Context,
+    user: &k8s_openapi::api::authentication::v1::UserInfo,
+    rs: &RoleSetting,
+    ar: &ActivationRequest,
+) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let namespace = match ar.spec.scope {
+        crate::api::Scope::Namespace => ar.namespace(),
+        crate::api::Scope::Cluster => None,
+    };
+    let api: Api<SubjectAccessReview> = Api::all(ctx.client.clone());
+    for role in &rs.spec.role_refs {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: user.username.clone(),
+                uid: user.uid.clone(),
+                groups: user.groups.clone(),
+                extra: user.extra.clone(),
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some("bind".into()),
+                    group: Some("rbac.authorization.k8s.io".into()),
+                    resource: Some("clusterroles".into()),
+                    name: Some(role.name.clone()),
+                    namespace: namespace.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match api.create(&Default::default(), &review).await {
+            Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => {}
+            Ok(_) => return false,
+            Err(e) => {
+                // Fail closed: an unanswered check is a no.
+                tracing::warn!(error = %e, "SubjectAccessReview failed; treating as not allowed");
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// A RoleSetting from the cache, or read live when the cache does not have it (yet).

@@ -337,13 +337,30 @@ fn is_requester(ar: &ActivationRequest, user: &UserInfo) -> bool {
         || matches!((&user.uid, &r.uid), (Some(a), Some(b)) if !a.is_empty() && a == b)
 }
 
+/// Whether this update deactivates the request and the caller is neither its requester nor
+/// an approver: only then does the webhook ask the apiserver whether the caller may `bind`
+/// the request's roles (the third kind of person allowed to end it).
+pub fn deactivation_needs_bind_check(
+    old: &ActivationRequest,
+    new: &ActivationRequest,
+    user: &UserInfo,
+    rs: Option<&RoleSetting>,
+) -> bool {
+    !old.spec.deactivate
+        && new.spec.deactivate
+        && !is_requester(old, user)
+        && !rs.is_some_and(|rs| is_approver(rs, user))
+}
+
 /// ActivationRequest UPDATE (main resource): the spec only by `deactivate` false -> true, and
-/// only by the requester or an approver; kube-pim's metadata untouched.
+/// only by the requester, an approver, or someone who may `bind` its roles at its scope
+/// (`may_bind`, from a SubjectAccessReview as the caller); kube-pim's metadata untouched.
 pub fn validate_request_update(
     old: &ActivationRequest,
     new: &ActivationRequest,
     user: &UserInfo,
     rs: Option<&RoleSetting>,
+    may_bind: bool,
 ) -> Verdict {
     if let Some(msg) = protected_metadata(&old.metadata, &new.metadata, "ActivationRequest") {
         return Verdict::Deny(msg);
@@ -358,10 +375,12 @@ pub fn validate_request_update(
             "deactivate cannot go back to false: create a new ActivationRequest".into(),
         ),
         (false, true)
-            if !is_requester(old, user) && !rs.is_some_and(|rs| is_approver(rs, user)) =>
+            if !may_bind
+                && !is_requester(old, user)
+                && !rs.is_some_and(|rs| is_approver(rs, user)) =>
         {
             Verdict::Deny(format!(
-                "only the requester ({}) or an approver of RoleSetting {} may deactivate this request",
+                "only the requester ({}), an approver of RoleSetting {}, or someone who may bind its roles may deactivate this request",
                 old.spec.requester.username, old.spec.role_setting
             ))
         }

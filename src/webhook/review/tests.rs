@@ -1,1 +1,784 @@
+//! The admission decisions, one rule at a time, with JSON fixtures for what clients send.
 
+use k8s_openapi::api::authentication::v1::UserInfo;
+use serde_json::json;
+
+use super::*;
+use crate::{
+    api::{ActivationRequestStatus, ApprovalDecision::*, Scope},
+    decide::test_fixtures::*,
+};
+
+fn caller(name: &str, groups: &[&str]) -> UserInfo {
+    UserInfo {
+        username: Some(name.into()),
+        uid: Some(format!("uid-{name}")),
+        groups: Some(groups.iter().map(|g| g.to_string()).collect()),
+        extra: None,
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        cluster_scope_namespace: "kube-pim-system".into(),
+        mfa: policy::MfaConfig::default(),
+        break_glass_group: Some("breakglass".into()),
+    }
+}
+
+fn denied(v: Verdict) -> String {
+    match v {
+        Verdict::Deny(m) => m,
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+fn patch_ops(v: Verdict) -> serde_json::Value {
+    match v {
+        Verdict::Patch(p) => serde_json::to_value(p).unwrap(),
+        other => panic!("expected a patch, got {other:?}"),
+    }
+}
+
+/// alice's request, after mutation (requester stamped from `caller("alice", ..)`).
+fn alice_request() -> ActivationRequest {
+    let mut r = request("alice-x", "payments", "rs", requester("alice", &["team"]));
+    r.spec.requester.groups = vec!["team".into()];
+    r
+}
+
+fn pending_request() -> ActivationRequest {
+    let mut r = alice_request();
+    r.status = Some(ActivationRequestStatus {
+        phase: Some(RequestPhase::Pending),
+        approvals: Some(vec![]),
+        ..Default::default()
+    });
+    r
+}
+
+fn approval_rs() -> RoleSetting {
+    with_approval(role_setting("rs"), vec![group("sre-leads"), user("bob")], 1)
+}
+
+// --- mutation -------------------------------------------------------------------------------
+
+#[test]
+fn the_requester_is_replaced_with_the_caller() {
+    let sent = json!({"spec": {"roleSetting": "rs", "requester": {"username": "bob", "groups": ["sre-leads"]}}});
+    let mut user = caller("alice", &["team"]);
+    user.extra = Some([("kubepim.io/amr".to_string(), vec!["mfa".to_string()])].into());
+    let ops = patch_ops(stamp_requester(&sent, &user));
+    assert_eq!(
+        ops,
+        json!([{"op": "replace", "path": "/spec/requester", "value": {
+            "username": "alice", "uid": "uid-alice", "groups": ["team"], "extra": {"kubepim.io/amr": ["mfa"]}}}])
+    );
+    // Nothing sent: added.
+    let ops = patch_ops(stamp_requester(
+        &json!({"spec": {"roleSetting": "rs"}}),
+        &user,
+    ));
+    assert_eq!(ops[0]["op"], "add");
+}
+
+#[test]
+fn an_appended_approval_gets_the_callers_identity_group_and_time() {
+    let rs = approval_rs();
+    let old = json!({"status": {"approvals": []}});
+    let new = json!({"status": {"approvals": [{"decision": "Approved", "approver": {"username": "forged"}, "time": "2000-01-01T00:00:00Z"}]}});
+    let ops = patch_ops(stamp_approval(
+        &old,
+        &new,
+        &caller("dave", &["sre-leads"]),
+        Some(&rs),
+        t0(),
+    ));
+    assert_eq!(
+        ops,
+        json!([
+            {"op": "add", "path": "/status/approvals/0/approver", "value": {"username": "dave", "uid": "uid-dave", "viaGroup": "sre-leads"}},
+            {"op": "add", "path": "/status/approvals/0/time", "value": "2026-12-01T12:00:00.000000Z"}
+        ])
+    );
+    // Listed by name: no group recorded.
+    let ops = patch_ops(stamp_approval(
+        &old,
+        &new,
+        &caller("bob", &["sre-leads"]),
+        Some(&rs),
+        t0(),
+    ));
+    assert_eq!(
+        ops[0]["value"],
+        json!({"username": "bob", "uid": "uid-bob"})
+    );
+    // Not exactly one appended: left to validation.
+    let two =
+        json!({"status": {"approvals": [{"decision": "Approved"}, {"decision": "Approved"}]}});
+    assert_eq!(
+        stamp_approval(&old, &two, &caller("bob", &[]), Some(&rs), t0()),
+        Verdict::Allow
+    );
+    assert_eq!(
+        stamp_approval(
+            &json!({"status": {}}),
+            &new,
+            &caller("bob", &[]),
+            Some(&rs),
+            t0()
+        ),
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn assignments_record_who_wrote_them() {
+    let ops = patch_ops(stamp_authorized_by(
+        &json!({"metadata": {"name": "a"}}),
+        &caller("admin", &["platform"]),
+    ));
+    assert_eq!(
+        ops[0],
+        json!({"op": "add", "path": "/metadata/annotations", "value": {}})
+    );
+    assert_eq!(
+        ops[1]["path"],
+        "/metadata/annotations/kubepim.io~1authorized-by"
+    );
+    let stamped: serde_json::Value =
+        serde_json::from_str(ops[1]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(stamped["username"], "admin");
+    let ops = patch_ops(stamp_authorized_by(
+        &json!({"metadata": {"annotations": {"x": "y"}}}),
+        &caller("admin", &[]),
+    ));
+    assert_eq!(ops.as_array().unwrap().len(), 1);
+}
+
+// --- request CREATE -------------------------------------------------------------------------
+
+#[test]
+fn a_request_needs_its_role_setting_policy_and_eligibility() {
+    let alice = caller("alice", &["team"]);
+    let ea = assignment("a", "payments", "rs", user("alice"));
+    let rs = role_setting("rs");
+    let ok = validate_request_create(
+        &alice_request(),
+        &alice,
+        Some(&rs),
+        &[&ea],
+        &[],
+        &settings(),
+        t0(),
+    );
+    assert_eq!(ok, Verdict::Allow);
+    let msg = denied(validate_request_create(
+        &alice_request(),
+        &alice,
+        None,
+        &[&ea],
+        &[],
+        &settings(),
+        t0(),
+    ));
+    assert_eq!(
+        msg,
+        "RoleSetting rs does not exist: check the name (kubectl get rolesettings)"
+    );
+    let msg = denied(validate_request_create(
+        &alice_request(),
+        &alice,
+        Some(&rs),
+        &[],
+        &[],
+        &settings(),
+        t0(),
+    ));
+    assert!(
+        msg.starts_with(
+            "alice is not eligible for RoleSetting rs (Namespace scope) in namespace payments now"
+        ),
+        "{msg}"
+    );
+    let mut long = alice_request();
+    long.spec.duration = Some("5h".parse().unwrap());
+    let msg = denied(validate_request_create(
+        &long,
+        &alice,
+        Some(&rs),
+        &[&ea],
+        &[],
+        &settings(),
+        t0(),
+    ));
+    assert_eq!(
+        msg,
+        "duration 5h exceeds maxDuration 1h of RoleSetting rs: ask for 1h or less"
+    );
+    // A requester that does not match the caller never passes (mutation makes them equal).
+    let msg = denied(validate_request_create(
+        &alice_request(),
+        &caller("bob", &[]),
+        Some(&rs),
+        &[&ea],
+        &[],
+        &settings(),
+        t0(),
+    ));
+    assert!(msg.contains("spec.requester must be the caller"));
+}
+
+#[test]
+fn only_ones_own_open_request_may_be_extended_once() {
+    let alice = caller("alice", &["team"]);
+    let ea = assignment("a", "payments", "rs", user("alice"));
+    let rs = role_setting("rs");
+    let mut mine = request("mine", "payments", "rs", requester("alice", &["team"]));
+    mine.status = Some(ActivationRequestStatus {
+        phase: Some(RequestPhase::Active),
+        ..Default::default()
+    });
+    let mut bobs = request("bobs", "payments", "rs", requester("bob", &[]));
+    bobs.status = mine.status.clone();
+    let mut ext = alice_request();
+    ext.spec.extends = Some("mine".into());
+    assert_eq!(
+        validate_request_create(
+            &ext,
+            &alice,
+            Some(&rs),
+            &[&ea],
+            &[&mine, &bobs],
+            &settings(),
+            t0()
+        ),
+        Verdict::Allow
+    );
+    ext.spec.extends = Some("bobs".into());
+    assert!(
+        denied(validate_request_create(
+            &ext,
+            &alice,
+            Some(&rs),
+            &[&ea],
+            &[&mine, &bobs],
+            &settings(),
+            t0()
+        ))
+        .contains("is not your own Active or Scheduled request")
+    );
+    let mut ended = mine.clone();
+    ended.status.as_mut().unwrap().phase = Some(RequestPhase::Expired);
+    ext.spec.extends = Some("mine".into());
+    assert!(matches!(
+        validate_request_create(
+            &ext,
+            &alice,
+            Some(&rs),
+            &[&ea],
+            &[&ended],
+            &settings(),
+            t0()
+        ),
+        Verdict::Deny(_)
+    ));
+    let mut open_ext = request("ext1", "payments", "rs", requester("alice", &["team"]));
+    open_ext.spec.extends = Some("mine".into());
+    let msg = denied(validate_request_create(
+        &ext,
+        &alice,
+        Some(&rs),
+        &[&ea],
+        &[&mine, &open_ext],
+        &settings(),
+        t0(),
+    ));
+    assert!(
+        msg.contains("mine already has an open extension, ext1"),
+        "{msg}"
+    );
+}
+
+// --- request UPDATE -------------------------------------------------------------------------
+
+#[test]
+fn spec_changes_other_than_deactivating_are_refused() {
+    let old = alice_request();
+    let alice = caller("alice", &[]);
+    let mut new = old.clone();
+    new.spec.duration = Some("2h".parse().unwrap());
+    assert!(
+        denied(validate_request_update(&old, &new, &alice, None, false))
+            .starts_with("spec is immutable")
+    );
+    let mut new = old.clone();
+    new.spec.ticket = Some("INC-1".into());
+    assert!(matches!(
+        validate_request_update(&old, &new, &alice, None, false),
+        Verdict::Deny(_)
+    ));
+    let mut new = old.clone();
+    new.spec.deactivate = true;
+    assert_eq!(
+        validate_request_update(&old, &new, &alice, None, false),
+        Verdict::Allow
+    );
+    let back = old.clone();
+    assert!(
+        denied(validate_request_update(&new, &back, &alice, None, false))
+            .contains("cannot go back to false")
+    );
+}
+
+#[test]
+fn only_the_requester_or_an_approver_deactivates() {
+    let old = alice_request();
+    let mut new = old.clone();
+    new.spec.deactivate = true;
+    let rs = approval_rs();
+    assert_eq!(
+        validate_request_update(&old, &new, &caller("bob", &[]), Some(&rs), false),
+        Verdict::Allow
+    );
+    assert_eq!(
+        validate_request_update(
+            &old,
+            &new,
+            &caller("dave", &["sre-leads"]),
+            Some(&rs),
+            false
+        ),
+        Verdict::Allow
+    );
+    // Same uid, other name: still the requester.
+    let mut renamed = caller("alice2", &[]);
+    renamed.uid = Some("uid-alice".into());
+    assert_eq!(
+        validate_request_update(&old, &new, &renamed, Some(&rs), false),
+        Verdict::Allow
+    );
+    let mallory = caller("mallory", &["team"]);
+    assert!(deactivation_needs_bind_check(
+        &old,
+        &new,
+        &mallory,
+        Some(&rs)
+    ));
+    assert!(!deactivation_needs_bind_check(
+        &old,
+        &new,
+        &caller("bob", &[]),
+        Some(&rs)
+    ));
+    let msg = denied(validate_request_update(
+        &old,
+        &new,
+        &mallory,
+        Some(&rs),
+        false,
+    ));
+    assert_eq!(
+        msg,
+        "only the requester (alice), an approver of RoleSetting rs, or someone who may bind its roles may deactivate this request"
+    );
+    // Someone who may bind the roles (a SubjectAccessReview said so) may end it.
+    assert_eq!(
+        validate_request_update(&old, &new, &mallory, Some(&rs), true),
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn kube_pims_metadata_is_kube_pims() {
+    let mut old = alice_request();
+    old.metadata.finalizers = Some(vec![
+        crate::controller::FINALIZER.into(),
+        "other.io/x".into(),
+    ]);
+    old.metadata.labels = Some(
+        [
+            ("kubepim.io/x".to_string(), "1".to_string()),
+            ("team".to_string(), "a".to_string()),
+        ]
+        .into(),
+    );
+    let alice = caller("alice", &[]);
+    let change = |f: &dyn Fn(&mut ActivationRequest)| {
+        let mut n = old.clone();
+        f(&mut n);
+        validate_request_update(&old, &n, &alice, None, false)
+    };
+    assert!(
+        denied(change(
+            &|n| n.metadata.finalizers = Some(vec!["other.io/x".into()])
+        ))
+        .contains("only kube-pim removes")
+    );
+    assert_eq!(
+        change(&|n| n.metadata.finalizers = Some(vec![crate::controller::FINALIZER.into()])),
+        Verdict::Allow,
+        "others' finalizers may go"
+    );
+    assert!(
+        denied(change(&|n| n
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove("kubepim.io/x")
+            .map(|_| ())
+            .unwrap()))
+        .contains("kubepim.io/*")
+    );
+    assert!(matches!(
+        change(&|n| {
+            n.metadata.annotations = Some([("kubepim.io/y".to_string(), "z".to_string())].into());
+        }),
+        Verdict::Deny(_)
+    ));
+    assert_eq!(
+        change(&|n| {
+            n.metadata
+                .labels
+                .as_mut()
+                .unwrap()
+                .insert("team".into(), "b".into());
+        }),
+        Verdict::Allow
+    );
+    assert!(matches!(
+        change(&|n| {
+            n.metadata.owner_references = Some(vec![Default::default()]);
+        }),
+        Verdict::Deny(_)
+    ));
+    let mut bare = alice_request();
+    bare.metadata.finalizers = None;
+    let mut added = bare.clone();
+    added.metadata.finalizers = Some(vec![crate::controller::FINALIZER.into()]);
+    assert!(
+        denied(validate_request_update(&bare, &added, &alice, None, false))
+            .contains("only kube-pim adds")
+    );
+}
+
+// --- decisions (status UPDATE) --------------------------------------------------------------
+
+fn decided(
+    old: &ActivationRequest,
+    who: &str,
+    decision: crate::api::ApprovalDecision,
+    reason: Option<&str>,
+) -> ActivationRequest {
+    let mut n = old.clone();
+    let mut a = approval(who, decision, None);
+    a.reason = reason.map(String::from);
+    n.status
+        .as_mut()
+        .unwrap()
+        .approvals
+        .as_mut()
+        .unwrap()
+        .push(a);
+    n
+}
+
+#[test]
+fn an_approver_appends_one_decision() {
+    let rs = approval_rs();
+    let old = pending_request();
+    assert_eq!(
+        validate_decision(
+            &old,
+            &decided(&old, "bob", Approved, Some("ok")),
+            &caller("bob", &[]),
+            Some(&rs)
+        ),
+        Verdict::Allow
+    );
+    assert_eq!(
+        validate_decision(
+            &old,
+            &decided(&old, "dave", Approved, None),
+            &caller("dave", &["sre-leads"]),
+            Some(&rs)
+        ),
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn decisions_that_are_refused() {
+    let rs = approval_rs();
+    let old = pending_request();
+    let bob = caller("bob", &[]);
+    // Recorded for someone else than the caller.
+    assert!(
+        denied(validate_decision(
+            &old,
+            &decided(&old, "carol", Approved, None),
+            &bob,
+            Some(&rs)
+        ))
+        .contains("recorded for the caller only")
+    );
+    // Self-approval, even as a member of an approver group.
+    assert!(
+        denied(validate_decision(
+            &old,
+            &decided(&old, "alice", Approved, None),
+            &caller("alice", &["sre-leads"]),
+            Some(&rs)
+        ))
+        .contains("cannot decide your own request")
+    );
+    // Not an approver.
+    assert!(denied(validate_decision(&old, &decided(&old, "mallory", Approved, None), &caller("mallory", &["team"]), Some(&rs))).contains("mallory is not an approver of RoleSetting rs: its approvers are Group sre-leads, User bob"));
+    // A Deny needs a reason; requireReason makes every decision need one.
+    assert!(
+        denied(validate_decision(
+            &old,
+            &decided(&old, "bob", Denied, None),
+            &bob,
+            Some(&rs)
+        ))
+        .contains("a Deny needs a reason")
+    );
+    let mut strict = rs.clone();
+    strict.spec.approval.require_reason = true;
+    assert!(
+        denied(validate_decision(
+            &old,
+            &decided(&old, "bob", Approved, Some(" ")),
+            &bob,
+            Some(&strict)
+        ))
+        .contains("requires a reason")
+    );
+    // Second decision by the same approver.
+    let once = decided(&old, "bob", Approved, Some("ok"));
+    assert!(
+        denied(validate_decision(
+            &once,
+            &decided(&once, "bob", Denied, Some("changed my mind")),
+            &bob,
+            Some(&rs)
+        ))
+        .contains("already decided")
+    );
+    // Two at once, rewriting, reordering or dropping decisions.
+    let two = decided(
+        &decided(&old, "bob", Approved, None),
+        "dave",
+        Approved,
+        None,
+    );
+    assert!(
+        denied(validate_decision(&old, &two, &bob, Some(&rs)))
+            .contains("append exactly one approval")
+    );
+    let with_carol = decided(&old, "carol", Approved, Some("x"));
+    let mut rewritten = decided(&with_carol, "bob", Approved, None);
+    rewritten
+        .status
+        .as_mut()
+        .unwrap()
+        .approvals
+        .as_mut()
+        .unwrap()[0]
+        .decision = Denied;
+    assert!(
+        denied(validate_decision(&with_carol, &rewritten, &bob, Some(&rs)))
+            .contains("append exactly one approval")
+    );
+    // Any other status field.
+    let mut phase = decided(&old, "bob", Approved, None);
+    phase.status.as_mut().unwrap().phase = Some(RequestPhase::Active);
+    assert!(
+        denied(validate_decision(&old, &phase, &bob, Some(&rs)))
+            .contains("nothing else in status may change")
+    );
+    let mut audited = decided(&old, "bob", Approved, None);
+    audited.status.as_mut().unwrap().audited_through = 99;
+    assert!(matches!(
+        validate_decision(&old, &audited, &bob, Some(&rs)),
+        Verdict::Deny(_)
+    ));
+    // Dropping status.
+    let mut dropped = old.clone();
+    dropped.status = None;
+    assert!(denied(validate_decision(&old, &dropped, &bob, Some(&rs))).contains("removes it"));
+    // Not Pending, or not initialised yet.
+    let mut active = old.clone();
+    active.status.as_mut().unwrap().phase = Some(RequestPhase::Active);
+    assert!(
+        denied(validate_decision(
+            &active,
+            &decided(&active, "bob", Approved, None),
+            &bob,
+            Some(&rs)
+        ))
+        .contains("only taken while it is Pending")
+    );
+    let mut fresh = old.clone();
+    fresh.status.as_mut().unwrap().approvals = None;
+    let mut fresh_new = fresh.clone();
+    fresh_new.status.as_mut().unwrap().approvals = Some(vec![approval("bob", Approved, None)]);
+    assert!(
+        denied(validate_decision(&fresh, &fresh_new, &bob, Some(&rs)))
+            .contains("not ready for decisions yet")
+    );
+    // A ServiceAccount approver without allowServiceAccountApprovers.
+    let sa_rs = with_approval(role_setting("rs"), vec![service_account("ops", "bot")], 1);
+    let sa = "system:serviceaccount:ops:bot";
+    assert!(
+        denied(validate_decision(
+            &old,
+            &decided(&old, sa, Approved, None),
+            &caller(sa, &[]),
+            Some(&sa_rs)
+        ))
+        .contains("is not an approver")
+    );
+}
+
+// --- DELETE ---------------------------------------------------------------------------------
+
+#[test]
+fn open_requests_are_kept_unless_break_glass_or_the_namespace_goes() {
+    let old = pending_request();
+    let msg = denied(validate_request_delete(
+        &old,
+        &caller("admin", &["system:masters"]),
+        &settings(),
+        false,
+    ));
+    assert!(
+        msg.contains("end it with spec.deactivate: true (kubectl pim deactivate alice-x)"),
+        "{msg}"
+    );
+    assert_eq!(
+        validate_request_delete(&old, &caller("oncall", &["breakglass"]), &settings(), false),
+        Verdict::Allow
+    );
+    assert_eq!(
+        validate_request_delete(
+            &old,
+            &caller(
+                "system:serviceaccount:kube-system:namespace-controller",
+                &[]
+            ),
+            &settings(),
+            true
+        ),
+        Verdict::Allow
+    );
+    let mut ended = old.clone();
+    ended.status.as_mut().unwrap().phase = Some(RequestPhase::Expired);
+    assert_eq!(
+        validate_request_delete(&ended, &caller("alice", &[]), &settings(), false),
+        Verdict::Allow
+    );
+    let mut new = old.clone();
+    new.status = None;
+    assert!(
+        matches!(
+            validate_request_delete(&new, &caller("alice", &[]), &settings(), false),
+            Verdict::Deny(_)
+        ),
+        "a request not yet seen by the operator is open"
+    );
+}
+
+// --- assignments and RoleSettings -----------------------------------------------------------
+
+fn stamped(mut ea: EligibleAssignment, who: &UserInfo) -> EligibleAssignment {
+    ea.metadata.annotations = Some([(AUTHORIZED_BY.to_string(), identity(who).to_string())].into());
+    ea
+}
+
+#[test]
+fn assignments_follow_their_role_setting_and_their_stamp() {
+    let admin = caller("admin", &["platform"]);
+    let mut rs = role_setting("rs");
+    let ea = stamped(assignment("a", "payments", "rs", user("alice")), &admin);
+    assert_eq!(
+        validate_assignment(&ea, &admin, Some(&rs), &settings(), t0()),
+        Verdict::Allow
+    );
+    assert_eq!(
+        validate_assignment(&ea, &admin, None, &settings(), t0()),
+        Verdict::Allow,
+        "GitOps order: the RoleSetting may come later"
+    );
+    rs.spec.assignment.allow_permanent = false;
+    assert!(
+        denied(validate_assignment(
+            &ea,
+            &admin,
+            Some(&rs),
+            &settings(),
+            t0()
+        ))
+        .contains("set spec.endTime")
+    );
+    // The stamp must be the caller's own.
+    let forged = stamped(
+        assignment("a", "payments", "rs", user("alice")),
+        &caller("root", &["system:masters"]),
+    );
+    assert!(
+        denied(validate_assignment(
+            &forged,
+            &admin,
+            None,
+            &settings(),
+            t0()
+        ))
+        .contains("set by kube-pim")
+    );
+    let mut cluster = stamped(assignment("c", "payments", "rs", user("alice")), &admin);
+    cluster.spec.scope = Scope::Cluster;
+    assert!(
+        denied(validate_assignment(
+            &cluster,
+            &admin,
+            None,
+            &settings(),
+            t0()
+        ))
+        .contains("live only in namespace kube-pim-system")
+    );
+}
+
+#[test]
+fn the_last_protected_assignment_stays() {
+    let mut rs = role_setting("rs");
+    let ea = assignment("a", "payments", "rs", user("alice"));
+    assert_eq!(
+        validate_assignment_delete(&ea, Some(&rs), 0, false),
+        Verdict::Allow
+    );
+    rs.spec.protect_last_assignment = true;
+    assert!(
+        denied(validate_assignment_delete(&ea, Some(&rs), 0, false))
+            .contains("create another one first")
+    );
+    assert_eq!(
+        validate_assignment_delete(&ea, Some(&rs), 1, false),
+        Verdict::Allow
+    );
+    assert_eq!(
+        validate_assignment_delete(&ea, Some(&rs), 0, true),
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn a_ticket_pattern_must_compile() {
+    let mut rs = role_setting("rs");
+    assert_eq!(validate_role_setting(&rs), Verdict::Allow);
+    rs.spec.activation.ticket_pattern = Some("([".into());
+    assert!(denied(validate_role_setting(&rs)).contains("is not a valid regular expression"));
+}
