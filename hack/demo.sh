@@ -7,7 +7,7 @@
 set -euo pipefail
 DIR="${1:-$PWD/.demo}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-TESTENV="$ROOT/target/debug/kube-pim-testenv"
+TESTENV="${KUBE_PIM_TESTENV:-$ROOT/target/debug/kube-pim-testenv}"
 [ -x "$TESTENV" ] || { echo "demo: build first: cargo build --bins" >&2; exit 1; }
 
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -47,27 +47,79 @@ run admin create namespace payments
 run alice get secrets -n payments
 
 bold "The platform admin declares the policy (RoleSetting) and the eligibility (EligibleAssignment)"
+say "namespace-admin: admin in one namespace, at most 2h, approval by the sre-leads group or bob."
 run admin apply -f "$ROOT/examples/rolesetting.yaml" -f "$ROOT/examples/eligibleassignment.yaml"
+run admin create rolebinding requesters -n payments --clusterrole kube-pim-requester --user alice --user mallory
+run admin create rolebinding approvers -n payments --clusterrole kube-pim-approver --group sre-leads --user mallory
 run admin get rset
 run admin get elig -n payments
-run admin create rolebinding alice-requester -n payments --clusterrole kube-pim-requester --user alice
 
-bold "alice asks for access with a justification"
-run alice create -f "$ROOT/examples/activationrequest.yaml"
-run alice get ar -n payments
+bold "alice asks for access (the request claims to come from bob: kube-pim records who really asked)"
+sed 's/username: alice/username: bob/' "$ROOT/examples/activationrequest.yaml" >"$DIR/forged.yaml"
+run alice create -f "$DIR/forged.yaml"
+AR=$("$DIR/bin/kubectl" --kubeconfig "$DIR/alice.kubeconfig" get ar -n payments -o name | head -1 | cut -d/ -f2)
+sleep 1
+run alice get ar "$AR" -n payments -o custom-columns=NAME:.metadata.name,REQUESTER:.spec.requester.username,PHASE:.status.phase
+say "Asking for more than the policy allows is refused at once, with the fix:"
+sed 's/duration: 1h/duration: 3h/' "$ROOT/examples/activationrequest.yaml" >"$DIR/too-long.yaml"
+run alice create -f "$DIR/too-long.yaml"
+say "Pending: alice still has no access."
+run alice get secrets -n payments
 
-bold "Policy the apiserver enforces by itself (CEL on the CRDs)"
-say "A request's spec cannot be changed after it is made (only deactivate, false -> true):"
-AR=$("$DIR/bin/kubectl" --kubeconfig "$DIR/alice.kubeconfig" get ar -n payments -o name | head -1)
-run alice patch "$AR" -n payments --type=merge -p '{"spec":{"duration":"8h"}}'
-say "A policy that contradicts itself is refused with what to fix:"
-printf 'apiVersion: kubepim.io/v1alpha1\nkind: RoleSetting\nmetadata: {name: broken}\nspec: {roleRefs: [{name: admin}], activation: {maxDuration: 1h, defaultDuration: 2h}, approval: {required: true}}\n' >"$DIR/broken.yaml"
-run admin apply -f "$DIR/broken.yaml"
-run admin explain ar.spec.requester
+bold "Decisions: only approvers, never the requester, each once"
+UID_=$("$DIR/bin/kubectl" --kubeconfig "$DIR/admin.kubeconfig" get ar "$AR" -n payments -o jsonpath='{.metadata.uid}')
+APPROVE="[{\"op\":\"test\",\"path\":\"/metadata/uid\",\"value\":\"$UID_\"},{\"op\":\"add\",\"path\":\"/status/approvals/-\",\"value\":{\"decision\":\"Approved\",\"reason\":\"INC-4711 is real\"}}]"
+say "mallory holds the approver role but is not an approver of namespace-admin:"
+run mallory patch ar "$AR" -n payments --subresource=status --type=json -p "$APPROVE"
+say "bob (in sre-leads) approves with plain kubectl, exactly as the docs show:"
+run bob patch ar "$AR" -n payments --subresource=status --type=json -p "$APPROVE"
+sleep 1
+run admin get ar "$AR" -n payments -o jsonpath='{range .status.approvals[*]}{.decision} by {.approver.username} {.approver.viaGroup} at {.time}: {.reason}{"\n"}{end}'
+run admin get ar -n payments
 
-bold "What comes next"
-say "Approval, activation (RoleBindings created and removed at expiry) and the audit trail are the"
-say "activation-flow work (issue #3); this demo grows as they land."
+bold "Access is real now, and it is a binding kube-pim owns and will remove"
+run alice get secrets -n payments
+run admin get rolebindings -n payments -l app.kubernetes.io/managed-by=kube-pim -o 'custom-columns=NAME:.metadata.name,ROLE:.roleRef.name,USER:.subjects[0].name,EXPIRES:.metadata.annotations.kubepim\.io/expires-at'
+
+bold "alice is done early: she deactivates, and the access is gone"
+run alice patch ar "$AR" -n payments --type=merge -p '{"spec":{"deactivate":true}}'
+sleep 1
+run alice get secrets -n payments
+run admin get ar "$AR" -n payments -o jsonpath='{range .status.history[*]}{.seq} {.action} by {.actor}: {.message}{"\n"}{end}'
+
+bold "Expiry: a 10s activation (no approval needed for view access)"
+cat >"$DIR/view.yaml" <<YAML
+apiVersion: kubepim.io/v1alpha1
+kind: RoleSetting
+metadata: {name: namespace-view}
+spec: {roleRefs: [{name: view}], activation: {maxDuration: 15m}}
+---
+apiVersion: kubepim.io/v1alpha1
+kind: EligibleAssignment
+metadata: {name: alice-view, namespace: payments}
+spec: {roleSetting: namespace-view, subject: {kind: User, name: alice}}
+YAML
+cat >"$DIR/peek.yaml" <<YAML
+apiVersion: kubepim.io/v1alpha1
+kind: ActivationRequest
+metadata: {name: alice-peek, namespace: payments}
+spec: {roleSetting: namespace-view, duration: 10s, justification: "look at the pods", requester: {username: alice}}
+YAML
+run admin apply -f "$DIR/view.yaml" --server-side
+run alice create -f "$DIR/peek.yaml"
+sleep 2
+run alice get pods -n payments
+say "... 10 seconds later:"
+sleep 10
+run admin get ar alice-peek -n payments
+run alice get pods -n payments
+
+bold "The audit trail: one JSON line per transition (and per policy write), outside Kubernetes"
+say "Transitions of the 10s activation:"
+grep '"ActivationRequestTransition"' "$DIR/audit.log" | tail -n 4 | sed 's/^/   /'
+say "Writes to the policy, with who made them:"
+grep '"PolicyWrite"' "$DIR/audit.log" | tail -n 2 | sed 's/^/   /'
+run admin get events -n payments --field-selector involvedObject.kind=ActivationRequest
 
 if [ "${DEMO_NONINTERACTIVE:-}" = 1 ]; then
   bold "Done (DEMO_NONINTERACTIVE=1): stopping the control plane"
