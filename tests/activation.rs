@@ -608,6 +608,12 @@ async fn a_valid_deny_ends_the_request() {
     .await
     .unwrap();
     let denied = w.wait_phase(&ar.name_any(), RequestPhase::Denied).await;
+    // The finalizer goes only once the last transition is on the audit stream.
+    let released = w
+        .wait(&ar.name_any(), "released", |ar| ar.finalizers().is_empty())
+        .await;
+    let s = released.status.as_ref().unwrap();
+    assert_eq!(usize::try_from(s.audited_through).unwrap(), s.history.len());
     assert!(
         denied
             .status
@@ -716,7 +722,12 @@ async fn cancel_before_access_and_deactivate_during_it() {
     let w = approval_world("cancel", 1).await;
     let alice = w.alice().await;
     let ar = pending(&w).await;
-    w.requests(alice.clone())
+    assert!(
+        ar.finalizers().contains(&"kubepim.io/bindings".to_string()),
+        "protected from the first write on"
+    );
+    // An approver withdraws it: the record names the approver, not the requester.
+    w.requests(w.approver(&w.bob).await)
         .patch(
             &ar.name_any(),
             &PatchParams::default(),
@@ -724,7 +735,17 @@ async fn cancel_before_access_and_deactivate_during_it() {
         )
         .await
         .unwrap();
-    w.wait_phase(&ar.name_any(), RequestPhase::Canceled).await;
+    let canceled = w.wait_phase(&ar.name_any(), RequestPhase::Canceled).await;
+    let last = canceled
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last.actor, w.bob);
+    assert_eq!(canceled.annotations()["kubepim.io/deactivated-by"], w.bob);
 
     let ar = pending(&w).await;
     w.decide(w.approver(&w.bob).await, &ar, "Approved", Some("ok"))
@@ -1283,4 +1304,27 @@ async fn someone_who_may_bind_the_roles_can_end_an_activation() {
     w.wait_phase(&ar.name_any(), RequestPhase::Deactivated)
         .await;
     w.access(&alice, false).await;
+}
+
+/// Someone who may create RoleBindings creates the binding name kube-pim will use for a
+/// request (it is derived from the request's uid, visible while Pending) with another role:
+/// the activation still happens, with kube-pim's binding.
+#[tokio::test]
+async fn a_squatted_binding_name_does_not_block_an_activation() {
+    let w = approval_world("squat", 1).await;
+    let ar = pending(&w).await;
+    let name = kube_pim::decide::bindings::binding_name(&ar.uid().unwrap(), "admin");
+    let squat: RoleBinding = serde_json::from_value(json!({"metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": w.mallory}]})).unwrap();
+    let rbs: Api<RoleBinding> = Api::namespaced(admin().await, &w.ns);
+    rbs.create(&PostParams::default(), &squat).await.unwrap();
+    w.decide(w.approver(&w.bob).await, &ar, "Approved", Some("ok"))
+        .await
+        .unwrap();
+    w.wait_phase(&ar.name_any(), RequestPhase::Active).await;
+    let rb = rbs.get(&name).await.unwrap();
+    assert_eq!(rb.role_ref.name, "admin");
+    assert_eq!(rb.subjects.unwrap()[0].name, w.alice);
+    w.access(&w.alice().await, true).await;
 }

@@ -138,9 +138,23 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
         cluster_ns,
         now,
     );
+    // Decisions count only if made before the approval timeout (the webhook refuses later
+    // ones; this covers a webhook that admitted one just at the deadline).
+    let created = ar
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(crate::time::from_k8s);
     let tally = rs
         .as_deref()
-        .map(|rs| approval::tally(&rs.spec.approval, &ar, |_| None))
+        .map(|rs| {
+            let deadline = created.map(|c| c + rs.spec.approval.timeout.as_delta());
+            approval::tally(&rs.spec.approval, &ar, |a| {
+                deadline
+                    .filter(|d| a.time >= *d)
+                    .map(|_| "decided after the approval timeout".to_string())
+            })
+        })
         .unwrap_or_default();
     let pctx = policy::Context {
         namespace: &ns,
@@ -198,13 +212,15 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
         .and_then(|s| s.phase)
         .is_some_and(request::is_terminal);
     let has_finalizer = ar.finalizers().iter().any(|f| f == FINALIZER);
-    if !terminal && !has_finalizer && matches!(plan.bindings, Bindings::Ensure(_)) {
-        // Bindings only ever exist under the finalizer's protection.
+    if !terminal && !has_finalizer {
+        // From the first write on, the finalizer keeps the request until its access is gone
+        // and its last transition is on the audit stream (a request deleted in between would
+        // otherwise take its final Event and audit line with it).
         add_finalizer(&api, &ar).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
     apply(&ar, &plan, &ctx).await?;
-    if terminal && has_finalizer {
+    if terminal && has_finalizer && fully_audited(&ar) {
         remove_finalizer(&api, &ar).await?;
     }
     if plan.delete {
@@ -216,6 +232,13 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::await_change());
     }
     Ok(requeue(plan.requeue_at, &ctx))
+}
+
+/// Whether every history entry of `ar` is on the audit stream.
+fn fully_audited(ar: &ActivationRequest) -> bool {
+    ar.status
+        .as_ref()
+        .is_none_or(|s| usize::try_from(s.audited_through).unwrap_or(0) >= s.history.len())
 }
 
 fn requeue(at: Option<chrono::DateTime<Utc>>, ctx: &Context) -> Action {
@@ -323,7 +346,6 @@ async fn ensure_bindings(
     desired: &[Binding],
     ctx: &Context,
 ) -> Result<(), Error> {
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
     for b in desired {
         match b {
             Binding::Role(rb) => {
@@ -331,24 +353,46 @@ async fn ensure_bindings(
                 let name = rb.metadata.name.clone().unwrap_or_default();
                 let cached = ctx.role_bindings.get(&ObjectRef::new(&name).within(&ns));
                 if cached.as_deref().is_none_or(|c| !same_rb(c, rb)) {
-                    Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
-                        .patch(&name, &pp, &Patch::Apply(rb))
-                        .await?;
+                    let api = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
+                    apply_or_replace(&api, &name, rb).await?;
                 }
             }
             Binding::Cluster(crb) => {
                 let name = crb.metadata.name.clone().unwrap_or_default();
                 let cached = ctx.cluster_role_bindings.get(&ObjectRef::new(&name));
                 if cached.as_deref().is_none_or(|c| !same_crb(c, crb)) {
-                    Api::<ClusterRoleBinding>::all(ctx.client.clone())
-                        .patch(&name, &pp, &Patch::Apply(crb))
-                        .await?;
+                    let api = Api::<ClusterRoleBinding>::all(ctx.client.clone());
+                    apply_or_replace(&api, &name, crb).await?;
                 }
             }
         }
     }
     let keep: Vec<String> = desired.iter().map(|b| b.reference().name).collect();
     remove_bindings(ar, &keep, ctx).await
+}
+
+/// Server-side applies a binding; if one by that name exists with another roleRef (which is
+/// immutable, so the apply is refused), it is not ours: the name is derived from this
+/// request's uid. It is deleted and ours created, so nobody can block an activation by
+/// creating its binding name first.
+async fn apply_or_replace<K>(api: &Api<K>, name: &str, desired: &K) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    match api.patch(name, &pp, &Patch::Apply(desired)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 422 => {
+            tracing::warn!(binding = %name, reason = %s.message, "a binding squats on kube-pim's name for this request: replacing it");
+            api.delete(name, &DeleteParams::default())
+                .await
+                .map(|_| ())
+                .or_else(ignore_not_found)?;
+            api.patch(name, &pp, &Patch::Apply(desired)).await?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn same_meta(a: &kube::api::ObjectMeta, b: &kube::api::ObjectMeta) -> bool {

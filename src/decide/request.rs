@@ -23,6 +23,8 @@ use crate::{
     },
 };
 
+/// Who set `deactivate: true`, stamped by the admission webhook.
+pub const DEACTIVATED_BY: &str = "kubepim.io/deactivated-by";
 /// The actor recorded for the operator's own transitions.
 pub const OPERATOR_ACTOR: &str = "kube-pim";
 /// Condition: the decision to grant has been committed.
@@ -313,22 +315,29 @@ pub fn decide(i: &Inputs<'_>) -> Plan {
     }
 
     let next = Next::new(i);
-    // The requester may end it at any time.
+    // The requester (or an approver, or someone who may bind the roles) may end it at any
+    // time; the admission webhook records who in an annotation.
     if spec.deactivate {
+        let by = req
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DEACTIVATED_BY))
+            .map_or(requester, String::as_str);
         return match phase {
             RequestPhase::Active => next.end(
                 RequestPhase::Deactivated,
                 HistoryAction::Deactivated,
-                requester,
+                by,
                 "Deactivated",
-                format!("{requester} ended the activation early"),
+                format!("{by} ended the activation early"),
             ),
             _ => next.end(
                 RequestPhase::Canceled,
                 HistoryAction::Canceled,
-                requester,
+                by,
                 "Canceled",
-                format!("{requester} canceled the request before access started"),
+                format!("{by} canceled the request before access started"),
             ),
         };
     }

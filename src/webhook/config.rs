@@ -66,7 +66,7 @@ pub fn mutating(
             name: "mutate.kubepim.io".into(),
             client_config: client,
             rules: Some(vec![
-                rule(&["CREATE"], &["activationrequests"]),
+                rule(&["CREATE", "UPDATE"], &["activationrequests"]),
                 rule(&["UPDATE"], &["activationrequests/status"]),
                 rule(&["CREATE", "UPDATE"], &["eligibleassignments"]),
             ]),
@@ -101,7 +101,8 @@ pub fn validating(
                 rule(&["UPDATE"], &["activationrequests/status"]),
             ]),
             admission_review_versions: vec!["v1".into()],
-            side_effects: "None".into(),
+            // It records admitted policy writes on the audit stream, never for dry runs.
+            side_effects: "NoneOnDryRun".into(),
             failure_policy: Some("Fail".into()),
             match_policy: Some("Equivalent".into()),
             timeout_seconds: Some(10),
@@ -121,7 +122,7 @@ mod tests {
         let v = validating(c.clone(), "system:serviceaccount:kube-pim-system:kube-pim");
         let w = &v.webhooks.unwrap()[0];
         assert_eq!(w.failure_policy.as_deref(), Some("Fail"));
-        assert_eq!(w.side_effects, "None");
+        assert_eq!(w.side_effects, "NoneOnDryRun");
         assert_eq!(
             w.match_conditions.as_ref().unwrap()[0].expression,
             "request.userInfo.username != 'system:serviceaccount:kube-pim-system:kube-pim'"

@@ -144,6 +144,11 @@ async fn mutate(
         ("activationrequests", None, Operation::Create) => {
             review::stamp_requester(&raw(req.object.as_ref()), user)
         }
+        ("activationrequests", None, Operation::Update) => review::stamp_deactivated_by(
+            &raw(req.old_object.as_ref()),
+            &raw(req.object.as_ref()),
+            user,
+        ),
         ("activationrequests", Some("status"), Operation::Update) => {
             let old = raw(req.old_object.as_ref());
             let rs_name = old
@@ -235,7 +240,7 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
                 return Verdict::Deny("status.approvals entries need a decision (Approved or Denied); approver and time are filled in by kube-pim".into());
             };
             let rs = role_setting(&s.ctx, &old.spec.role_setting).await;
-            review::validate_decision(&old, &new, user, rs.as_ref())
+            review::validate_decision(&old, &new, user, rs.as_ref(), now)
         }
         ("activationrequests", None, Operation::Delete) => {
             let Some(old) = typed::<ActivationRequest>(req.old_object.as_ref()) else {

@@ -25,6 +25,8 @@ use crate::{
 
 /// The annotation that records who wrote an EligibleAssignment (re-written on every write).
 pub const AUTHORIZED_BY: &str = "kubepim.io/authorized-by";
+/// The annotation that records who set `deactivate: true` on a request (stamped once).
+pub const DEACTIVATED_BY: &str = crate::decide::request::DEACTIVATED_BY;
 
 /// What admission answers.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +93,35 @@ pub fn stamp_requester(object: &Value, user: &UserInfo) -> Verdict {
         op_add
     };
     Verdict::Patch(Patch(vec![op("/spec/requester", identity(user))]))
+}
+
+/// ActivationRequest UPDATE: when `deactivate` goes false -> true, record who did it in the
+/// `kubepim.io/deactivated-by` annotation (the history names them, not the requester).
+pub fn stamp_deactivated_by(old: &Value, new: &Value, user: &UserInfo) -> Verdict {
+    let flag = |v: &Value| {
+        v.pointer("/spec/deactivate")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    if flag(old) || !flag(new) {
+        return Verdict::Allow;
+    }
+    let mut ops = Vec::new();
+    if new
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .is_none()
+    {
+        ops.push(op_add("/metadata/annotations", json!({})));
+    }
+    ops.push(op_add(
+        &format!(
+            "/metadata/annotations/{}",
+            DEACTIVATED_BY.replace('/', "~1")
+        ),
+        json!(username(user)),
+    ));
+    Verdict::Patch(Patch(ops))
 }
 
 /// The approver Group through which `user` qualifies (None when listed directly).
@@ -189,10 +220,19 @@ pub fn validate_request_create(
 ) -> Verdict {
     let ns = ar.metadata.namespace.as_deref().unwrap_or_default();
     // Mutation stamped the requester; refuse if anything changed it since (defence in depth).
-    if ar.spec.requester.username != username(user) {
+    // Mutation stamped the whole identity; refuse if anything changed any part of it since
+    // (another mutating webhook, say): groups and extra decide eligibility and MFA.
+    if serde_json::to_value(&ar.spec.requester).ok() != Some(identity(user)) {
         return Verdict::Deny(
-            "spec.requester must be the caller: it is set by kube-pim, leave it out".into(),
+            "spec.requester must be the caller exactly as authenticated: it is set by kube-pim, leave it out".into(),
         );
+    }
+    // What only kube-pim may set, on a new request as on an existing one: an owner reference
+    // would let garbage collection delete the record, a finalizer would pin it.
+    if let Some(msg) =
+        protected_metadata(&Default::default(), &ar.metadata, "ActivationRequest", None)
+    {
+        return Verdict::Deny(msg);
     }
     let Some(rs) = rs else {
         return Verdict::Deny(format!(
@@ -283,6 +323,7 @@ fn protected_metadata(
     old: &kube::api::ObjectMeta,
     new: &kube::api::ObjectMeta,
     kind: &str,
+    allowed_stamp: Option<&str>,
 ) -> Option<String> {
     let had = old.finalizers.iter().flatten().any(|f| f == FINALIZER);
     let has = new.finalizers.iter().flatten().any(|f| f == FINALIZER);
@@ -296,13 +337,36 @@ fn protected_metadata(
             "only kube-pim adds the {FINALIZER} finalizer: remove it from your change"
         ));
     }
+    // Others' finalizers may be removed (to unblock a deletion), never added: an added one
+    // would hold the audit record past its retention, or the namespace past its deletion.
+    let before: Vec<&String> = old.finalizers.iter().flatten().collect();
+    if let Some(f) = new
+        .finalizers
+        .iter()
+        .flatten()
+        .find(|f| !before.contains(f))
+    {
+        return Some(format!(
+            "finalizers cannot be added to a {kind} (found {f}): remove it from your change"
+        ));
+    }
     if old.owner_references != new.owner_references {
         return Some(format!(
             "ownerReferences of a {kind} are kube-pim's: remove them from your change"
         ));
     }
+    let mut new_annotations = kubepim_keys(&new.annotations);
+    if let Some(by) = allowed_stamp {
+        // The one annotation the caller's own change may carry (stamped by kube-pim's
+        // mutating webhook with the caller's name).
+        if new_annotations.get(DEACTIVATED_BY) == Some(&by.to_string())
+            && !kubepim_keys(&old.annotations).contains_key(DEACTIVATED_BY)
+        {
+            new_annotations.remove(DEACTIVATED_BY);
+        }
+    }
     if kubepim_keys(&old.labels) != kubepim_keys(&new.labels)
-        || kubepim_keys(&old.annotations) != kubepim_keys(&new.annotations)
+        || kubepim_keys(&old.annotations) != new_annotations
     {
         return Some(format!(
             "kubepim.io/* labels and annotations of a {kind} are kube-pim's: remove them from your change"
@@ -362,7 +426,10 @@ pub fn validate_request_update(
     rs: Option<&RoleSetting>,
     may_bind: bool,
 ) -> Verdict {
-    if let Some(msg) = protected_metadata(&old.metadata, &new.metadata, "ActivationRequest") {
+    let deactivating = !old.spec.deactivate && new.spec.deactivate;
+    let stamp = deactivating.then(|| username(user));
+    if let Some(msg) = protected_metadata(&old.metadata, &new.metadata, "ActivationRequest", stamp)
+    {
         return Verdict::Deny(msg);
     }
     let mut a = old.spec.clone();
@@ -397,6 +464,7 @@ pub fn validate_decision(
     new: &ActivationRequest,
     user: &UserInfo,
     rs: Option<&RoleSetting>,
+    now: DateTime<Utc>,
 ) -> Verdict {
     let name = old.metadata.name.as_deref().unwrap_or_default();
     let (Some(os), Some(ns)) = (old.status.as_ref(), new.status.as_ref()) else {
@@ -456,6 +524,17 @@ pub fn validate_decision(
                 .join(", ")
         ));
     }
+    let created = old
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(crate::time::from_k8s);
+    if created.is_some_and(|c| now >= c + rs.spec.approval.timeout.as_delta()) {
+        return Verdict::Deny(format!(
+            "the approval timeout ({}) of RoleSetting {} has passed: this request times out; the requester can ask again",
+            rs.spec.approval.timeout, old.spec.role_setting
+        ));
+    }
     if old_list
         .iter()
         .any(|p| p.approver.username == d.approver.username)
@@ -493,6 +572,16 @@ pub fn validate_request_delete(
         .break_glass_group
         .as_ref()
         .is_some_and(|g| user.groups.iter().flatten().any(|x| x == g));
+    let recorded = old
+        .status
+        .as_ref()
+        .is_none_or(|st| usize::try_from(st.audited_through).unwrap_or(0) >= st.history.len());
+    if !open && !recorded && !namespace_terminating {
+        return Verdict::Deny(format!(
+            "{} has ended but its last transition is still being recorded: delete it in a moment",
+            old.metadata.name.as_deref().unwrap_or_default()
+        ));
+    }
     if open && !break_glass && !namespace_terminating {
         return Verdict::Deny(format!(
             "{} is {} and is the audit record of that access: end it with spec.deactivate: true (kubectl pim deactivate {}); ended requests can be deleted",

@@ -737,3 +737,26 @@ fn chain_start_follows_superseded_links() {
         Some(t0() + TimeDelta::minutes(55))
     );
 }
+
+#[test]
+fn whoever_deactivated_is_the_actor() {
+    let mut w = active_world();
+    w.req.spec.deactivate = true;
+    w.req.metadata.annotations = Some([(DEACTIVATED_BY.to_string(), "bob".to_string())].into());
+    w.step(t0() + TimeDelta::minutes(1));
+    assert_eq!(w.phase(), RequestPhase::Deactivated);
+    let last = w
+        .req
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last.actor, "bob");
+    assert_eq!(
+        last.message.as_deref(),
+        Some("bob ended the activation early")
+    );
+}

@@ -493,7 +493,8 @@ fn an_approver_appends_one_decision() {
             &old,
             &decided(&old, "bob", Approved, Some("ok")),
             &caller("bob", &[]),
-            Some(&rs)
+            Some(&rs),
+            t0()
         ),
         Verdict::Allow
     );
@@ -502,7 +503,8 @@ fn an_approver_appends_one_decision() {
             &old,
             &decided(&old, "dave", Approved, None),
             &caller("dave", &["sre-leads"]),
-            Some(&rs)
+            Some(&rs),
+            t0()
         ),
         Verdict::Allow
     );
@@ -519,7 +521,8 @@ fn decisions_that_are_refused() {
             &old,
             &decided(&old, "carol", Approved, None),
             &bob,
-            Some(&rs)
+            Some(&rs),
+            t0()
         ))
         .contains("recorded for the caller only")
     );
@@ -529,19 +532,21 @@ fn decisions_that_are_refused() {
             &old,
             &decided(&old, "alice", Approved, None),
             &caller("alice", &["sre-leads"]),
-            Some(&rs)
+            Some(&rs),
+            t0()
         ))
         .contains("cannot decide your own request")
     );
     // Not an approver.
-    assert!(denied(validate_decision(&old, &decided(&old, "mallory", Approved, None), &caller("mallory", &["team"]), Some(&rs))).contains("mallory is not an approver of RoleSetting rs: its approvers are Group sre-leads, User bob"));
+    assert!(denied(validate_decision(&old, &decided(&old, "mallory", Approved, None), &caller("mallory", &["team"]), Some(&rs), t0())).contains("mallory is not an approver of RoleSetting rs: its approvers are Group sre-leads, User bob"));
     // A Deny needs a reason; requireReason makes every decision need one.
     assert!(
         denied(validate_decision(
             &old,
             &decided(&old, "bob", Denied, None),
             &bob,
-            Some(&rs)
+            Some(&rs),
+            t0()
         ))
         .contains("a Deny needs a reason")
     );
@@ -552,7 +557,8 @@ fn decisions_that_are_refused() {
             &old,
             &decided(&old, "bob", Approved, Some(" ")),
             &bob,
-            Some(&strict)
+            Some(&strict),
+            t0()
         ))
         .contains("requires a reason")
     );
@@ -563,7 +569,8 @@ fn decisions_that_are_refused() {
             &once,
             &decided(&once, "bob", Denied, Some("changed my mind")),
             &bob,
-            Some(&rs)
+            Some(&rs),
+            t0()
         ))
         .contains("already decided")
     );
@@ -575,7 +582,7 @@ fn decisions_that_are_refused() {
         None,
     );
     assert!(
-        denied(validate_decision(&old, &two, &bob, Some(&rs)))
+        denied(validate_decision(&old, &two, &bob, Some(&rs), t0()))
             .contains("append exactly one approval")
     );
     let with_carol = decided(&old, "carol", Approved, Some("x"));
@@ -589,26 +596,34 @@ fn decisions_that_are_refused() {
         .unwrap()[0]
         .decision = Denied;
     assert!(
-        denied(validate_decision(&with_carol, &rewritten, &bob, Some(&rs)))
-            .contains("append exactly one approval")
+        denied(validate_decision(
+            &with_carol,
+            &rewritten,
+            &bob,
+            Some(&rs),
+            t0()
+        ))
+        .contains("append exactly one approval")
     );
     // Any other status field.
     let mut phase = decided(&old, "bob", Approved, None);
     phase.status.as_mut().unwrap().phase = Some(RequestPhase::Active);
     assert!(
-        denied(validate_decision(&old, &phase, &bob, Some(&rs)))
+        denied(validate_decision(&old, &phase, &bob, Some(&rs), t0()))
             .contains("nothing else in status may change")
     );
     let mut audited = decided(&old, "bob", Approved, None);
     audited.status.as_mut().unwrap().audited_through = 99;
     assert!(matches!(
-        validate_decision(&old, &audited, &bob, Some(&rs)),
+        validate_decision(&old, &audited, &bob, Some(&rs), t0()),
         Verdict::Deny(_)
     ));
     // Dropping status.
     let mut dropped = old.clone();
     dropped.status = None;
-    assert!(denied(validate_decision(&old, &dropped, &bob, Some(&rs))).contains("removes it"));
+    assert!(
+        denied(validate_decision(&old, &dropped, &bob, Some(&rs), t0())).contains("removes it")
+    );
     // Not Pending, or not initialised yet.
     let mut active = old.clone();
     active.status.as_mut().unwrap().phase = Some(RequestPhase::Active);
@@ -617,7 +632,8 @@ fn decisions_that_are_refused() {
             &active,
             &decided(&active, "bob", Approved, None),
             &bob,
-            Some(&rs)
+            Some(&rs),
+            t0()
         ))
         .contains("only taken while it is Pending")
     );
@@ -626,7 +642,7 @@ fn decisions_that_are_refused() {
     let mut fresh_new = fresh.clone();
     fresh_new.status.as_mut().unwrap().approvals = Some(vec![approval("bob", Approved, None)]);
     assert!(
-        denied(validate_decision(&fresh, &fresh_new, &bob, Some(&rs)))
+        denied(validate_decision(&fresh, &fresh_new, &bob, Some(&rs), t0()))
             .contains("not ready for decisions yet")
     );
     // A ServiceAccount approver without allowServiceAccountApprovers.
@@ -637,7 +653,8 @@ fn decisions_that_are_refused() {
             &old,
             &decided(&old, sa, Approved, None),
             &caller(sa, &[]),
-            Some(&sa_rs)
+            Some(&sa_rs),
+            t0()
         ))
         .contains("is not an approver")
     );
@@ -781,4 +798,162 @@ fn a_ticket_pattern_must_compile() {
     assert_eq!(validate_role_setting(&rs), Verdict::Allow);
     rs.spec.activation.ticket_pattern = Some("([".into());
     assert!(denied(validate_role_setting(&rs)).contains("is not a valid regular expression"));
+}
+
+// --- review findings ------------------------------------------------------------------------
+
+#[test]
+fn a_new_request_cannot_carry_kube_pims_metadata_or_another_identity() {
+    let alice = caller("alice", &["team"]);
+    let ea = assignment("a", "payments", "rs", user("alice"));
+    let rs = role_setting("rs");
+    let mut r = alice_request();
+    r.spec.requester.uid = Some("uid-alice".into());
+    r.spec.requester.groups = vec!["team".into()];
+    assert_eq!(
+        validate_request_create(&r, &alice, Some(&rs), &[&ea], &[], &settings(), t0()),
+        Verdict::Allow
+    );
+    let with = |f: &dyn Fn(&mut ActivationRequest)| {
+        let mut x = r.clone();
+        f(&mut x);
+        validate_request_create(&x, &alice, Some(&rs), &[&ea], &[], &settings(), t0())
+    };
+    assert!(
+        denied(with(
+            &|x| x.metadata.owner_references = Some(vec![Default::default()])
+        ))
+        .contains("ownerReferences")
+    );
+    assert!(
+        denied(with(
+            &|x| x.metadata.finalizers = Some(vec![crate::controller::FINALIZER.into()])
+        ))
+        .contains("only kube-pim adds")
+    );
+    assert!(
+        denied(with(
+            &|x| x.metadata.finalizers = Some(vec!["hold.io/x".into()])
+        ))
+        .contains("finalizers cannot be added")
+    );
+    assert!(
+        denied(with(&|x| {
+            x.metadata.labels =
+                Some([("kubepim.io/activation-request".to_string(), "x".to_string())].into());
+        }))
+        .contains("kubepim.io/*")
+    );
+    // Groups changed after stamping (e.g. by another mutating webhook): refused.
+    assert!(
+        denied(with(&|x| x.spec.requester.groups.push("sre-leads".into())))
+            .contains("exactly as authenticated")
+    );
+}
+
+#[test]
+fn finalizers_may_be_removed_but_not_added() {
+    let mut old = alice_request();
+    old.metadata.finalizers = Some(vec!["a.io/x".into()]);
+    let mut new = old.clone();
+    new.metadata.finalizers = Some(vec!["a.io/x".into(), "b.io/hold".into()]);
+    assert!(
+        denied(validate_request_update(
+            &old,
+            &new,
+            &caller("alice", &[]),
+            None,
+            false
+        ))
+        .contains("finalizers cannot be added")
+    );
+    new.metadata.finalizers = None;
+    assert_eq!(
+        validate_request_update(&old, &new, &caller("alice", &[]), None, false),
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn deactivation_records_who_did_it_and_only_that() {
+    let old = json!({"metadata": {"name": "x"}, "spec": {"deactivate": false}});
+    let new = json!({"metadata": {"name": "x"}, "spec": {"deactivate": true}});
+    let ops = patch_ops(stamp_deactivated_by(&old, &new, &caller("bob", &[])));
+    assert_eq!(
+        ops[1],
+        json!({"op": "add", "path": "/metadata/annotations/kubepim.io~1deactivated-by", "value": "bob"})
+    );
+    assert_eq!(
+        stamp_deactivated_by(&new, &new, &caller("bob", &[])),
+        Verdict::Allow,
+        "only on false -> true"
+    );
+    // Validation: the stamp with the caller's own name is allowed with the deactivation...
+    let rs = approval_rs();
+    let o = alice_request();
+    let mut n = o.clone();
+    n.spec.deactivate = true;
+    n.metadata.annotations = Some([(DEACTIVATED_BY.to_string(), "bob".to_string())].into());
+    assert_eq!(
+        validate_request_update(&o, &n, &caller("bob", &[]), Some(&rs), false),
+        Verdict::Allow
+    );
+    // ...but not in someone else's name, nor without deactivating.
+    assert!(matches!(
+        validate_request_update(&o, &n, &caller("dave", &["sre-leads"]), Some(&rs), false),
+        Verdict::Deny(_)
+    ));
+    let mut plain = o.clone();
+    plain.metadata.annotations = n.metadata.annotations.clone();
+    assert!(matches!(
+        validate_request_update(&o, &plain, &caller("bob", &[]), Some(&rs), false),
+        Verdict::Deny(_)
+    ));
+}
+
+#[test]
+fn decisions_after_the_approval_timeout_are_refused() {
+    let rs = approval_rs();
+    let old = pending_request();
+    let late = t0() + chrono::TimeDelta::hours(24);
+    let msg = denied(validate_decision(
+        &old,
+        &decided(&old, "bob", Approved, Some("ok")),
+        &caller("bob", &[]),
+        Some(&rs),
+        late,
+    ));
+    assert!(
+        msg.contains("the approval timeout (24h) of RoleSetting rs has passed"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_ended_request_is_deleted_only_once_fully_recorded() {
+    let mut ended = pending_request();
+    let s = ended.status.as_mut().unwrap();
+    s.phase = Some(RequestPhase::Denied);
+    s.history = vec![crate::api::HistoryEntry {
+        seq: 1,
+        time: t0(),
+        actor: "a".into(),
+        action: crate::api::HistoryAction::Denied,
+        message: None,
+    }];
+    s.audited_through = 0;
+    assert!(
+        denied(validate_request_delete(
+            &ended,
+            &caller("alice", &[]),
+            &settings(),
+            false
+        ))
+        .contains("still being recorded")
+    );
+    ended.status.as_mut().unwrap().audited_through = 1;
+    assert_eq!(
+        validate_request_delete(&ended, &caller("alice", &[]), &settings(), false),
+        Verdict::Allow
+    );
 }
