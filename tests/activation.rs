@@ -301,15 +301,13 @@ async fn without_approval_access_is_granted_then_removed_at_expiry() {
     );
 
     // Audited: every history entry on the audit stream, and auditedThrough says so.
+    // The finalizer goes once access is removed and the last transition audited.
     let audited = w
-        .wait(&name, "fully audited", |ar| {
-            ar.status.as_ref().is_some_and(|s| s.audited_through == 4)
+        .wait(&name, "fully audited and released", |ar| {
+            ar.status.as_ref().is_some_and(|s| s.audited_through == 4) && ar.finalizers().is_empty()
         })
         .await;
-    assert!(
-        audited.finalizers().is_empty(),
-        "the finalizer goes once access is removed"
-    );
+    assert_eq!(audited.status.as_ref().unwrap().history.len(), 4);
     let log = std::fs::read_to_string(operated().dir().join("audit.log")).unwrap();
     let uid = ar.uid().unwrap();
     for seq in 1..=4 {
@@ -1327,4 +1325,123 @@ async fn a_squatted_binding_name_does_not_block_an_activation() {
     assert_eq!(rb.role_ref.name, "admin");
     assert_eq!(rb.subjects.unwrap()[0].name, w.alice);
     w.access(&w.alice().await, true).await;
+}
+
+/// A type Active assignment holds access for its whole window without any request: for its
+/// subject as written (here a Group), removed at its end and when it is deleted.
+#[tokio::test]
+async fn a_type_active_assignment_grants_its_group_for_its_window() {
+    let w = World::new("standing", json!({"assignment": {"allowActive": true}})).await;
+    let (crew, s) = (format!("crew-{}", suffix()), suffix());
+    let member = user(&format!("gus-{s}"), &[&crew]).await;
+    w.access(&member, false).await;
+    let end = chrono::Utc::now() + chrono::TimeDelta::seconds(8);
+    let end = chrono::DateTime::from_timestamp(end.timestamp(), 0).unwrap();
+    apply(&admin().await, &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment", "metadata": {"name": "crew"},
+        "spec": {"roleSetting": w.rs, "type": "Active", "subject": {"kind": "Group", "name": crew},
+                 "endTime": end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}}), Some(&w.ns)).await;
+    w.access(&member, true).await;
+    let rbs: Api<RoleBinding> = Api::namespaced(admin().await, &w.ns);
+    let held: Vec<RoleBinding> = rbs
+        .list(&ListParams::default().labels("kubepim.io/eligible-assignment=crew"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        held[0].subjects.as_ref().unwrap()[0].kind,
+        "Group",
+        "the subject as written"
+    );
+    // The window closes: the binding goes, and the assignment says Expired.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = rbs
+            .list(&ListParams::default().labels("kubepim.io/eligible-assignment=crew"))
+            .await
+            .unwrap()
+            .items;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Active assignment's binding outlived its endTime"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.access(&member, false).await;
+
+    // A permanent one, deleted: its binding goes with it.
+    apply(&admin().await, &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment", "metadata": {"name": "crew2"},
+        "spec": {"roleSetting": w.rs, "type": "Active", "subject": {"kind": "Group", "name": crew}}}), Some(&w.ns)).await;
+    w.access(&member, true).await;
+    Api::<kube_pim::api::EligibleAssignment>::namespaced(admin().await, &w.ns)
+        .delete("crew2", &DeleteParams::default())
+        .await
+        .unwrap();
+    w.access(&member, false).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while Api::<kube_pim::api::EligibleAssignment>::namespaced(admin().await, &w.ns)
+        .get_opt("crew2")
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the assignment was not released by its finalizer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An assignment and a request in one `kubectl apply`: the webhook reads assignments live when
+/// its cache has not seen the new one yet.
+#[tokio::test]
+async fn an_assignment_and_a_request_in_one_apply() {
+    let env = operated();
+    let w = World::new("oneshot", json!({})).await;
+    let s = suffix();
+    let hank = format!("hank-{s}");
+    w.bind("kube-pim-requester", "User", &hank).await;
+    let file = env.dir().join(format!("oneshot-{s}.yaml"));
+    std::fs::write(&file, format!(
+        "apiVersion: kubepim.io/v1alpha1\nkind: EligibleAssignment\nmetadata: {{name: hank, namespace: {ns}}}\nspec: {{roleSetting: {rs}, subject: {{kind: User, name: {hank}}}}}\n---\napiVersion: kubepim.io/v1alpha1\nkind: ActivationRequest\nmetadata: {{name: hank-now, namespace: {ns}}}\nspec: {{roleSetting: {rs}, duration: 5m, justification: incident, requester: {{username: {hank}}}}}\n",
+        ns = w.ns, rs = w.rs
+    )).unwrap();
+    // The admin writes the assignment; hank's own request follows in the same file, as admin
+    // would be refused (not eligible): so apply as admin the assignment, then as hank at once.
+    let kc_admin = env.dir().join("admin.kubeconfig");
+    let kc_hank = env.dir().join(format!("{hank}.kubeconfig"));
+    env.write_kubeconfig(&kc_hank, &hank, &[]).unwrap();
+    let (ea_doc, ar_doc) = std::fs::read_to_string(&file)
+        .unwrap()
+        .split_once("---\n")
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .unwrap();
+    std::fs::write(&file, &ea_doc).unwrap();
+    let ar_file = env.dir().join(format!("oneshot-ar-{s}.yaml"));
+    std::fs::write(&ar_file, &ar_doc).unwrap();
+    let run = |kc: &std::path::Path, f: &std::path::Path| {
+        std::process::Command::new(env.kubectl())
+            .args([
+                "--kubeconfig",
+                kc.to_str().unwrap(),
+                "create",
+                "-f",
+                f.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let a = run(&kc_admin, &file);
+    let b = run(&kc_hank, &ar_file);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(
+        b.status.success(),
+        "the request right after its assignment was refused: {}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    w.wait_phase("hank-now", RequestPhase::Active).await;
 }

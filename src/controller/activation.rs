@@ -14,7 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PropagationPolicy},
+    api::{DeleteParams, Patch, PatchParams},
     runtime::{
         controller::{Action, Controller},
         events::{Event, EventType},
@@ -23,13 +23,12 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, FIELD_MANAGER, FINALIZER, Trigger, relate};
+use super::{Context, FINALIZER, Trigger, rbac_writes, relate};
 use crate::{
     Error,
     api::{ActivationRequest, ActivationRequestStatus, EligibleAssignment, RoleSetting},
     decide::{
-        approval,
-        bindings::{self, Binding},
+        approval, bindings,
         eligibility::{self, Wanted},
         policy,
         request::{self, Bindings, Inputs, Plan},
@@ -216,19 +215,19 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
         // From the first write on, the finalizer keeps the request until its access is gone
         // and its last transition is on the audit stream (a request deleted in between would
         // otherwise take its final Event and audit line with it).
-        add_finalizer(&api, &ar).await?;
+        rbac_writes::add_finalizer(&api, ar.as_ref()).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
     apply(&ar, &plan, &ctx).await?;
     if terminal && has_finalizer && fully_audited(&ar) {
-        remove_finalizer(&api, &ar).await?;
+        rbac_writes::remove_finalizer(&api, ar.as_ref()).await?;
     }
     if plan.delete {
         tracing::info!(request = %ar.name_any(), namespace = %ns, "retention period over and fully audited: deleting");
         api.delete(&ar.name_any(), &DeleteParams::default())
             .await
             .map(|_| ())
-            .or_else(ignore_not_found)?;
+            .or_else(rbac_writes::ignore_not_found)?;
         return Ok(Action::await_change());
     }
     Ok(requeue(plan.requeue_at, &ctx))
@@ -253,8 +252,12 @@ fn requeue(at: Option<chrono::DateTime<Utc>>, ctx: &Context) -> Action {
 async fn apply(ar: &ActivationRequest, plan: &Plan, ctx: &Context) -> Result<(), Error> {
     match &plan.bindings {
         Bindings::Keep => {}
-        Bindings::Ensure(desired) => ensure_bindings(ar, desired, ctx).await?,
-        Bindings::Remove => remove_bindings(ar, &[], ctx).await?,
+        Bindings::Ensure(desired) => {
+            rbac_writes::ensure(ctx, desired, &request_binding(ar), &status_refs(ar)).await?
+        }
+        Bindings::Remove => {
+            rbac_writes::remove(ctx, &[], &request_binding(ar), &status_refs(ar)).await?
+        }
     }
     write_status(ar, plan.status.as_ref(), plan.initialize_approvals, ctx).await
 }
@@ -338,192 +341,6 @@ async fn emit_events(ar: &ActivationRequest, range: std::ops::Range<usize>, ctx:
     }
 }
 
-/// Makes the managed bindings of `ar` exactly `desired`: creates or restores each (server-side
-/// apply, skipped when the cache shows it as desired), and deletes any other binding labelled
-/// with this request's uid.
-async fn ensure_bindings(
-    ar: &ActivationRequest,
-    desired: &[Binding],
-    ctx: &Context,
-) -> Result<(), Error> {
-    for b in desired {
-        match b {
-            Binding::Role(rb) => {
-                let ns = rb.metadata.namespace.clone().unwrap_or_default();
-                let name = rb.metadata.name.clone().unwrap_or_default();
-                let cached = ctx.role_bindings.get(&ObjectRef::new(&name).within(&ns));
-                if cached.as_deref().is_none_or(|c| !same_rb(c, rb)) {
-                    let api = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
-                    apply_or_replace(&api, &name, rb).await?;
-                }
-            }
-            Binding::Cluster(crb) => {
-                let name = crb.metadata.name.clone().unwrap_or_default();
-                let cached = ctx.cluster_role_bindings.get(&ObjectRef::new(&name));
-                if cached.as_deref().is_none_or(|c| !same_crb(c, crb)) {
-                    let api = Api::<ClusterRoleBinding>::all(ctx.client.clone());
-                    apply_or_replace(&api, &name, crb).await?;
-                }
-            }
-        }
-    }
-    let keep: Vec<String> = desired.iter().map(|b| b.reference().name).collect();
-    remove_bindings(ar, &keep, ctx).await
-}
-
-/// Server-side applies a binding; if one by that name exists with another roleRef (which is
-/// immutable, so the apply is refused), it is not ours: the name is derived from this
-/// request's uid. It is deleted and ours created, so nobody can block an activation by
-/// creating its binding name first.
-async fn apply_or_replace<K>(api: &Api<K>, name: &str, desired: &K) -> Result<(), Error>
-where
-    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    match api.patch(name, &pp, &Patch::Apply(desired)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 422 => {
-            tracing::warn!(binding = %name, reason = %s.message, "a binding squats on kube-pim's name for this request: replacing it");
-            api.delete(name, &DeleteParams::default())
-                .await
-                .map(|_| ())
-                .or_else(ignore_not_found)?;
-            api.patch(name, &pp, &Patch::Apply(desired)).await?;
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn same_meta(a: &kube::api::ObjectMeta, b: &kube::api::ObjectMeta) -> bool {
-    let contains = |have: &Option<BTreeMap<String, String>>,
-                    want: &Option<BTreeMap<String, String>>| {
-        want.iter()
-            .flatten()
-            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
-    };
-    contains(&a.labels, &b.labels) && contains(&a.annotations, &b.annotations)
-}
-
-fn same_rb(have: &RoleBinding, want: &RoleBinding) -> bool {
-    have.role_ref == want.role_ref
-        && have.subjects == want.subjects
-        && same_meta(&have.metadata, &want.metadata)
-}
-
-fn same_crb(have: &ClusterRoleBinding, want: &ClusterRoleBinding) -> bool {
-    have.role_ref == want.role_ref
-        && have.subjects == want.subjects
-        && same_meta(&have.metadata, &want.metadata)
-}
-
-/// Deletes every binding of `ar` (found by its uid label in the caches, and by the names in its
-/// status) except those named in `keep`.
-async fn remove_bindings(
-    ar: &ActivationRequest,
-    keep: &[String],
-    ctx: &Context,
-) -> Result<(), Error> {
-    let uid = ar.uid().unwrap_or_default();
-    let ours = |labels: &BTreeMap<String, String>| {
-        bindings::owner_of(labels).is_some_and(|(_, _, u)| u == uid)
-    };
-    let mut rbs: Vec<(String, String)> = ctx
-        .role_bindings
-        .state()
-        .iter()
-        .filter(|b| ours(b.labels()))
-        .map(|b| (b.namespace().unwrap_or_default(), b.name_any()))
-        .collect();
-    let mut crbs: Vec<String> = ctx
-        .cluster_role_bindings
-        .state()
-        .iter()
-        .filter(|b| ours(b.labels()))
-        .map(|b| b.name_any())
-        .collect();
-    for r in ar.status.iter().flat_map(|s| s.bindings.iter()) {
-        match r.kind {
-            crate::api::BindingKind::RoleBinding => {
-                rbs.push((r.namespace.clone().unwrap_or_default(), r.name.clone()))
-            }
-            crate::api::BindingKind::ClusterRoleBinding => crbs.push(r.name.clone()),
-        }
-    }
-    rbs.sort();
-    rbs.dedup();
-    crbs.sort();
-    crbs.dedup();
-    let dp = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..Default::default()
-    };
-    for (ns, name) in rbs.into_iter().filter(|(_, n)| !keep.contains(n)) {
-        let cached = ctx.role_bindings.get(&ObjectRef::new(&name).within(&ns));
-        let status_only = cached.is_none();
-        let res = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
-            .delete(&name, &dp)
-            .await;
-        if status_only {
-            res.map(|_| ()).or_else(ignore_not_found)?;
-        } else {
-            res.map(|_| ()).or_else(ignore_not_found)?;
-            tracing::info!(binding = %name, namespace = %ns, request = %ar.name_any(), "removed RoleBinding");
-        }
-    }
-    for name in crbs.into_iter().filter(|n| !keep.contains(n)) {
-        Api::<ClusterRoleBinding>::all(ctx.client.clone())
-            .delete(&name, &dp)
-            .await
-            .map(|_| ())
-            .or_else(ignore_not_found)?;
-    }
-    Ok(())
-}
-
-fn ignore_not_found(e: kube::Error) -> Result<(), Error> {
-    match e {
-        kube::Error::Api(s) if s.code == 404 => Ok(()),
-        e => Err(e.into()),
-    }
-}
-
-async fn add_finalizer(api: &Api<ActivationRequest>, ar: &ActivationRequest) -> Result<(), Error> {
-    let mut finalizers = ar.finalizers().to_vec();
-    finalizers.push(FINALIZER.into());
-    let patch =
-        json!({"metadata": {"resourceVersion": ar.resource_version(), "finalizers": finalizers}});
-    api.patch(
-        &ar.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
-async fn remove_finalizer(
-    api: &Api<ActivationRequest>,
-    ar: &ActivationRequest,
-) -> Result<(), Error> {
-    let finalizers: Vec<String> = ar
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    let patch =
-        json!({"metadata": {"resourceVersion": ar.resource_version(), "finalizers": finalizers}});
-    api.patch(
-        &ar.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(|_| ())
-    .or_else(ignore_not_found)
-}
-
 async fn finalize(
     ar: &ActivationRequest,
     api: &Api<ActivationRequest>,
@@ -533,7 +350,7 @@ async fn finalize(
     if !ar.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    remove_bindings(ar, &[], ctx).await?;
+    rbac_writes::remove(ctx, &[], &request_binding(ar), &status_refs(ar)).await?;
     let phase = ar.status.as_ref().and_then(|s| s.phase);
     let open = phase.is_some_and(|p| !request::is_terminal(p));
     let audited = ar
@@ -550,28 +367,60 @@ async fn finalize(
         write_status(ar, None, false, ctx).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
-    remove_finalizer(api, ar).await?;
+    rbac_writes::remove_finalizer(api, ar).await?;
     ctx.audit.forget(&ar.uid().unwrap_or_default());
     Ok(Action::await_change())
+}
+
+/// Whether a managed binding (by its labels) belongs to request `ar`.
+fn request_binding(
+    ar: &ActivationRequest,
+) -> impl Fn(&BTreeMap<String, String>) -> bool + Sync + '_ {
+    move |labels| bindings::owner_of(labels).is_some_and(|(_, _, u)| Some(u) == ar.uid())
+}
+
+/// The bindings a request's status names (found even if the cache lost track of them).
+fn status_refs(ar: &ActivationRequest) -> Vec<crate::api::BindingRef> {
+    ar.status
+        .iter()
+        .flat_map(|s| s.bindings.iter().cloned())
+        .collect()
 }
 
 /// Deletes managed bindings whose request no longer exists (or is another request with the
 /// same name, or has ended): kube-runtime does not reconcile a request that is gone, so its
 /// leftovers are found by this sweep, run at start and periodically (SPEC invariant 4).
 pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
-    let live = |labels: &BTreeMap<String, String>| {
-        bindings::owner_of(labels).is_some_and(|(ns, name, uid)| {
-            ctx.requests
+    let now = Utc::now();
+    let assignment_holds = |labels: &BTreeMap<String, String>| {
+        bindings::assignment_owner_of(labels).is_some_and(|(ns, name, uid)| {
+            ctx.assignments
                 .get(&ObjectRef::new(&name).within(&ns))
-                .is_some_and(|ar| {
-                    ar.uid().as_deref() == Some(uid.as_str())
-                        && !ar
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.phase)
-                            .is_some_and(request::is_terminal)
+                .is_some_and(|ea| {
+                    let rs = ctx
+                        .role_settings
+                        .get(&ObjectRef::new(&ea.spec.role_setting));
+                    let cluster_ns = &ctx.settings.cluster_scope_namespace;
+                    ea.uid().as_deref() == Some(uid.as_str())
+                        && eligibility::phase(&ea, rs.as_deref(), Ok(()), cluster_ns, now).0
+                            == crate::api::AssignmentPhase::Active
                 })
         })
+    };
+    let live = |labels: &BTreeMap<String, String>| {
+        assignment_holds(labels)
+            || bindings::owner_of(labels).is_some_and(|(ns, name, uid)| {
+                ctx.requests
+                    .get(&ObjectRef::new(&name).within(&ns))
+                    .is_some_and(|ar| {
+                        ar.uid().as_deref() == Some(uid.as_str())
+                            && !ar
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.phase)
+                                .is_some_and(request::is_terminal)
+                    })
+            })
     };
     let dp = DeleteParams::default();
     let mut removed = 0;
@@ -587,7 +436,7 @@ pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
             .delete(&b.name_any(), &dp)
             .await
             .map(|_| ())
-            .or_else(ignore_not_found)?;
+            .or_else(rbac_writes::ignore_not_found)?;
         removed += 1;
     }
     for b in ctx
@@ -601,7 +450,7 @@ pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
             .delete(&b.name_any(), &dp)
             .await
             .map(|_| ())
-            .or_else(ignore_not_found)?;
+            .or_else(rbac_writes::ignore_not_found)?;
         removed += 1;
     }
     Ok(removed)

@@ -2,6 +2,9 @@
 //! Active, Expired, Invalid with the reason) and a `Valid` condition, from its RoleSetting and
 //! its window, and looks again exactly when the window opens or closes.
 //!
+//! A type Active assignment holds its bindings (for its subject as written) for exactly its
+//! Active phase, under a finalizer, restored when edited or deleted.
+//!
 //! The writer's `bind` check (SPEC invariant 3) is added by the security-hardening work; until
 //! then every writer admitted by RBAC counts as authorized.
 
@@ -9,6 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -19,11 +23,13 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Trigger, relate};
+use super::{Context, FINALIZER, Trigger, rbac_writes, relate};
 use crate::{
     Error,
-    api::{EligibleAssignment, EligibleAssignmentStatus, RoleSetting},
-    decide::{eligibility, request::set_condition},
+    api::{
+        AssignmentPhase, AssignmentType, EligibleAssignment, EligibleAssignmentStatus, RoleSetting,
+    },
+    decide::{bindings, eligibility, request::set_condition},
 };
 
 /// The watches that trigger this controller.
@@ -32,13 +38,17 @@ pub struct Triggers {
     pub assignments: ReflectHandle<EligibleAssignment>,
     /// RoleSettings (an assignment's validity follows its RoleSetting).
     pub role_settings: Trigger<RoleSetting>,
+    /// Managed RoleBindings (those of type Active assignments: drift).
+    pub role_bindings: Trigger<RoleBinding>,
+    /// Managed ClusterRoleBindings (likewise).
+    pub cluster_role_bindings: Trigger<ClusterRoleBinding>,
 }
 
 /// Runs the controller until shutdown.
 pub async fn controller(ctx: Arc<Context>, t: Triggers) {
     let store = ctx.assignments.clone();
     let c = Controller::for_shared_stream(t.assignments, ctx.assignments.clone());
-    relate(c, t.role_settings, move |rs: Arc<RoleSetting>| {
+    let c = relate(c, t.role_settings, move |rs: Arc<RoleSetting>| {
         let name = rs.name_any();
         store
             .state()
@@ -46,11 +56,22 @@ pub async fn controller(ctx: Arc<Context>, t: Triggers) {
             .filter(|ea| ea.spec.role_setting == name)
             .map(|ea| ObjectRef::from_obj(ea.as_ref()))
             .collect::<Vec<_>>()
-    })
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    });
+    let owner = |labels: &std::collections::BTreeMap<String, String>| {
+        bindings::assignment_owner_of(labels).map(|(ns, name, _)| ObjectRef::new(&name).within(&ns))
+    };
+    let c = relate(c, t.role_bindings, move |b: Arc<RoleBinding>| {
+        owner(b.labels())
+    });
+    let c = relate(
+        c,
+        t.cluster_role_bindings,
+        move |b: Arc<ClusterRoleBinding>| owner(b.labels()),
+    );
+    c.shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 fn error_policy(ea: Arc<EligibleAssignment>, e: &Error, _ctx: Arc<Context>) -> Action {
@@ -63,6 +84,27 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
     let rs = ctx
         .role_settings
         .get(&ObjectRef::new(&ea.spec.role_setting));
+    let api: Api<EligibleAssignment> =
+        Api::namespaced(ctx.client.clone(), &ea.namespace().unwrap_or_default());
+    let uid = ea.uid();
+    let mine = move |labels: &std::collections::BTreeMap<String, String>| {
+        bindings::assignment_owner_of(labels).is_some_and(|(_, _, u)| Some(u) == uid)
+    };
+    let has_finalizer = ea.finalizers().iter().any(|f| f == FINALIZER);
+    if ea.metadata.deletion_timestamp.is_some() {
+        // Deleted: its bindings go before it does.
+        if has_finalizer {
+            rbac_writes::remove(&ctx, &[], &mine, &[]).await?;
+            rbac_writes::remove_finalizer(&api, ea.as_ref()).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    let holds = ea.spec.type_ == AssignmentType::Active;
+    if holds && !has_finalizer {
+        // A type Active assignment holds bindings: they must not outlive it.
+        rbac_writes::add_finalizer(&api, ea.as_ref()).await?;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
     let (phase, violation) = eligibility::phase(
         &ea,
         rs.as_deref(),
@@ -70,6 +112,18 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
         &ctx.settings.cluster_scope_namespace,
         now,
     );
+    // Bindings exist exactly while a type Active assignment is in its Active phase.
+    match (phase, rs.as_deref()) {
+        (AssignmentPhase::Active, Some(rs)) => {
+            let roles: Vec<String> = rs.spec.role_refs.iter().map(|r| r.name.clone()).collect();
+            rbac_writes::ensure(&ctx, &bindings::for_assignment(&ea, &roles), &mine, &[]).await?;
+        }
+        _ => rbac_writes::remove(&ctx, &[], &mine, &[]).await?,
+    }
+    if !holds && has_finalizer {
+        rbac_writes::remove_finalizer(&api, ea.as_ref()).await?;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
 
     let mut status = ea.status.clone().unwrap_or_default();
     status.phase = Some(phase);

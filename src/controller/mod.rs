@@ -10,12 +10,13 @@
 pub mod activation;
 pub mod assignment;
 pub mod audit;
+pub mod rbac_writes;
 pub mod role_setting;
 
 use std::{sync::Arc, time::Duration};
 
 use chrono::TimeDelta;
-use futures::{StreamExt, future::BoxFuture};
+use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::{
     Api, Client,
@@ -220,6 +221,8 @@ pub fn start(
     let assignment_triggers = assignment::Triggers {
         assignments: ea.subscribe(),
         role_settings: rs.trigger(),
+        role_bindings: rb.trigger(),
+        cluster_role_bindings: crb.trigger(),
     };
     let role_setting_triggers = role_setting::Triggers {
         role_settings: rs.subscribe(),
@@ -248,14 +251,46 @@ pub fn start(
     let readiness = {
         let ctx = ctx.clone();
         async move {
-            let _ = tokio::join!(
-                ctx.role_settings.wait_until_ready(),
-                ctx.assignments.wait_until_ready(),
-                ctx.requests.wait_until_ready(),
-                ctx.role_bindings.wait_until_ready(),
-                ctx.cluster_role_bindings.wait_until_ready(),
-                ctx.cluster_roles.wait_until_ready(),
-            );
+            let synced = |kind: &'static str| move |_| tracing::debug!(kind, "cache synced");
+            let all = async {
+                tokio::join!(
+                    ctx.role_settings
+                        .wait_until_ready()
+                        .map(synced("RoleSetting")),
+                    ctx.assignments
+                        .wait_until_ready()
+                        .map(synced("EligibleAssignment")),
+                    ctx.requests
+                        .wait_until_ready()
+                        .map(synced("ActivationRequest")),
+                    ctx.role_bindings
+                        .wait_until_ready()
+                        .map(synced("RoleBinding")),
+                    ctx.cluster_role_bindings
+                        .wait_until_ready()
+                        .map(synced("ClusterRoleBinding")),
+                    ctx.cluster_roles
+                        .wait_until_ready()
+                        .map(synced("ClusterRole")),
+                )
+            };
+            tokio::pin!(all);
+            loop {
+                tokio::select! {
+                    _ = &mut all => break,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                        let pending: Vec<&str> = [
+                            ("RoleSetting", ctx.role_settings.wait_until_ready().now_or_never().is_some()),
+                            ("EligibleAssignment", ctx.assignments.wait_until_ready().now_or_never().is_some()),
+                            ("ActivationRequest", ctx.requests.wait_until_ready().now_or_never().is_some()),
+                            ("RoleBinding", ctx.role_bindings.wait_until_ready().now_or_never().is_some()),
+                            ("ClusterRoleBinding", ctx.cluster_role_bindings.wait_until_ready().now_or_never().is_some()),
+                            ("ClusterRole", ctx.cluster_roles.wait_until_ready().now_or_never().is_some()),
+                        ].into_iter().filter(|(_, r)| !r).map(|(k, _)| k).collect();
+                        tracing::warn!(?pending, "caches not synced yet");
+                    }
+                }
+            }
             tracing::info!("caches synced");
             on_ready();
             // Orphaned bindings: at start, then periodically (every resync, at most 30 s).

@@ -14,7 +14,10 @@ use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    api::{ActivationRequest, BindingKind, BindingRef, Requester, Scope, Subject, SubjectKind},
+    api::{
+        ActivationRequest, BindingKind, BindingRef, EligibleAssignment, Requester, Scope, Subject,
+        SubjectKind,
+    },
     decide::parse_service_account,
 };
 
@@ -26,6 +29,12 @@ pub const LABEL_REQUEST: &str = "kubepim.io/activation-request";
 pub const LABEL_REQUEST_NAMESPACE: &str = "kubepim.io/activation-request-namespace";
 /// The request's uid.
 pub const LABEL_REQUEST_UID: &str = "kubepim.io/activation-request-uid";
+/// The type Active assignment's name (bindings it holds).
+pub const LABEL_ASSIGNMENT: &str = "kubepim.io/eligible-assignment";
+/// The assignment's namespace.
+pub const LABEL_ASSIGNMENT_NAMESPACE: &str = "kubepim.io/eligible-assignment-namespace";
+/// The assignment's uid.
+pub const LABEL_ASSIGNMENT_UID: &str = "kubepim.io/eligible-assignment-uid";
 /// When the binding must be gone (RFC 3339), for `kube-pim sweep` and auditors.
 pub const ANNOTATION_EXPIRES_AT: &str = "kubepim.io/expires-at";
 /// The label selector that finds every binding kube-pim made.
@@ -110,22 +119,81 @@ pub fn for_request(
     roles: &[String],
     expires_at: DateTime<Utc>,
 ) -> Vec<Binding> {
-    let ns = req.metadata.namespace.clone().unwrap_or_default();
-    let name = req.metadata.name.clone().unwrap_or_default();
     let uid = req.metadata.uid.clone().unwrap_or_default();
+    let owner = Owner {
+        kind: "ActivationRequest",
+        labels: [LABEL_REQUEST, LABEL_REQUEST_NAMESPACE, LABEL_REQUEST_UID],
+        namespace: req.metadata.namespace.clone().unwrap_or_default(),
+        name: req.metadata.name.clone().unwrap_or_default(),
+        name_seed: uid.clone(),
+        uid,
+    };
+    build(
+        &owner,
+        req.spec.scope,
+        requester_subject(&req.spec.requester),
+        roles,
+        Some(expires_at),
+    )
+}
+
+/// The bindings a type Active assignment holds for its whole window: one per role, for its
+/// subject as written (a Group stays a Group), expiring at its endTime (if any).
+pub fn for_assignment(ea: &EligibleAssignment, roles: &[String]) -> Vec<Binding> {
+    let uid = ea.metadata.uid.clone().unwrap_or_default();
+    let owner = Owner {
+        kind: "EligibleAssignment",
+        labels: [
+            LABEL_ASSIGNMENT,
+            LABEL_ASSIGNMENT_NAMESPACE,
+            LABEL_ASSIGNMENT_UID,
+        ],
+        namespace: ea.metadata.namespace.clone().unwrap_or_default(),
+        name: ea.metadata.name.clone().unwrap_or_default(),
+        // A different seed from requests', so the two kinds can never share a binding name.
+        name_seed: format!("assignment/{uid}"),
+        uid,
+    };
+    build(
+        &owner,
+        ea.spec.scope,
+        assignment_subject(&ea.spec.subject),
+        roles,
+        ea.spec.end_time,
+    )
+}
+
+/// Whose bindings these are.
+struct Owner {
+    kind: &'static str,
+    labels: [&'static str; 3],
+    namespace: String,
+    name: String,
+    uid: String,
+    name_seed: String,
+}
+
+fn build(
+    o: &Owner,
+    scope: Scope,
+    subject: RbacSubject,
+    roles: &[String],
+    expires_at: Option<DateTime<Utc>>,
+) -> Vec<Binding> {
     let labels: BTreeMap<String, String> = [
         (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
-        (LABEL_REQUEST.to_string(), name.clone()),
-        (LABEL_REQUEST_NAMESPACE.to_string(), ns.clone()),
-        (LABEL_REQUEST_UID.to_string(), uid.clone()),
+        (o.labels[0].to_string(), o.name.clone()),
+        (o.labels[1].to_string(), o.namespace.clone()),
+        (o.labels[2].to_string(), o.uid.clone()),
     ]
     .into();
-    let annotations: BTreeMap<String, String> = [(
-        ANNOTATION_EXPIRES_AT.to_string(),
-        expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    )]
-    .into();
-    let subject = requester_subject(&req.spec.requester);
+    let annotations: Option<BTreeMap<String, String>> = expires_at.map(|t| {
+        [(
+            ANNOTATION_EXPIRES_AT.to_string(),
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )]
+        .into()
+    });
     roles
         .iter()
         .map(|role| {
@@ -135,21 +203,21 @@ pub fn for_request(
                 name: role.clone(),
             };
             let mut metadata = ObjectMeta {
-                name: Some(binding_name(&uid, role)),
+                name: Some(binding_name(&o.name_seed, role)),
                 labels: Some(labels.clone()),
-                annotations: Some(annotations.clone()),
+                annotations: annotations.clone(),
                 ..Default::default()
             };
-            match req.spec.scope {
+            match scope {
                 Scope::Namespace => {
-                    metadata.namespace = Some(ns.clone());
-                    // Same namespace: owned by the request, so garbage collection is a backstop
-                    // if the request is ever deleted without the operator.
+                    metadata.namespace = Some(o.namespace.clone());
+                    // Same namespace: owned, so garbage collection is a backstop if the owner
+                    // is ever deleted without the operator.
                     metadata.owner_references = Some(vec![OwnerReference {
                         api_version: "kubepim.io/v1alpha1".into(),
-                        kind: "ActivationRequest".into(),
-                        name: name.clone(),
-                        uid: uid.clone(),
+                        kind: o.kind.into(),
+                        name: o.name.clone(),
+                        uid: o.uid.clone(),
                         controller: Some(true),
                         block_owner_deletion: Some(true),
                     }]);
@@ -159,8 +227,8 @@ pub fn for_request(
                         subjects: Some(vec![subject.clone()]),
                     })
                 }
-                // A cluster-scoped object cannot be owned by a namespaced one: the finalizer on
-                // the request and the expiry annotation are what clean it up.
+                // A cluster-scoped object cannot be owned by a namespaced one: the owner's
+                // finalizer and the expiry annotation are what clean it up.
                 Scope::Cluster => Binding::Cluster(ClusterRoleBinding {
                     metadata,
                     role_ref,
@@ -169,6 +237,18 @@ pub fn for_request(
             }
         })
         .collect()
+}
+
+/// The assignment a managed binding belongs to: (namespace, name, uid) from its labels.
+pub fn assignment_owner_of(labels: &BTreeMap<String, String>) -> Option<(String, String, String)> {
+    if labels.get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1) {
+        return None;
+    }
+    Some((
+        labels.get(LABEL_ASSIGNMENT_NAMESPACE)?.clone(),
+        labels.get(LABEL_ASSIGNMENT)?.clone(),
+        labels.get(LABEL_ASSIGNMENT_UID)?.clone(),
+    ))
 }
 
 /// The request a managed binding belongs to: (namespace, name, uid) from its labels.
@@ -295,6 +375,41 @@ mod tests {
                 ("ServiceAccount", "deployer", Some("ci"))
             );
         }
+    }
+
+    #[test]
+    fn a_type_active_assignment_binds_its_subject_as_written_until_its_end() {
+        let mut ea = assignment("oncall", "payments", "rs", group("oncall"));
+        ea.spec.end_time = Some(t0() + chrono::TimeDelta::days(7));
+        let b = for_assignment(&ea, &["admin".into()]);
+        let Binding::Role(rb) = &b[0] else {
+            panic!("expected a RoleBinding")
+        };
+        assert_eq!(rb.subjects.as_ref().unwrap()[0].kind, "Group");
+        let labels = rb.metadata.labels.as_ref().unwrap();
+        assert_eq!(
+            assignment_owner_of(labels),
+            Some(("payments".into(), "oncall".into(), "uid-oncall".into()))
+        );
+        assert_eq!(owner_of(labels), None, "not a request's binding");
+        assert_eq!(
+            rb.metadata.annotations.as_ref().unwrap()[ANNOTATION_EXPIRES_AT],
+            "2026-12-08T12:00:00Z"
+        );
+        assert_eq!(
+            rb.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "EligibleAssignment"
+        );
+        assert_ne!(
+            rb.metadata.name,
+            Some(binding_name("uid-oncall", "admin")),
+            "never a request's name"
+        );
+        ea.spec.end_time = None;
+        let Binding::Role(rb) = &for_assignment(&ea, &["admin".into()])[0] else {
+            panic!()
+        };
+        assert!(rb.metadata.annotations.is_none(), "permanent: no expiry");
     }
 
     #[test]

@@ -311,8 +311,8 @@ impl ControlPlane {
         write(&pki.join("sa.pub"), sa_pub)?;
 
         let mut processes = Vec::new();
-        let etcd_port = process::free_port()?;
-        let etcd_peer = process::free_port()?;
+        // Every port this control plane listens on, found together so they are distinct.
+        let [etcd_port, etcd_peer, api_port, kcm_port] = process::free_ports::<4>()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer}");
         let etcd = Process::spawn(
@@ -341,7 +341,6 @@ impl ControlPlane {
         )
         .await?;
 
-        let api_port = process::free_port()?;
         let server = format!("https://127.0.0.1:{api_port}");
         let p = |f: &str| pki.join(f).display().to_string();
         let apiserver = Process::spawn(
@@ -403,7 +402,7 @@ impl ControlPlane {
                 format!("--service-account-private-key-file={}", p("sa.key")),
                 format!("--root-ca-file={}", p("ca.crt")),
                 "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={}", process::free_port()?),
+                format!("--secure-port={kcm_port}"),
                 "--v=1".into(),
             ],
             &dir.join("logs"),
@@ -475,8 +474,7 @@ impl ControlPlane {
         let pki_dir = self.env.dir.join("pki");
         write(&pki_dir.join("webhook.crt"), &serving.cert_pem)?;
         write_private(&pki_dir.join("webhook.key"), serving.key_pem.as_bytes())?;
-        let webhook_port = process::free_port()?;
-        let health_port = process::free_port()?;
+        let [webhook_port, health_port] = process::free_ports::<2>()?;
         let args = vec![
             "run".to_string(),
             format!("--health-addr=127.0.0.1:{health_port}"),
@@ -493,6 +491,7 @@ impl ControlPlane {
                 pki_dir.join("webhook.key").display()
             ),
             "--log-format=json".into(),
+            "--log-level=info,kube_pim=debug".into(),
         ];
         let env = [("KUBECONFIG", kubeconfig.display().to_string())];
         // How the operator was started, so a test can stop it and start it again the same way.

@@ -97,12 +97,22 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(Error::io("bind", "127.0.0.1:0"))?;
-    Ok(l.local_addr()
-        .map_err(Error::io("bind", "127.0.0.1:0"))?
-        .port())
+/// `n` distinct TCP ports on 127.0.0.1 that were free a moment ago. They are found together,
+/// holding every listener until all are known: asking one at a time can return the same port
+/// twice, since the kernel may hand a just-released port out again.
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()
+        .map_err(Error::io("bind", "127.0.0.1:0"))?;
+    let mut ports = [0u16; N];
+    for (p, l) in ports.iter_mut().zip(&listeners) {
+        *p = l
+            .local_addr()
+            .map_err(Error::io("bind", "127.0.0.1:0"))?
+            .port();
+    }
+    Ok(ports)
 }
 
 /// Waits until something accepts connections on `port`, or the process dies.
@@ -155,7 +165,9 @@ pub async fn wait_for_http_ok(
         p.check_running()?;
         if Instant::now() > deadline {
             return Err(Error::TestEnv(format!(
-                "{name} not ready on :{port}{path} after {timeout:?}"
+                "{name} not ready on :{port}{path} after {timeout:?}; last lines of {}:\n{}",
+                p.log.display(),
+                tail(&p.log, 30)
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -203,12 +203,35 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
                 return malformed();
             };
             let rs = role_setting(&s.ctx, &ar.spec.role_setting).await;
-            let eas = s.ctx.assignments.state();
-            let eas: Vec<&EligibleAssignment> = eas
+            let cached: Vec<EligibleAssignment> = s
+                .ctx
+                .assignments
+                .state()
                 .iter()
-                .map(|a| a.as_ref())
                 .filter(|a| a.namespace().as_deref() == Some(ns.as_str()))
+                .map(|a| a.as_ref().clone())
                 .collect();
+            // Not eligible by the cache: read the namespace's assignments live before refusing
+            // (one applied a moment ago may not have reached the cache yet).
+            let wanted = crate::decide::eligibility::Wanted::of(&ar);
+            let found = crate::decide::eligibility::select(
+                &wanted,
+                rs.as_ref(),
+                &cached,
+                &s.settings.cluster_scope_namespace,
+                now,
+            )
+            .is_some();
+            let owned = if found || rs.is_none() {
+                cached
+            } else {
+                Api::<EligibleAssignment>::namespaced(s.ctx.client.clone(), &ns)
+                    .list(&Default::default())
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or(cached)
+            };
+            let eas: Vec<&EligibleAssignment> = owned.iter().collect();
             let ars = s.ctx.requests.state();
             let ars: Vec<&ActivationRequest> = ars
                 .iter()

@@ -53,7 +53,12 @@ fn current() -> &'static TestEnv {
 
 /// Starts a control plane in a child process and waits until `DIR/ready` appears.
 pub fn start_child(dir: &PathBuf, extra: &[&str]) -> Child {
-    let _ = std::fs::remove_dir_all(dir);
+    // A directory left by an attempt that failed to start is kept for its logs.
+    if dir.exists() {
+        let kept = dir.with_extension(format!("failed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&kept);
+        let _ = std::fs::rename(dir, &kept);
+    }
     std::fs::create_dir_all(dir).unwrap();
     let log = std::fs::File::create(dir.with_extension("log")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kube-pim-testenv"))

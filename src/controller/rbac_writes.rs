@@ -1,0 +1,201 @@
+//! Writes to RBAC objects and finalizers shared by the controllers: making an owner's managed
+//! bindings exactly what it should have (server-side apply, replacing a binding that squats on
+//! the name), removing them, and adding or removing kube-pim's finalizer, each conditional on
+//! the resourceVersion the decision was made from.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PropagationPolicy},
+    runtime::reflector::ObjectRef,
+};
+use serde_json::json;
+
+use super::{Context, FIELD_MANAGER, FINALIZER};
+use crate::{Error, api::BindingRef, decide::bindings::Binding};
+
+/// Makes an owner's managed bindings exactly `desired`: creates or restores each (server-side
+/// apply, skipped when the cache shows it as desired), and deletes any other binding that
+/// `mine` says is the owner's (or that `also` names).
+pub async fn ensure(
+    ctx: &Context,
+    desired: &[Binding],
+    mine: &(dyn Fn(&BTreeMap<String, String>) -> bool + Sync),
+    also: &[BindingRef],
+) -> Result<(), Error> {
+    for b in desired {
+        match b {
+            Binding::Role(rb) => {
+                let ns = rb.metadata.namespace.clone().unwrap_or_default();
+                let name = rb.metadata.name.clone().unwrap_or_default();
+                let cached = ctx.role_bindings.get(&ObjectRef::new(&name).within(&ns));
+                if cached.as_deref().is_none_or(|c| !same_rb(c, rb)) {
+                    let api = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
+                    apply_or_replace(&api, &name, rb).await?;
+                }
+            }
+            Binding::Cluster(crb) => {
+                let name = crb.metadata.name.clone().unwrap_or_default();
+                let cached = ctx.cluster_role_bindings.get(&ObjectRef::new(&name));
+                if cached.as_deref().is_none_or(|c| !same_crb(c, crb)) {
+                    let api = Api::<ClusterRoleBinding>::all(ctx.client.clone());
+                    apply_or_replace(&api, &name, crb).await?;
+                }
+            }
+        }
+    }
+    let keep: Vec<String> = desired.iter().map(|b| b.reference().name).collect();
+    remove(ctx, &keep, mine, also).await
+}
+
+/// Server-side applies a binding; if one by that name exists with another roleRef (which is
+/// immutable, so the apply is refused), it is not ours: the name is derived from this
+/// request's uid. It is deleted and ours created, so nobody can block an activation by
+/// creating its binding name first.
+pub async fn apply_or_replace<K>(api: &Api<K>, name: &str, desired: &K) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    match api.patch(name, &pp, &Patch::Apply(desired)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 422 => {
+            tracing::warn!(binding = %name, reason = %s.message, "a binding squats on kube-pim's name for this request: replacing it");
+            api.delete(name, &DeleteParams::default())
+                .await
+                .map(|_| ())
+                .or_else(ignore_not_found)?;
+            api.patch(name, &pp, &Patch::Apply(desired)).await?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn same_meta(a: &kube::api::ObjectMeta, b: &kube::api::ObjectMeta) -> bool {
+    let contains = |have: &Option<BTreeMap<String, String>>,
+                    want: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    contains(&a.labels, &b.labels) && contains(&a.annotations, &b.annotations)
+}
+
+fn same_rb(have: &RoleBinding, want: &RoleBinding) -> bool {
+    have.role_ref == want.role_ref
+        && have.subjects == want.subjects
+        && same_meta(&have.metadata, &want.metadata)
+}
+
+fn same_crb(have: &ClusterRoleBinding, want: &ClusterRoleBinding) -> bool {
+    have.role_ref == want.role_ref
+        && have.subjects == want.subjects
+        && same_meta(&have.metadata, &want.metadata)
+}
+
+/// Deletes every binding of an owner (those `mine` accepts in the caches, and those `also`
+/// names) except those named in `keep`.
+pub async fn remove(
+    ctx: &Context,
+    keep: &[String],
+    mine: &(dyn Fn(&BTreeMap<String, String>) -> bool + Sync),
+    also: &[BindingRef],
+) -> Result<(), Error> {
+    let ours = mine;
+    let mut rbs: Vec<(String, String)> = ctx
+        .role_bindings
+        .state()
+        .iter()
+        .filter(|b| ours(b.labels()))
+        .map(|b| (b.namespace().unwrap_or_default(), b.name_any()))
+        .collect();
+    let mut crbs: Vec<String> = ctx
+        .cluster_role_bindings
+        .state()
+        .iter()
+        .filter(|b| ours(b.labels()))
+        .map(|b| b.name_any())
+        .collect();
+    for r in also {
+        match r.kind {
+            crate::api::BindingKind::RoleBinding => {
+                rbs.push((r.namespace.clone().unwrap_or_default(), r.name.clone()))
+            }
+            crate::api::BindingKind::ClusterRoleBinding => crbs.push(r.name.clone()),
+        }
+    }
+    rbs.sort();
+    rbs.dedup();
+    crbs.sort();
+    crbs.dedup();
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    for (ns, name) in rbs.into_iter().filter(|(_, n)| !keep.contains(n)) {
+        Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
+            .delete(&name, &dp)
+            .await
+            .map(|_| ())
+            .or_else(ignore_not_found)?;
+    }
+    for name in crbs.into_iter().filter(|n| !keep.contains(n)) {
+        Api::<ClusterRoleBinding>::all(ctx.client.clone())
+            .delete(&name, &dp)
+            .await
+            .map(|_| ())
+            .or_else(ignore_not_found)?;
+    }
+    Ok(())
+}
+
+pub fn ignore_not_found(e: kube::Error) -> Result<(), Error> {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => Ok(()),
+        e => Err(e.into()),
+    }
+}
+
+/// Adds kube-pim's finalizer (conditional on the resourceVersion read).
+pub async fn add_finalizer<K>(api: &Api<K>, ar: &K) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut finalizers = ar.finalizers().to_vec();
+    finalizers.push(FINALIZER.into());
+    let patch =
+        json!({"metadata": {"resourceVersion": ar.resource_version(), "finalizers": finalizers}});
+    api.patch(
+        &ar.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes kube-pim's finalizer (conditional on the resourceVersion read).
+pub async fn remove_finalizer<K>(api: &Api<K>, ar: &K) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let finalizers: Vec<String> = ar
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    let patch =
+        json!({"metadata": {"resourceVersion": ar.resource_version(), "finalizers": finalizers}});
+    api.patch(
+        &ar.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+    .or_else(ignore_not_found)
+}
