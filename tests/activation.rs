@@ -1445,3 +1445,90 @@ async fn an_assignment_and_a_request_in_one_apply() {
     );
     w.wait_phase("hank-now", RequestPhase::Active).await;
 }
+
+/// Dry runs have no side effects (SPEC invariant 6): a dry-run request is admitted (with the
+/// stamped requester) but nothing is created; a dry-run policy write is not audited.
+#[tokio::test]
+async fn dry_runs_have_no_side_effects() {
+    let w = World::new("dryrun", json!({})).await;
+    let ar: ActivationRequest = serde_json::from_value(json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",
+        "metadata": {"name": "dry"}, "spec": {"roleSetting": w.rs, "duration": "10m", "justification": "dry run",
+        "requester": {"username": "someone-else"}}})).unwrap();
+    let pp = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let answered = w.requests(w.alice().await).create(&pp, &ar).await.unwrap();
+    assert_eq!(
+        answered.spec.requester.username, w.alice,
+        "admission ran, and stamped the caller"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        w.requests(admin().await)
+            .get_opt("dry")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing was created"
+    );
+    assert!(
+        w.requests(admin().await)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // A dry-run policy write: admitted, not audited.
+    let name = format!("dry-{}", suffix());
+    let rs: kube_pim::api::RoleSetting = serde_json::from_value(
+        json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting",
+        "metadata": {"name": name}, "spec": {"roleRefs": [{"name": "view"}]}}),
+    )
+    .unwrap();
+    Api::<kube_pim::api::RoleSetting>::all(admin().await)
+        .create(&pp, &rs)
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(operated().dir().join("audit.log")).unwrap();
+    assert!(
+        !log.contains(&format!("\"name\":\"{name}\"")),
+        "a dry run was audited"
+    );
+}
+
+/// Deleting a namespace with an Active request completes: the request's access is revoked and
+/// recorded first, then the finalizer lets it go (SPEC invariant 7).
+#[tokio::test]
+async fn deleting_a_namespace_with_an_active_request_completes_and_records_the_revocation() {
+    let w = World::new("nsdel", json!({})).await;
+    let alice = w.alice().await;
+    let ar = w.ask(alice.clone(), json!({})).await.unwrap();
+    w.wait_phase(&ar.name_any(), RequestPhase::Active).await;
+    w.access(&alice, true).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin().await);
+    namespaces
+        .delete(&w.ns, &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while namespaces.get_opt(&w.ns).await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the namespace was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let uid = ar.uid().unwrap();
+    let log = std::fs::read_to_string(operated().dir().join("audit.log")).unwrap();
+    let revoked = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["uid"] == uid.as_str() && r["action"] == "Revoked")
+        .expect("the revocation is on the audit stream");
+    assert!(
+        revoked["message"].as_str().unwrap().contains("deleted"),
+        "{revoked}"
+    );
+}

@@ -81,6 +81,27 @@ async fn an_activation_that_expired_while_the_operator_was_down_is_revoked_when_
     )
     .unwrap();
 
+    // Fail closed (SPEC invariant 5): with the webhook down, no request is admitted.
+    let another: ActivationRequest = serde_json::from_value(json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",
+        "metadata": {"name": "while-down"}, "spec": {"roleSetting": rs, "duration": "5s", "justification": "x",
+        "requester": {"username": alice}}})).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        match Api::<ActivationRequest>::namespaced(alice_c.clone(), &ns)
+            .create(&PostParams::default(), &another)
+            .await
+        {
+            Err(kube::Error::Api(s)) => break s,
+            Ok(_) => panic!("a request was admitted while the webhook was down"),
+            Err(_) => assert!(Instant::now() < deadline, "no answer from the apiserver"),
+        }
+    };
+    assert!(
+        refused.message.contains("failed calling webhook"),
+        "{}",
+        refused.message
+    );
+
     // Past the expiry, with nobody to revoke: the binding is still there, and so is access.
     let wait = (expires - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(2);
     tokio::time::sleep(wait).await;

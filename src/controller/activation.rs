@@ -252,11 +252,19 @@ fn requeue(at: Option<chrono::DateTime<Utc>>, ctx: &Context) -> Action {
 async fn apply(ar: &ActivationRequest, plan: &Plan, ctx: &Context) -> Result<(), Error> {
     match &plan.bindings {
         Bindings::Keep => {}
+        // The cache (label-selected managed bindings) finds ours. The names in the status are
+        // also deleted, but only on the transition that ends access: that catches a binding
+        // whose labels were removed, without a DELETE per reconcile of every ended request.
         Bindings::Ensure(desired) => {
-            rbac_writes::ensure(ctx, desired, &request_binding(ar), &status_refs(ar)).await?
+            rbac_writes::ensure(ctx, desired, &request_binding(ar), &[]).await?
         }
         Bindings::Remove => {
-            rbac_writes::remove(ctx, &[], &request_binding(ar), &status_refs(ar)).await?
+            let by_name = if plan.status.is_some() {
+                status_refs(ar)
+            } else {
+                Vec::new()
+            };
+            rbac_writes::remove(ctx, &[], &request_binding(ar), &by_name).await?
         }
     }
     write_status(ar, plan.status.as_ref(), plan.initialize_approvals, ctx).await

@@ -277,7 +277,8 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
                 return malformed();
             };
             let rs = role_setting(&s.ctx, &ea.spec.role_setting).await;
-            review::validate_assignment(&ea, user, rs.as_ref(), &s.settings, now)
+            let old = typed::<EligibleAssignment>(req.old_object.as_ref());
+            review::validate_assignment(old.as_ref(), &ea, user, rs.as_ref(), &s.settings, now)
         }
         ("eligibleassignments", None, Operation::Delete) => {
             let Some(old) = typed::<EligibleAssignment>(req.old_object.as_ref()) else {

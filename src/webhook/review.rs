@@ -597,6 +597,7 @@ pub fn validate_request_delete(
 /// exist yet is fine: GitOps order; the assignment is Invalid until it does), Cluster scope
 /// only in the cluster-scope namespace, and the authorized-by stamp is the caller's.
 pub fn validate_assignment(
+    old: Option<&EligibleAssignment>,
     ea: &EligibleAssignment,
     user: &UserInfo,
     rs: Option<&RoleSetting>,
@@ -604,6 +605,24 @@ pub fn validate_assignment(
     now: DateTime<Utc>,
 ) -> Verdict {
     let ns = ea.metadata.namespace.as_deref().unwrap_or_default();
+    // kube-pim's finalizer (on type Active assignments), owner references and kubepim.io/*
+    // metadata are kube-pim's; authorized-by is re-stamped on every write and checked below.
+    let without_stamp = |m: &kube::api::ObjectMeta| {
+        let mut m = m.clone();
+        if let Some(a) = m.annotations.as_mut() {
+            a.remove(AUTHORIZED_BY);
+        }
+        m
+    };
+    let before = old.map(|o| without_stamp(&o.metadata)).unwrap_or_default();
+    if let Some(msg) = protected_metadata(
+        &before,
+        &without_stamp(&ea.metadata),
+        "EligibleAssignment",
+        None,
+    ) {
+        return Verdict::Deny(msg);
+    }
     let stamped = ea
         .metadata
         .annotations

@@ -721,17 +721,18 @@ fn assignments_follow_their_role_setting_and_their_stamp() {
     let mut rs = role_setting("rs");
     let ea = stamped(assignment("a", "payments", "rs", user("alice")), &admin);
     assert_eq!(
-        validate_assignment(&ea, &admin, Some(&rs), &settings(), t0()),
+        validate_assignment(None, &ea, &admin, Some(&rs), &settings(), t0()),
         Verdict::Allow
     );
     assert_eq!(
-        validate_assignment(&ea, &admin, None, &settings(), t0()),
+        validate_assignment(None, &ea, &admin, None, &settings(), t0()),
         Verdict::Allow,
         "GitOps order: the RoleSetting may come later"
     );
     rs.spec.assignment.allow_permanent = false;
     assert!(
         denied(validate_assignment(
+            None,
             &ea,
             &admin,
             Some(&rs),
@@ -747,6 +748,7 @@ fn assignments_follow_their_role_setting_and_their_stamp() {
     );
     assert!(
         denied(validate_assignment(
+            None,
             &forged,
             &admin,
             None,
@@ -759,6 +761,7 @@ fn assignments_follow_their_role_setting_and_their_stamp() {
     cluster.spec.scope = Scope::Cluster;
     assert!(
         denied(validate_assignment(
+            None,
             &cluster,
             &admin,
             None,
@@ -956,4 +959,37 @@ fn an_ended_request_is_deleted_only_once_fully_recorded() {
         validate_request_delete(&ended, &caller("alice", &[]), &settings(), false),
         Verdict::Allow
     );
+}
+
+#[test]
+fn an_assignments_finalizer_and_kube_pim_metadata_are_kube_pims() {
+    let admin = caller("admin", &[]);
+    let mut old = stamped(assignment("a", "payments", "rs", user("alice")), &admin);
+    old.metadata.finalizers = Some(vec![crate::controller::FINALIZER.into()]);
+    let mut new = old.clone();
+    new.metadata.finalizers = None;
+    assert!(
+        denied(validate_assignment(
+            Some(&old),
+            &new,
+            &admin,
+            None,
+            &settings(),
+            t0()
+        ))
+        .contains("only kube-pim removes")
+    );
+    // A new stamp is fine (it is re-written on every write); other changes are too.
+    let mut relabelled = old.clone();
+    relabelled.metadata.labels = Some([("team".to_string(), "x".to_string())].into());
+    assert_eq!(
+        validate_assignment(Some(&old), &relabelled, &admin, None, &settings(), t0()),
+        Verdict::Allow
+    );
+    let mut created = stamped(assignment("b", "payments", "rs", user("alice")), &admin);
+    created.metadata.owner_references = Some(vec![Default::default()]);
+    assert!(matches!(
+        validate_assignment(None, &created, &admin, None, &settings(), t0()),
+        Verdict::Deny(_)
+    ));
 }
