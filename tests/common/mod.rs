@@ -8,7 +8,19 @@
 //!
 //! Each test works in its own namespace ([`namespace`]) and as its own users.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
+
+/// Waits until `$cond` (which may `.await`) holds, checking every 100 ms; panics with the
+/// message after `$within`. For liveness only: no test asserts how fast anything happens.
+macro_rules! eventually {
+    ($within:expr, $cond:expr, $($msg:tt)+) => {{
+        let deadline = std::time::Instant::now() + $within;
+        while !($cond) {
+            assert!(std::time::Instant::now() < deadline, $($msg)+);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }};
+}
 
 use std::{
     path::PathBuf,
