@@ -193,6 +193,50 @@ where
     }
 }
 
+/// Waits until every cache has listed its objects, warning every 10 s about those that have not.
+async fn caches_synced(ctx: &Context) {
+    let synced = |kind: &'static str| move |_| tracing::debug!(kind, "cache synced");
+    let all = async {
+        tokio::join!(
+            ctx.role_settings
+                .wait_until_ready()
+                .map(synced("RoleSetting")),
+            ctx.assignments
+                .wait_until_ready()
+                .map(synced("EligibleAssignment")),
+            ctx.requests
+                .wait_until_ready()
+                .map(synced("ActivationRequest")),
+            ctx.role_bindings
+                .wait_until_ready()
+                .map(synced("RoleBinding")),
+            ctx.cluster_role_bindings
+                .wait_until_ready()
+                .map(synced("ClusterRoleBinding")),
+            ctx.cluster_roles
+                .wait_until_ready()
+                .map(synced("ClusterRole")),
+        )
+    };
+    tokio::pin!(all);
+    loop {
+        tokio::select! {
+            _ = &mut all => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                let pending: Vec<&str> = [
+                    ("RoleSetting", ctx.role_settings.wait_until_ready().now_or_never().is_some()),
+                    ("EligibleAssignment", ctx.assignments.wait_until_ready().now_or_never().is_some()),
+                    ("ActivationRequest", ctx.requests.wait_until_ready().now_or_never().is_some()),
+                    ("RoleBinding", ctx.role_bindings.wait_until_ready().now_or_never().is_some()),
+                    ("ClusterRoleBinding", ctx.cluster_role_bindings.wait_until_ready().now_or_never().is_some()),
+                    ("ClusterRole", ctx.cluster_roles.wait_until_ready().now_or_never().is_some()),
+                ].into_iter().filter(|(_, synced)| !synced).map(|(k, _)| k).collect();
+                tracing::warn!(?pending, "caches not synced yet");
+            }
+        }
+    }
+}
+
 /// Starts the watches and returns the shared context (for the webhook too) and the future that
 /// runs every controller until shutdown; `on_ready` is called once every cache has synced.
 pub fn start(
@@ -248,50 +292,16 @@ pub fn start(
         audit,
     });
 
+    // Caches first, then everything else: a controller that reconciled from a half-synced
+    // view would see, say, a request's RoleSetting as missing and revoke valid access (seen in
+    // the restart test before this gate existed).
+    let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     let readiness = {
         let ctx = ctx.clone();
         async move {
-            let synced = |kind: &'static str| move |_| tracing::debug!(kind, "cache synced");
-            let all = async {
-                tokio::join!(
-                    ctx.role_settings
-                        .wait_until_ready()
-                        .map(synced("RoleSetting")),
-                    ctx.assignments
-                        .wait_until_ready()
-                        .map(synced("EligibleAssignment")),
-                    ctx.requests
-                        .wait_until_ready()
-                        .map(synced("ActivationRequest")),
-                    ctx.role_bindings
-                        .wait_until_ready()
-                        .map(synced("RoleBinding")),
-                    ctx.cluster_role_bindings
-                        .wait_until_ready()
-                        .map(synced("ClusterRoleBinding")),
-                    ctx.cluster_roles
-                        .wait_until_ready()
-                        .map(synced("ClusterRole")),
-                )
-            };
-            tokio::pin!(all);
-            loop {
-                tokio::select! {
-                    _ = &mut all => break,
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => {
-                        let pending: Vec<&str> = [
-                            ("RoleSetting", ctx.role_settings.wait_until_ready().now_or_never().is_some()),
-                            ("EligibleAssignment", ctx.assignments.wait_until_ready().now_or_never().is_some()),
-                            ("ActivationRequest", ctx.requests.wait_until_ready().now_or_never().is_some()),
-                            ("RoleBinding", ctx.role_bindings.wait_until_ready().now_or_never().is_some()),
-                            ("ClusterRoleBinding", ctx.cluster_role_bindings.wait_until_ready().now_or_never().is_some()),
-                            ("ClusterRole", ctx.cluster_roles.wait_until_ready().now_or_never().is_some()),
-                        ].into_iter().filter(|(_, r)| !r).map(|(k, _)| k).collect();
-                        tracing::warn!(?pending, "caches not synced yet");
-                    }
-                }
-            }
+            caches_synced(&ctx).await;
             tracing::info!("caches synced");
+            let _ = synced_tx.send(true);
             on_ready();
             // Orphaned bindings: at start, then periodically (every resync, at most 30 s).
             let every = ctx.settings.resync.min(Duration::from_secs(30));
@@ -317,6 +327,10 @@ pub fn start(
     // (the controllers end on SIGTERM, and with them `run`).
     tokio::spawn(readiness);
     let run = Box::pin(async move {
+        let mut synced = synced_rx;
+        if synced.wait_for(|s| *s).await.is_err() {
+            return;
+        }
         futures::future::join_all(controllers).await;
     });
     (ctx, run)

@@ -61,15 +61,20 @@ pub async fn serve(listen: Listen, ctx: Arc<Context>, settings: Settings) -> Res
         listen.cert_file.clone(),
         listen.key_file.clone(),
     ));
-    let app = Router::new()
-        .route("/mutate", post(mutate))
-        .route("/validate", post(validate))
-        .with_state(Arc::new(Shared { ctx, settings }));
+    let app = router(ctx, settings);
     tracing::info!(addr = %listen.addr, "serving the admission webhook");
     axum_server::bind_rustls(listen.addr, tls)
         .serve(app.into_make_service())
         .await
         .map_err(Error::io("serve the webhook on", listen.addr.to_string()))
+}
+
+/// The webhook's routes: `POST /mutate` and `POST /validate` (AdmissionReview v1 JSON).
+pub fn router(ctx: Arc<Context>, settings: Settings) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/validate", post(validate))
+        .with_state(Arc::new(Shared { ctx, settings }))
 }
 
 async fn reload_on_change(tls: axum_server::tls_rustls::RustlsConfig, cert: PathBuf, key: PathBuf) {
@@ -405,3 +410,6 @@ async fn namespace_terminating(ctx: &Context, ns: &str) -> bool {
         Err(_) => false,
     }
 }
+
+#[cfg(test)]
+mod http_tests;
