@@ -256,7 +256,7 @@ async fn apply(ar: &ActivationRequest, plan: &Plan, ctx: &Context) -> Result<(),
         // also deleted, but only on the transition that ends access: that catches a binding
         // whose labels were removed, without a DELETE per reconcile of every ended request.
         Bindings::Ensure(desired) => {
-            rbac_writes::ensure(ctx, desired, &request_binding(ar), &[]).await?
+            rbac_writes::ensure(ctx, desired, &request_binding(ar)).await?
         }
         Bindings::Remove => {
             let by_name = if plan.status.is_some() {

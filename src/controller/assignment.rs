@@ -116,7 +116,7 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
     match (phase, rs.as_deref()) {
         (AssignmentPhase::Active, Some(rs)) => {
             let roles: Vec<String> = rs.spec.role_refs.iter().map(|r| r.name.clone()).collect();
-            rbac_writes::ensure(&ctx, &bindings::for_assignment(&ea, &roles), &mine, &[]).await?;
+            rbac_writes::ensure(&ctx, &bindings::for_assignment(&ea, &roles), &mine).await?;
         }
         _ => rbac_writes::remove(&ctx, &[], &mine, &[]).await?,
     }

@@ -88,24 +88,35 @@ pub struct Trigger<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     pub deleted: tokio::sync::mpsc::UnboundedReceiver<Arc<K>>,
 }
 
-/// Adds `t` as a trigger of controller `c`: `map` names the objects of `c` to reconcile when
-/// an object of `t` changes or is deleted.
-pub fn relate<K, O, M, I>(c: Controller<K>, t: Trigger<O>, map: M) -> Controller<K>
-where
+/// A resource type the controllers watch and cache (one name for the bounds every watch needs).
+pub trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
         + Sync
-        + 'static,
-    O: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+        + 'static
+{
+}
+
+/// Adds `t` as a trigger of controller `c`: `map` names the objects of `c` to reconcile when
+/// an object of `t` changes or is deleted.
+pub fn relate<K, O, M, I>(c: Controller<K>, t: Trigger<O>, map: M) -> Controller<K>
+where
+    K: Watched,
+    O: Watched,
     M: Fn(Arc<O>) -> I + Clone + Send + Sync + 'static,
     I: IntoIterator<Item = kube::runtime::reflector::ObjectRef<K>> + Send + 'static,
     I::IntoIter: Send,
@@ -129,13 +140,7 @@ struct Shared<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
 
 impl<K> Shared<K>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     fn new(api: Api<K>, wc: watcher::Config) -> Self {
         let (reader, writer) = reflector::store_shared(1024);

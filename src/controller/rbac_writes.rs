@@ -18,12 +18,11 @@ use crate::{Error, api::BindingRef, decide::bindings::Binding};
 
 /// Makes an owner's managed bindings exactly `desired`: creates or restores each (server-side
 /// apply, skipped when the cache shows it as desired), and deletes any other binding that
-/// `mine` says is the owner's (or that `also` names).
+/// `mine` says is the owner's.
 pub async fn ensure(
     ctx: &Context,
     desired: &[Binding],
     mine: &(dyn Fn(&BTreeMap<String, String>) -> bool + Sync),
-    also: &[BindingRef],
 ) -> Result<(), Error> {
     for b in desired {
         match b {
@@ -47,7 +46,7 @@ pub async fn ensure(
         }
     }
     let keep: Vec<String> = desired.iter().map(|b| b.reference().name).collect();
-    remove(ctx, &keep, mine, also).await
+    remove(ctx, &keep, mine, &[]).await
 }
 
 /// Server-side applies a binding; if one by that name exists with another roleRef (which is
@@ -104,19 +103,18 @@ pub async fn remove(
     mine: &(dyn Fn(&BTreeMap<String, String>) -> bool + Sync),
     also: &[BindingRef],
 ) -> Result<(), Error> {
-    let ours = mine;
     let mut rbs: Vec<(String, String)> = ctx
         .role_bindings
         .state()
         .iter()
-        .filter(|b| ours(b.labels()))
+        .filter(|b| mine(b.labels()))
         .map(|b| (b.namespace().unwrap_or_default(), b.name_any()))
         .collect();
     let mut crbs: Vec<String> = ctx
         .cluster_role_bindings
         .state()
         .iter()
-        .filter(|b| ours(b.labels()))
+        .filter(|b| mine(b.labels()))
         .map(|b| b.name_any())
         .collect();
     for r in also {
