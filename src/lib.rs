@@ -4,11 +4,12 @@
 //! (`EligibleAssignment`), activate a role for a bounded time (`ActivationRequest`) under a
 //! per-role policy (`RoleSetting`), and the operator creates and removes the bindings.
 //!
-//! Modules: [`api`] (the CRD types, pure data), [`crdgen`] (CRD YAML), [`operator`] (the
+//! Modules: [`api`] (the CRD types, pure data), [`authz`] (who may bind what), [`crdgen`] (CRD YAML), [`operator`] (the
 //! long-running process), [`testenv`] (a real local control plane for tests and demos),
 //! [`time`] (chrono <-> Kubernetes time), [`error`].
 
 pub mod api;
+pub mod authz;
 pub mod cli;
 pub mod controller;
 pub mod crdgen;

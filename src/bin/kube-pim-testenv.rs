@@ -38,6 +38,9 @@ enum Cmd {
         /// The kube-pim binary for --operator (default: next to this binary).
         #[arg(long)]
         operator_bin: Option<PathBuf>,
+        /// One more argument for the operator's `kube-pim run` (e.g. `--resync=15s`). Repeatable.
+        #[arg(long = "operator-arg", allow_hyphen_values = true)]
+        operator_args: Vec<String>,
         /// Shut down when standard input reaches end of file (for test harnesses).
         #[arg(long)]
         watch_stdin: bool,
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         users,
         operator,
         operator_bin,
+        operator_args,
         watch_stdin,
         remove_dir,
         log_level,
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
             dir: dir.clone(),
             users,
             operator_bin,
+            operator_args,
             bin_dir: None,
         };
         let cp = tokio::select! {

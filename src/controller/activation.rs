@@ -130,10 +130,29 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
         .get(&ObjectRef::new(&ar.spec.role_setting));
     let assignments = ctx.assignments.state();
     let cluster_ns = ctx.settings.cluster_scope_namespace.as_str();
+    let wanted = Wanted::of(&ar);
+    // Only assignments whose writer may bind the roles back anything (SPEC invariant 3; the
+    // answers are cached, so this costs no API call per activation). Ended requests need none.
+    let open = ar
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_none_or(|p| !request::is_terminal(p));
+    let mut authorized: Vec<&EligibleAssignment> = Vec::new();
+    if let (Some(rs), true) = (rs.as_deref(), open) {
+        for ea in assignments
+            .iter()
+            .filter(|ea| eligibility::names(&wanted, ea))
+        {
+            if ctx.authz.assignment(ea, rs).await?.is_ok() {
+                authorized.push(ea);
+            }
+        }
+    }
     let ea = eligibility::select(
-        &Wanted::of(&ar),
+        &wanted,
         rs.as_deref(),
-        assignments.iter().map(|a| a.as_ref()),
+        authorized.iter().copied(),
         cluster_ns,
         now,
     );

@@ -5,8 +5,10 @@
 //! A type Active assignment holds its bindings (for its subject as written) for exactly its
 //! Active phase, under a finalizer, restored when edited or deleted.
 //!
-//! The writer's `bind` check (SPEC invariant 3) is added by the security-hardening work; until
-//! then every writer admitted by RBAC counts as authorized.
+//! An assignment is Invalid (NotAuthorizedToBind) while the writer recorded in its
+//! `kubepim.io/authorized-by` annotation may not bind its RoleSetting's roles where it grants
+//! them (SPEC invariant 3): asked when the RoleSetting appears or changes, and again every
+//! resync ([`crate::authz`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -105,10 +107,14 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
         rbac_writes::add_finalizer(&api, ea.as_ref()).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
+    let authorized = match rs.as_deref() {
+        Some(rs) => ctx.authz.assignment(&ea, rs).await?,
+        None => Ok(()),
+    };
     let (phase, violation) = eligibility::phase(
         &ea,
         rs.as_deref(),
-        Ok(()),
+        authorized,
         &ctx.settings.cluster_scope_namespace,
         now,
     );

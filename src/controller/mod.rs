@@ -74,6 +74,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// The audit stream.
     pub audit: audit::AuditLog,
+    /// Cached `bind` answers for assignment writers (SPEC invariant 3).
+    pub authz: crate::authz::Authorizer,
 }
 
 /// What one controller hears about one watched type: changed objects (from the shared cache)
@@ -286,6 +288,7 @@ pub fn start(
     };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
+        authz: crate::authz::Authorizer::new(client.clone(), settings.resync),
         client,
         settings,
         role_settings: rs.start(),

@@ -128,6 +128,16 @@ impl<'a> Wanted<'a> {
     }
 }
 
+/// Whether `ea` is about what is wanted: the same namespace, RoleSetting and scope, naming the
+/// requester, and not being deleted (whether it is valid now is for [`select`]).
+pub fn names(wanted: &Wanted<'_>, ea: &EligibleAssignment) -> bool {
+    ea.metadata.namespace.as_deref() == Some(wanted.namespace)
+        && ea.metadata.deletion_timestamp.is_none()
+        && ea.spec.role_setting == wanted.role_setting
+        && ea.spec.scope == wanted.scope
+        && subject_matches(&ea.spec.subject, wanted.requester)
+}
+
 /// The assignment that backs a request now: in the request's namespace, for its RoleSetting
 /// and scope, inside its window, not Invalid (as recorded, or by the RoleSetting's policy), and
 /// naming the requester. When several match, the latest effective end wins (permanent beats
@@ -140,22 +150,13 @@ pub fn select<'a>(
     now: DateTime<Utc>,
 ) -> Option<&'a EligibleAssignment> {
     let rs = role_setting?;
-    let Wanted {
-        namespace,
-        role_setting,
-        scope,
-        requester,
-    } = *wanted;
+    let namespace = wanted.namespace;
     assignments
         .into_iter()
         .filter(|ea| {
-            ea.metadata.namespace.as_deref() == Some(namespace)
-                && ea.metadata.deletion_timestamp.is_none()
-                && ea.spec.role_setting == role_setting
-                && ea.spec.scope == scope
+            names(wanted, ea)
                 && !recorded_invalid(ea)
                 && window(ea, now).contains(now)
-                && subject_matches(&ea.spec.subject, requester)
                 && policy::assignment_violations(rs, ea, namespace, cluster_scope_namespace, now)
                     .is_empty()
         })

@@ -236,6 +236,8 @@ pub struct Options {
     pub users: Vec<User>,
     /// Run the kube-pim operator under its own user, with this binary.
     pub operator_bin: Option<PathBuf>,
+    /// More arguments for the operator's `kube-pim run` (after the test environment's own).
+    pub operator_args: Vec<String>,
     /// Where the control-plane binaries are; `None` runs `hack/testbin.sh` to find or build them.
     pub bin_dir: Option<PathBuf>,
 }
@@ -431,7 +433,7 @@ impl ControlPlane {
             .map_err(Error::io("link", &kubectl_link))?;
 
         if let Some(bin) = &opts.operator_bin {
-            cp.start_operator(&admin, bin).await?;
+            cp.start_operator(&admin, bin, &opts.operator_args).await?;
         }
         write(&dir.join("ready"), format!("{server}\n"))?;
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, dir = %dir.display(), "control plane ready");
@@ -445,7 +447,7 @@ impl ControlPlane {
 
     /// Runs the operator as [`OPERATOR_USER`] with the operator's ClusterRole (never as admin)
     /// and waits until it reports ready.
-    async fn start_operator(&mut self, admin: &Client, bin: &Path) -> Result<()> {
+    async fn start_operator(&mut self, admin: &Client, bin: &Path, extra: &[String]) -> Result<()> {
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         let role = rbac::operator_cluster_role();
         let name = role.metadata.name.clone().expect("named");
@@ -475,7 +477,7 @@ impl ControlPlane {
         write(&pki_dir.join("webhook.crt"), &serving.cert_pem)?;
         write_private(&pki_dir.join("webhook.key"), serving.key_pem.as_bytes())?;
         let [webhook_port, health_port] = process::free_ports::<2>()?;
-        let args = vec![
+        let mut args = vec![
             "run".to_string(),
             format!("--health-addr=127.0.0.1:{health_port}"),
             format!("--operator-username={OPERATOR_USER}"),
@@ -493,6 +495,7 @@ impl ControlPlane {
             "--log-format=json".into(),
             "--log-level=info,kube_pim=debug".into(),
         ];
+        args.extend(extra.iter().cloned());
         let env = [("KUBECONFIG", kubeconfig.display().to_string())];
         // How the operator was started, so a test can stop it and start it again the same way.
         let how = serde_json::json!({

@@ -60,6 +60,7 @@ fn app() -> axum::Router {
                 instance: None,
             },
         ),
+        authz: crate::authz::Authorizer::new(client.clone(), std::time::Duration::from_secs(300)),
         client,
         settings: crate::controller::Settings {
             cluster_scope_namespace: "kube-pim-system".into(),

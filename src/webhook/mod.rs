@@ -283,7 +283,33 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
             };
             let rs = role_setting(&s.ctx, &ea.spec.role_setting).await;
             let old = typed::<EligibleAssignment>(req.old_object.as_ref());
-            review::validate_assignment(old.as_ref(), &ea, user, rs.as_ref(), &s.settings, now)
+            // A RoleSetting that does not exist yet grants nothing: the controller asks again,
+            // as the writer recorded by mutation, once it does.
+            let unbindable = match &rs {
+                Some(rs) => {
+                    match crate::authz::first_unbindable(
+                        &s.ctx.client,
+                        user,
+                        &role_names(rs),
+                        crate::authz::grant_namespace(&ea),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => return unanswered(&e),
+                    }
+                }
+                None => None,
+            };
+            review::validate_assignment(
+                old.as_ref(),
+                &ea,
+                user,
+                rs.as_ref(),
+                unbindable.as_deref(),
+                &s.settings,
+                now,
+            )
         }
         ("eligibleassignments", None, Operation::Delete) => {
             let Some(old) = typed::<EligibleAssignment>(req.old_object.as_ref()) else {
@@ -308,7 +334,14 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
             let Some(rs) = typed::<RoleSetting>(req.object.as_ref()) else {
                 return malformed();
             };
-            review::validate_role_setting(&rs)
+            let unbindable =
+                match crate::authz::first_unbindable(&s.ctx.client, user, &role_names(&rs), None)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => return unanswered(&e),
+                };
+            review::validate_role_setting(&rs, user, unbindable.as_deref())
         }
         _ => Verdict::Allow,
     }
@@ -341,50 +374,38 @@ fn audit_policy_write(ctx: &Context, req: &AdmissionRequest<DynamicObject>) {
 
 /// Whether `user` may `bind` every role of `rs` where `ar` grants it (its namespace, or
 /// cluster-wide for Cluster scope), as the apiserver's authorizer answers for that user.
+/// Fail closed: an unanswered check is a no.
 async fn may_bind_roles(
     ctx: &Context,
     user: &k8s_openapi::api::authentication::v1::UserInfo,
     rs: &RoleSetting,
     ar: &ActivationRequest,
 ) -> bool {
-    use k8s_openapi::api::authorization::v1::{
-        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-    };
     let namespace = match ar.spec.scope {
         crate::api::Scope::Namespace => ar.namespace(),
         crate::api::Scope::Cluster => None,
     };
-    let api: Api<SubjectAccessReview> = Api::all(ctx.client.clone());
-    for role in &rs.spec.role_refs {
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: user.username.clone(),
-                uid: user.uid.clone(),
-                groups: user.groups.clone(),
-                extra: user.extra.clone(),
-                resource_attributes: Some(ResourceAttributes {
-                    verb: Some("bind".into()),
-                    group: Some("rbac.authorization.k8s.io".into()),
-                    resource: Some("clusterroles".into()),
-                    name: Some(role.name.clone()),
-                    namespace: namespace.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        match api.create(&Default::default(), &review).await {
-            Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => {}
-            Ok(_) => return false,
-            Err(e) => {
-                // Fail closed: an unanswered check is a no.
-                tracing::warn!(error = %e, "SubjectAccessReview failed; treating as not allowed");
-                return false;
-            }
+    match crate::authz::first_unbindable(&ctx.client, user, &role_names(rs), namespace.as_deref())
+        .await
+    {
+        Ok(refused) => refused.is_none(),
+        Err(e) => {
+            tracing::warn!(error = %e, "SubjectAccessReview failed; treating as not allowed");
+            false
         }
     }
-    true
+}
+
+fn role_names(rs: &RoleSetting) -> Vec<String> {
+    rs.spec.role_refs.iter().map(|r| r.name.clone()).collect()
+}
+
+/// Fail closed when the apiserver does not answer a SubjectAccessReview.
+fn unanswered(e: &Error) -> Verdict {
+    tracing::warn!(error = %e, "SubjectAccessReview failed; refusing");
+    Verdict::Deny(format!(
+        "kube-pim could not check your bind permission ({e}): try again in a moment"
+    ))
 }
 
 /// A RoleSetting from the cache, or read live when the cache does not have it (yet).

@@ -23,8 +23,7 @@ use crate::{
     decide::{eligibility, policy, request::is_terminal, service_account_username},
 };
 
-/// The annotation that records who wrote an EligibleAssignment (re-written on every write).
-pub const AUTHORIZED_BY: &str = "kubepim.io/authorized-by";
+pub use crate::authz::AUTHORIZED_BY;
 /// The annotation that records who set `deactivate: true` on a request (stamped once).
 pub const DEACTIVATED_BY: &str = crate::decide::request::DEACTIVATED_BY;
 
@@ -596,11 +595,15 @@ pub fn validate_request_delete(
 /// EligibleAssignment CREATE/UPDATE: what the RoleSetting forbids (a RoleSetting that does not
 /// exist yet is fine: GitOps order; the assignment is Invalid until it does), Cluster scope
 /// only in the cluster-scope namespace, and the authorized-by stamp is the caller's.
+///
+/// `unbindable` is the first role of the RoleSetting the caller may not bind where the
+/// assignment grants (from SubjectAccessReviews as the caller; SPEC invariant 3).
 pub fn validate_assignment(
     old: Option<&EligibleAssignment>,
     ea: &EligibleAssignment,
     user: &UserInfo,
     rs: Option<&RoleSetting>,
+    unbindable: Option<&str>,
     s: &Settings,
     now: DateTime<Utc>,
 ) -> Verdict {
@@ -639,6 +642,21 @@ pub fn validate_assignment(
             s.cluster_scope_namespace
         ));
     }
+    if let Some(role) = unbindable {
+        let at = match ea.spec.scope {
+            crate::api::Scope::Namespace => format!("in namespace {ns}"),
+            crate::api::Scope::Cluster => "cluster-wide".to_string(),
+        };
+        let flag = match ea.spec.scope {
+            crate::api::Scope::Namespace => format!(" -n {ns}"),
+            crate::api::Scope::Cluster => String::new(),
+        };
+        return Verdict::Deny(format!(
+            "{} may not bind ClusterRole {role} {at}, so cannot make anyone eligible for RoleSetting {} there (kube-pim never grants more than its writer could): ask someone who may (kubectl auth can-i bind clusterroles/{role}{flag})",
+            username(user),
+            ea.spec.role_setting
+        ));
+    }
     if let Some(rs) = rs {
         let v = policy::assignment_violations(rs, ea, ns, &s.cluster_scope_namespace, now);
         if !v.is_empty() {
@@ -672,8 +690,21 @@ pub fn validate_assignment_delete(
     Verdict::Allow
 }
 
-/// RoleSetting CREATE/UPDATE: what CEL cannot check on its own (the ticket pattern compiles).
-pub fn validate_role_setting(rs: &RoleSetting) -> Verdict {
+/// RoleSetting CREATE/UPDATE: the writer may bind every role cluster-wide (`unbindable` is the
+/// first one they may not, from SubjectAccessReviews as the caller; SPEC invariant 3), and
+/// what CEL cannot check on its own (the ticket pattern compiles).
+pub fn validate_role_setting(
+    rs: &RoleSetting,
+    user: &UserInfo,
+    unbindable: Option<&str>,
+) -> Verdict {
+    if let Some(role) = unbindable {
+        return Verdict::Deny(format!(
+            "{} may not bind ClusterRole {role} cluster-wide, so cannot write RoleSetting {} that governs it (kube-pim never grants more than its writer could): ask someone who may (kubectl auth can-i bind clusterroles/{role})",
+            username(user),
+            rs.metadata.name.as_deref().unwrap_or_default()
+        ));
+    }
     if let Some(p) = &rs.spec.activation.ticket_pattern
         && let Err(e) = regex::Regex::new(p)
     {

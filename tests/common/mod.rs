@@ -22,6 +22,8 @@ macro_rules! eventually {
     }};
 }
 
+pub mod world;
+
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -50,12 +52,17 @@ static OPERATED: OnceLock<Shared> = OnceLock::new();
 /// A control plane with the CRDs only (no operator, no webhook): what the apiserver enforces
 /// on its own. Started on first use, shared by the tests of this binary.
 pub fn env() -> &'static TestEnv {
-    &PLAIN.get_or_init(|| start(false)).env
+    &PLAIN.get_or_init(|| start(None)).env
 }
 
 /// A control plane with the kube-pim operator and its admission webhook.
 pub fn operated() -> &'static TestEnv {
-    &OPERATED.get_or_init(|| start(true)).env
+    operated_with(&[])
+}
+
+/// [`operated`], with more arguments for the operator (the first call of a test binary decides).
+pub fn operated_with(operator_args: &[&str]) -> &'static TestEnv {
+    &OPERATED.get_or_init(|| start(Some(operator_args))).env
 }
 
 /// The control plane this binary uses: the operated one once started, else the plain one.
@@ -97,25 +104,32 @@ pub fn start_child(dir: &PathBuf, extra: &[&str]) -> Child {
     child
 }
 
-fn start(operator: bool) -> Shared {
+fn start(operator_args: Option<&[&str]>) -> Shared {
     let exe = std::env::current_exe().unwrap();
     let name = format!(
         "testenv-{}-{}-{}",
         exe.file_stem().unwrap().to_string_lossy(),
-        if operator { "op" } else { "plain" },
+        if operator_args.is_some() {
+            "op"
+        } else {
+            "plain"
+        },
         std::process::id()
     );
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let args: &[&str] = if operator {
-        &[
-            "--operator",
-            "--operator-bin",
-            env!("CARGO_BIN_EXE_kube-pim"),
-        ]
-    } else {
-        &[]
-    };
-    let child = start_child(&dir, args);
+    let mut args: Vec<String> = Vec::new();
+    if let Some(extra) = operator_args {
+        args.extend([
+            "--operator".to_string(),
+            "--operator-bin".to_string(),
+            env!("CARGO_BIN_EXE_kube-pim").to_string(),
+        ]);
+        for a in extra {
+            args.push(format!("--operator-arg={a}"));
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = start_child(&dir, &args);
     Shared {
         env: TestEnv::open(&dir).expect("open testenv dir"),
         _child: Mutex::new(child),

@@ -721,11 +721,11 @@ fn assignments_follow_their_role_setting_and_their_stamp() {
     let mut rs = role_setting("rs");
     let ea = stamped(assignment("a", "payments", "rs", user("alice")), &admin);
     assert_eq!(
-        validate_assignment(None, &ea, &admin, Some(&rs), &settings(), t0()),
+        validate_assignment(None, &ea, &admin, Some(&rs), None, &settings(), t0()),
         Verdict::Allow
     );
     assert_eq!(
-        validate_assignment(None, &ea, &admin, None, &settings(), t0()),
+        validate_assignment(None, &ea, &admin, None, None, &settings(), t0()),
         Verdict::Allow,
         "GitOps order: the RoleSetting may come later"
     );
@@ -736,6 +736,7 @@ fn assignments_follow_their_role_setting_and_their_stamp() {
             &ea,
             &admin,
             Some(&rs),
+            None,
             &settings(),
             t0()
         ))
@@ -752,6 +753,7 @@ fn assignments_follow_their_role_setting_and_their_stamp() {
             &forged,
             &admin,
             None,
+            None,
             &settings(),
             t0()
         ))
@@ -764,6 +766,7 @@ fn assignments_follow_their_role_setting_and_their_stamp() {
             None,
             &cluster,
             &admin,
+            None,
             None,
             &settings(),
             t0()
@@ -798,9 +801,66 @@ fn the_last_protected_assignment_stays() {
 #[test]
 fn a_ticket_pattern_must_compile() {
     let mut rs = role_setting("rs");
-    assert_eq!(validate_role_setting(&rs), Verdict::Allow);
+    let admin = caller("admin", &[]);
+    assert_eq!(validate_role_setting(&rs, &admin, None), Verdict::Allow);
     rs.spec.activation.ticket_pattern = Some("([".into());
-    assert!(denied(validate_role_setting(&rs)).contains("is not a valid regular expression"));
+    assert!(
+        denied(validate_role_setting(&rs, &admin, None))
+            .contains("is not a valid regular expression")
+    );
+}
+
+#[test]
+fn writers_who_may_not_bind_the_roles_are_refused_with_the_command_to_check() {
+    let carol = caller("carol", &["team"]);
+    let rs = role_setting("rs");
+    let msg = denied(validate_role_setting(&rs, &carol, Some("admin")));
+    assert!(
+        msg.contains("carol may not bind ClusterRole admin cluster-wide"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("kubectl auth can-i bind clusterroles/admin)"),
+        "{msg}"
+    );
+    let ea = stamped(assignment("a", "payments", "rs", user("alice")), &carol);
+    let msg = denied(validate_assignment(
+        None,
+        &ea,
+        &carol,
+        Some(&rs),
+        Some("admin"),
+        &settings(),
+        t0(),
+    ));
+    assert!(
+        msg.contains("may not bind ClusterRole admin in namespace payments"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("kubectl auth can-i bind clusterroles/admin -n payments"),
+        "{msg}"
+    );
+    let mut cluster = stamped(
+        assignment("c", "kube-pim-system", "rs", user("alice")),
+        &carol,
+    );
+    cluster.spec.scope = Scope::Cluster;
+    let msg = denied(validate_assignment(
+        None,
+        &cluster,
+        &carol,
+        Some(&rs),
+        Some("admin"),
+        &settings(),
+        t0(),
+    ));
+    assert!(msg.contains("admin cluster-wide"), "{msg}");
+    assert_eq!(
+        validate_assignment(None, &ea, &carol, Some(&rs), None, &settings(), t0()),
+        Verdict::Allow,
+        "allowed to bind: allowed"
+    );
 }
 
 // --- review findings ------------------------------------------------------------------------
@@ -974,6 +1034,7 @@ fn an_assignments_finalizer_and_kube_pim_metadata_are_kube_pims() {
             &new,
             &admin,
             None,
+            None,
             &settings(),
             t0()
         ))
@@ -983,13 +1044,21 @@ fn an_assignments_finalizer_and_kube_pim_metadata_are_kube_pims() {
     let mut relabelled = old.clone();
     relabelled.metadata.labels = Some([("team".to_string(), "x".to_string())].into());
     assert_eq!(
-        validate_assignment(Some(&old), &relabelled, &admin, None, &settings(), t0()),
+        validate_assignment(
+            Some(&old),
+            &relabelled,
+            &admin,
+            None,
+            None,
+            &settings(),
+            t0()
+        ),
         Verdict::Allow
     );
     let mut created = stamped(assignment("b", "payments", "rs", user("alice")), &admin);
     created.metadata.owner_references = Some(vec![Default::default()]);
     assert!(matches!(
-        validate_assignment(None, &created, &admin, None, &settings(), t0()),
+        validate_assignment(None, &created, &admin, None, None, &settings(), t0()),
         Verdict::Deny(_)
     ));
 }

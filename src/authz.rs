@@ -1,0 +1,238 @@
+//! SPEC invariant 3: nobody grants through kube-pim more than they could grant with RBAC
+//! themselves. Whether an identity may `bind` ClusterRoles where kube-pim would grant them is
+//! asked of the apiserver's own authorizer (a SubjectAccessReview carrying username, uid,
+//! groups and extra), never worked out from RBAC objects here: the authorizer also knows
+//! webhooks, aggregation and whatever else the cluster uses.
+//!
+//! The admission webhook asks as the writer of a RoleSetting or an EligibleAssignment. The
+//! controllers ask again as the identity recorded in an assignment's `kubepim.io/authorized-by`
+//! annotation whenever what it would grant changes (the key of an answer is the identity, the
+//! roles and the scope, so a widened RoleSetting is a new question), and periodically: an
+//! answer is kept for one resync period, after which the next reconcile asks again. That
+//! keeps an activation free of API calls while a revoked `bind` still ends access within a
+//! resync. API errors are not answers: they are returned, never cached, so no decision is
+//! taken on a missing fact.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{
+    authentication::v1::UserInfo,
+    authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
+};
+use kube::{Api, Client};
+
+use crate::{
+    Error,
+    api::{EligibleAssignment, RoleSetting, Scope},
+    decide::Violation,
+};
+
+/// The annotation that records who wrote an EligibleAssignment (re-written on every write).
+pub const AUTHORIZED_BY: &str = "kubepim.io/authorized-by";
+
+/// The condition reason of an assignment whose writer may not bind its roles.
+pub const NOT_AUTHORIZED_TO_BIND: &str = "NotAuthorizedToBind";
+
+/// Asks the apiserver's authorizer; one SubjectAccessReview per role.
+/// Returns the first role `user` may not bind at `namespace` (cluster-wide when `None`).
+pub async fn first_unbindable(
+    client: &Client,
+    user: &UserInfo,
+    roles: &[String],
+    namespace: Option<&str>,
+) -> Result<Option<String>, Error> {
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    for role in roles {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: user.username.clone(),
+                uid: user.uid.clone(),
+                groups: user.groups.clone(),
+                extra: user.extra.clone(),
+                resource_attributes: Some(bind_attributes(role, namespace)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = api.create(&Default::default(), &review).await?;
+        if !answer.status.is_some_and(|s| s.allowed) {
+            return Ok(Some(role.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// `bind` on the ClusterRole `role`, in `namespace` or cluster-wide.
+pub fn bind_attributes(role: &str, namespace: Option<&str>) -> ResourceAttributes {
+    ResourceAttributes {
+        verb: Some("bind".into()),
+        group: Some("rbac.authorization.k8s.io".into()),
+        resource: Some("clusterroles".into()),
+        name: Some(role.to_string()),
+        namespace: namespace.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+/// Where an assignment grants: its namespace for Namespace scope, cluster-wide for Cluster.
+pub fn grant_namespace(ea: &EligibleAssignment) -> Option<&str> {
+    match ea.spec.scope {
+        Scope::Namespace => ea.metadata.namespace.as_deref(),
+        Scope::Cluster => None,
+    }
+}
+
+/// The writer recorded on an assignment, if the annotation is there and readable.
+pub fn recorded_writer(ea: &EligibleAssignment) -> Option<UserInfo> {
+    ea.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(AUTHORIZED_BY))
+        .and_then(|s| serde_json::from_str(s).ok())
+        .filter(|u: &UserInfo| u.username.as_deref().is_some_and(|n| !n.is_empty()))
+}
+
+/// The refusal for a writer who may not bind `role` where the assignment grants it.
+pub fn not_authorized(ea: &EligibleAssignment, writer: &str, role: &str) -> Violation {
+    let at = match grant_namespace(ea) {
+        Some(ns) => format!("in namespace {ns}"),
+        None => "cluster-wide".into(),
+    };
+    Violation::new(
+        NOT_AUTHORIZED_TO_BIND,
+        format!(
+            "{writer}, who wrote this assignment, may not bind ClusterRole {role} {at} (RoleSetting {}): re-apply it as someone who may (kubectl auth can-i bind clusterroles/{role}{})",
+            ea.spec.role_setting,
+            grant_namespace(ea).map_or(String::new(), |ns| format!(" -n {ns}"))
+        ),
+    )
+}
+
+type Key = (String, Vec<String>, Option<String>);
+
+/// Cached `bind` answers for recorded writers (see the module comment).
+pub struct Authorizer {
+    client: Client,
+    ttl: Duration,
+    answers: Mutex<HashMap<Key, (Instant, Option<String>)>>,
+}
+
+impl Authorizer {
+    /// Answers are kept for `ttl` (the resync period).
+    pub fn new(client: Client, ttl: Duration) -> Self {
+        Self {
+            client,
+            ttl,
+            answers: Mutex::default(),
+        }
+    }
+
+    /// Whether the recorded writer of `ea` may bind every role of `rs` where `ea` grants it.
+    /// An assignment without a readable record was not written through kube-pim's admission
+    /// webhook, so nobody vouches for it: it is not authorized.
+    pub async fn assignment(
+        &self,
+        ea: &EligibleAssignment,
+        rs: &RoleSetting,
+    ) -> Result<Result<(), Violation>, Error> {
+        let Some(writer) = recorded_writer(ea) else {
+            return Ok(Err(Violation::new(
+                NOT_AUTHORIZED_TO_BIND,
+                format!(
+                    "the assignment has no readable {AUTHORIZED_BY} annotation (it was written while kube-pim's admission webhook was not running): re-apply it"
+                ),
+            )));
+        };
+        let roles: Vec<String> = rs.spec.role_refs.iter().map(|r| r.name.clone()).collect();
+        let ns = grant_namespace(ea).map(str::to_string);
+        let key: Key = (
+            serde_json::to_string(&writer).unwrap_or_default(),
+            roles.clone(),
+            ns.clone(),
+        );
+        let cached = self
+            .answers
+            .lock()
+            .expect("authorizer cache lock")
+            .get(&key)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, a)| a.clone());
+        let answer = match cached {
+            Some(a) => a,
+            None => {
+                let a = first_unbindable(&self.client, &writer, &roles, ns.as_deref()).await?;
+                let mut answers = self.answers.lock().expect("authorizer cache lock");
+                // Old answers go when new ones come: the map stays as large as what is live.
+                let ttl = self.ttl;
+                answers.retain(|_, (at, _)| at.elapsed() < ttl);
+                answers.insert(key, (Instant::now(), a.clone()));
+                a
+            }
+        };
+        Ok(match answer {
+            None => Ok(()),
+            Some(role) => Err(not_authorized(
+                ea,
+                writer.username.as_deref().unwrap_or_default(),
+                &role,
+            )),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::test_fixtures::*;
+
+    #[test]
+    fn the_recorded_writer_is_read_from_the_annotation_as_the_webhook_writes_it() {
+        let mut ea = assignment("a", "payments", "rs", user("alice"));
+        assert!(recorded_writer(&ea).is_none());
+        let user = UserInfo {
+            username: Some("carol".into()),
+            uid: Some("u-1".into()),
+            groups: Some(vec!["team".into(), "system:authenticated".into()]),
+            extra: Some([("kubepim.io/amr".to_string(), vec!["mfa".to_string()])].into()),
+        };
+        ea.metadata.annotations = Some(
+            [(
+                AUTHORIZED_BY.to_string(),
+                crate::webhook::review::identity(&user).to_string(),
+            )]
+            .into(),
+        );
+        assert_eq!(recorded_writer(&ea), Some(user));
+        ea.metadata.annotations = Some([(AUTHORIZED_BY.to_string(), "{}".to_string())].into());
+        assert!(recorded_writer(&ea).is_none(), "no username: nobody");
+        ea.metadata.annotations = Some([(AUTHORIZED_BY.to_string(), "carol".to_string())].into());
+        assert!(recorded_writer(&ea).is_none(), "not JSON: nobody");
+    }
+
+    #[test]
+    fn namespace_scope_is_checked_in_the_namespace_and_cluster_scope_cluster_wide() {
+        let mut ea = assignment("a", "payments", "rs", user("alice"));
+        assert_eq!(grant_namespace(&ea), Some("payments"));
+        let a = bind_attributes("admin", grant_namespace(&ea));
+        assert_eq!(a.verb.as_deref(), Some("bind"));
+        assert_eq!(a.resource.as_deref(), Some("clusterroles"));
+        assert_eq!(a.group.as_deref(), Some("rbac.authorization.k8s.io"));
+        assert_eq!(a.name.as_deref(), Some("admin"));
+        assert_eq!(a.namespace.as_deref(), Some("payments"));
+        ea.spec.scope = Scope::Cluster;
+        assert_eq!(grant_namespace(&ea), None);
+        let v = not_authorized(&ea, "carol", "cluster-admin");
+        assert_eq!(v.reason, NOT_AUTHORIZED_TO_BIND);
+        assert!(v.message.contains("cluster-wide"), "{}", v.message);
+        assert!(
+            v.message
+                .contains("kubectl auth can-i bind clusterroles/cluster-admin)"),
+            "{}",
+            v.message
+        );
+    }
+}
