@@ -40,6 +40,22 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Print the ValidatingAdmissionPolicies and bindings (YAML): the in-apiserver guards.
+    Policies {
+        /// The operator's user name (the only exemption; the same as `run --operator-username`).
+        #[arg(
+            long,
+            env = "KUBE_PIM_OPERATOR_USERNAME",
+            default_value = "system:serviceaccount:kube-pim-system:kube-pim"
+        )]
+        operator_username: String,
+        /// The operator's namespace (where it keeps the standing-access ConfigMap).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "kube-pim-system")]
+        namespace: String,
+        /// Members of this group may still bind governed roles directly (break glass).
+        #[arg(long, env = "KUBE_PIM_BREAK_GLASS_GROUP")]
+        break_glass_group: Option<String>,
+    },
 }
 
 /// Flags of `kube-pim run`.
@@ -55,8 +71,12 @@ pub struct RunArgs {
         default_value = "system:serviceaccount:kube-pim-system:kube-pim"
     )]
     operator_username: String,
+    /// The operator's own namespace (its Lease, the standing-access ConfigMap, Secrets it
+    /// may read).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-pim-system")]
+    namespace: String,
     /// The only namespace where Cluster-scope assignments and requests may live (default:
-    /// the operator's own namespace, from POD_NAMESPACE, else kube-pim-system).
+    /// the operator's own namespace).
     #[arg(long, env = "KUBE_PIM_CLUSTER_SCOPE_NAMESPACE")]
     cluster_scope_namespace: Option<String>,
     /// Where audit lines (one JSON object per transition) go: a file, or `-` for stdout.
@@ -118,6 +138,21 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Command::Crds { dir: Some(dir) } => write_crds(&dir),
+        Command::Policies {
+            operator_username,
+            namespace,
+            break_glass_group,
+        } => {
+            print!(
+                "{}",
+                crate::policies::all_yaml(&crate::policies::Options {
+                    operator_username,
+                    namespace,
+                    break_glass_group,
+                })
+            );
+            Ok(())
+        }
         Command::Run(args) => run(*args),
     };
     match result {
@@ -134,6 +169,7 @@ fn run(args: RunArgs) -> crate::Result<()> {
     let RunArgs {
         health_addr,
         operator_username,
+        namespace,
         cluster_scope_namespace,
         audit_log,
         retention,
@@ -145,9 +181,7 @@ fn run(args: RunArgs) -> crate::Result<()> {
         webhook_key_file,
         break_glass_group,
     } = args;
-    let cluster_scope_namespace = cluster_scope_namespace
-        .or_else(|| std::env::var("POD_NAMESPACE").ok())
-        .unwrap_or_else(|| "kube-pim-system".into());
+    let cluster_scope_namespace = cluster_scope_namespace.unwrap_or_else(|| namespace.clone());
     let mfa = crate::decide::policy::MfaConfig {
         key: mfa_extra_key,
         values: mfa_values,

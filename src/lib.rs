@@ -5,7 +5,7 @@
 //! per-role policy (`RoleSetting`), and the operator creates and removes the bindings.
 //!
 //! Modules: [`api`] (the CRD types, pure data), [`authz`] (who may bind what), [`crdgen`] (CRD YAML), [`operator`] (the
-//! long-running process), [`testenv`] (a real local control plane for tests and demos),
+//! long-running process), [`policies`] (the in-apiserver guards), [`testenv`] (a real local control plane for tests and demos),
 //! [`time`] (chrono <-> Kubernetes time), [`error`].
 
 pub mod api;
@@ -16,6 +16,7 @@ pub mod crdgen;
 pub mod decide;
 pub mod error;
 pub mod operator;
+pub mod policies;
 pub mod rbac;
 pub mod testenv;
 pub mod time;

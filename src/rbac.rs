@@ -1,7 +1,9 @@
 //! The operator's own RBAC as data: the ClusterRole the test environment binds to the
 //! operator's user (and that the Helm chart mirrors). Pure builders, no IO.
 
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use kube::api::ObjectMeta;
 
 /// The name of the operator's ClusterRole and ClusterRoleBinding.
@@ -20,7 +22,8 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
 /// What the operator may do cluster-wide: manage kube-pim's resources and their status,
 /// manage RoleBindings/ClusterRoleBindings (and `bind` any ClusterRole, so it can grant the
 /// governed roles without holding them), read ClusterRoles, check access with
-/// SubjectAccessReviews, record Events, and hold its leader-election Lease.
+/// SubjectAccessReviews, and record Events. What it needs in its own namespace only is in
+/// [`operator_namespace_role`].
 pub fn operator_cluster_role() -> ClusterRole {
     let rw = [
         "get", "list", "watch", "create", "update", "patch", "delete",
@@ -63,11 +66,6 @@ pub fn operator_cluster_role() -> ClusterRole {
                 &["create"],
             ),
             rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
-            rule(
-                &["coordination.k8s.io"],
-                &["leases"],
-                &["get", "create", "update"],
-            ),
             rule(&[""], &["namespaces"], &["get", "list", "watch"]),
         ]),
         ..Default::default()
@@ -134,6 +132,53 @@ pub fn persona_cluster_roles() -> Vec<ClusterRole> {
         ..Default::default()
     })
     .collect()
+}
+
+/// What the operator may do in its own namespace only: keep the standing-access ConfigMap
+/// (the parameter of the in-apiserver policy) and hold its leader-election Lease.
+pub fn operator_namespace_role(namespace: &str) -> Role {
+    Role {
+        metadata: ObjectMeta {
+            name: Some(OPERATOR_CLUSTER_ROLE.into()),
+            namespace: Some(namespace.into()),
+            labels: Some([("app.kubernetes.io/name".to_string(), "kube-pim".to_string())].into()),
+            ..Default::default()
+        },
+        rules: Some(vec![
+            rule(
+                &[""],
+                &["configmaps"],
+                &["get", "list", "watch", "create", "update", "patch"],
+            ),
+            rule(
+                &["coordination.k8s.io"],
+                &["leases"],
+                &["get", "create", "update"],
+            ),
+        ]),
+    }
+}
+
+/// Binds [`operator_namespace_role`] to the operator's user name.
+pub fn operator_namespace_role_binding(namespace: &str, username: &str) -> RoleBinding {
+    RoleBinding {
+        metadata: ObjectMeta {
+            name: Some(OPERATOR_CLUSTER_ROLE.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: OPERATOR_CLUSTER_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "User".into(),
+            name: username.into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            ..Default::default()
+        }]),
+    }
 }
 
 /// Binds [`operator_cluster_role`] to the operator's user name.

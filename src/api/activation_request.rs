@@ -31,6 +31,21 @@ pub const SPEC_FIELDS: &[&str] = &[
     "requester",
 ];
 
+/// Every field of [`ActivationRequestStatus`] by its JSON name, except `approvals`, which
+/// approvers append to. The in-apiserver guard on status writes
+/// ([`crate::policies`]) is generated from this list; a unit test checks it is complete.
+pub const STATUS_FIELDS: &[&str] = &[
+    "phase",
+    "assignment",
+    "activationTime",
+    "expirationTime",
+    "bindings",
+    "conditions",
+    "history",
+    "auditedThrough",
+    "observedGeneration",
+];
+
 /// The CEL rule on `spec` that keeps it immutable except `deactivate` false -> true. Each
 /// field is compared with presence parity: `has(self.f) == has(oldSelf.f)` and, when present,
 /// equality.
@@ -55,7 +70,7 @@ pub fn spec_immutability_rule() -> String {
 }
 
 /// CEL escapes property names that are reserved words (`namespace` -> `__namespace__`).
-fn cel_field(f: &str) -> String {
+pub fn cel_field(f: &str) -> String {
     const RESERVED: &[&str] = &[
         "true",
         "false",
@@ -439,6 +454,26 @@ mod tests {
             }
         }
         assert_eq!(depth, 0);
+    }
+
+    /// The status guard must compare every status field but approvals, or a forged field
+    /// would pass it.
+    #[test]
+    fn status_fields_name_every_status_field_but_approvals() {
+        let crd = serde_json::to_value(ActivationRequest::crd()).unwrap();
+        let status =
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
+        let mut props: Vec<&str> = status["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .filter(|p| *p != "approvals")
+            .collect();
+        props.sort();
+        let mut listed = STATUS_FIELDS.to_vec();
+        listed.sort();
+        assert_eq!(props, listed, "STATUS_FIELDS is out of date");
     }
 
     #[test]

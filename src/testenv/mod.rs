@@ -44,6 +44,8 @@ pub const ADMIN_USER: &str = "kubepim-admin";
 pub const OPERATOR_USER: &str = "kube-pim-operator";
 /// The operator's namespace in the test environment: the cluster-scope namespace.
 pub const CLUSTER_SCOPE_NAMESPACE: &str = "kube-pim-system";
+/// The break-glass group the test environment's operator and policies are configured with.
+pub const BREAK_GLASS_GROUP: &str = "kube-pim-break-glass";
 /// The field manager the test environment applies its objects with.
 const FIELD_MANAGER: &str = "kube-pim-testenv";
 /// How long client certificates minted for tests stay valid.
@@ -468,6 +470,18 @@ impl ControlPlane {
         Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
             .patch(CLUSTER_SCOPE_NAMESPACE, &pp, &Patch::Apply(&ns))
             .await?;
+        let role = rbac::operator_namespace_role(CLUSTER_SCOPE_NAMESPACE);
+        Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(admin.clone(), CLUSTER_SCOPE_NAMESPACE)
+            .patch(&name, &pp, &Patch::Apply(&role))
+            .await?;
+        let binding = rbac::operator_namespace_role_binding(CLUSTER_SCOPE_NAMESPACE, OPERATOR_USER);
+        Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(
+            admin.clone(),
+            CLUSTER_SCOPE_NAMESPACE,
+        )
+        .patch(&name, &pp, &Patch::Apply(&binding))
+        .await?;
+        install_policies(admin, &policy_options()).await?;
         let kubeconfig = self.env.dir.join("operator.kubeconfig");
         self.env.write_kubeconfig(&kubeconfig, OPERATOR_USER, &[])?;
         // The webhook's serving certificate, from the test CA, for 127.0.0.1.
@@ -481,7 +495,8 @@ impl ControlPlane {
             "run".to_string(),
             format!("--health-addr=127.0.0.1:{health_port}"),
             format!("--operator-username={OPERATOR_USER}"),
-            format!("--cluster-scope-namespace={CLUSTER_SCOPE_NAMESPACE}"),
+            format!("--namespace={CLUSTER_SCOPE_NAMESPACE}"),
+            format!("--break-glass-group={BREAK_GLASS_GROUP}"),
             format!("--audit-log={}", self.env.dir.join("audit.log").display()),
             format!("--webhook-addr=127.0.0.1:{webhook_port}"),
             format!(
@@ -579,6 +594,33 @@ pub async fn install_crds(admin: &Client) -> Result<()> {
             .await
             .map_err(|_| Error::TestEnv(format!("CRD {name} not established within 60s")))?
             .map_err(|e| Error::TestEnv(format!("waiting for CRD {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// How the test environment's in-apiserver policies are configured.
+pub fn policy_options() -> crate::policies::Options {
+    crate::policies::Options {
+        operator_username: OPERATOR_USER.into(),
+        namespace: CLUSTER_SCOPE_NAMESPACE.into(),
+        break_glass_group: Some(BREAK_GLASS_GROUP.into()),
+    }
+}
+
+/// Installs kube-pim's ValidatingAdmissionPolicies and their bindings.
+pub async fn install_policies(admin: &Client, o: &crate::policies::Options) -> Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    for (p, b) in crate::policies::all(o) {
+        let name = p.metadata.name.clone().expect("named");
+        Api::<ValidatingAdmissionPolicy>::all(admin.clone())
+            .patch(&name, &pp, &Patch::Apply(&p))
+            .await?;
+        Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone())
+            .patch(&name, &pp, &Patch::Apply(&b))
+            .await?;
     }
     Ok(())
 }
