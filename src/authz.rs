@@ -27,7 +27,7 @@ use kube::{Api, Client};
 
 use crate::{
     Error,
-    api::{EligibleAssignment, RoleSetting, Scope},
+    api::{EligibleAssignment, Requester, RoleSetting, Scope},
     decide::Violation,
 };
 
@@ -112,13 +112,92 @@ pub fn not_authorized(ea: &EligibleAssignment, writer: &str, role: &str) -> Viol
     )
 }
 
+/// Whether the requester (as stamped) could act as `approver`: impersonate them, or, for a
+/// ServiceAccount approver, impersonate it or mint its tokens (SPEC section 3, *Approval*:
+/// such an approval does not count). Returns why, or `None`.
+pub async fn could_act_as(
+    client: &Client,
+    requester: &Requester,
+    approver: &str,
+) -> Result<Option<String>, Error> {
+    let user = UserInfo {
+        username: Some(requester.username.clone()),
+        uid: requester.uid.clone(),
+        groups: Some(requester.groups.clone()),
+        extra: Some(requester.extra.clone()),
+    };
+    let mut asks = vec![(
+        ResourceAttributes {
+            verb: Some("impersonate".into()),
+            group: Some(String::new()),
+            resource: Some("users".into()),
+            name: Some(approver.to_string()),
+            ..Default::default()
+        },
+        format!("the requester may impersonate {approver}"),
+    )];
+    if let Some((ns, name)) = crate::decide::parse_service_account(approver) {
+        asks.push((
+            ResourceAttributes {
+                verb: Some("impersonate".into()),
+                group: Some(String::new()),
+                resource: Some("serviceaccounts".into()),
+                name: Some(name.to_string()),
+                namespace: Some(ns.to_string()),
+                ..Default::default()
+            },
+            format!("the requester may impersonate ServiceAccount {ns}/{name}"),
+        ));
+        asks.push((
+            ResourceAttributes {
+                verb: Some("create".into()),
+                group: Some(String::new()),
+                resource: Some("serviceaccounts".into()),
+                subresource: Some("token".into()),
+                name: Some(name.to_string()),
+                namespace: Some(ns.to_string()),
+                ..Default::default()
+            },
+            format!("the requester may create tokens for ServiceAccount {ns}/{name}"),
+        ));
+    }
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    for (attributes, why) in asks {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: user.username.clone(),
+                uid: user.uid.clone(),
+                groups: user.groups.clone(),
+                extra: user.extra.clone(),
+                resource_attributes: Some(attributes),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        if api
+            .create(&Default::default(), &review)
+            .await?
+            .status
+            .is_some_and(|s| s.allowed)
+        {
+            return Ok(Some(why));
+        }
+    }
+    Ok(None)
+}
+
 type Key = (String, Vec<String>, Option<String>);
+
+/// Answers (a refusal's reason, or `None`) by key, with when they were given.
+type Answers<K> = Mutex<HashMap<K, (Instant, Option<String>)>>;
 
 /// Cached `bind` answers for recorded writers (see the module comment).
 pub struct Authorizer {
     client: Client,
     ttl: Duration,
-    answers: Mutex<HashMap<Key, (Instant, Option<String>)>>,
+    answers: Answers<Key>,
+    /// Separation-of-duties answers by (requester, approver).
+    duties: Answers<(String, String)>,
 }
 
 impl Authorizer {
@@ -128,7 +207,36 @@ impl Authorizer {
             client,
             ttl,
             answers: Mutex::default(),
+            duties: Mutex::default(),
         }
+    }
+
+    /// [`could_act_as`], with answers kept for a resync: a request's approvals are counted on
+    /// every reconcile while it is Pending, and the answer rarely changes in that time.
+    pub async fn requester_could_act_as(
+        &self,
+        requester: &Requester,
+        approver: &str,
+    ) -> Result<Option<String>, Error> {
+        let key = (
+            serde_json::to_string(requester).unwrap_or_default(),
+            approver.to_string(),
+        );
+        let ttl = self.ttl;
+        if let Some((_, a)) = self
+            .duties
+            .lock()
+            .expect("authorizer cache lock")
+            .get(&key)
+            .filter(|(at, _)| at.elapsed() < ttl)
+        {
+            return Ok(a.clone());
+        }
+        let a = could_act_as(&self.client, requester, approver).await?;
+        let mut duties = self.duties.lock().expect("authorizer cache lock");
+        duties.retain(|_, (at, _)| at.elapsed() < ttl);
+        duties.insert(key, (Instant::now(), a.clone()));
+        Ok(a)
     }
 
     /// Whether the recorded writer of `ea` may bind every role of `rs` where `ea` grants it.

@@ -212,6 +212,7 @@ fn run(args: RunArgs) -> crate::Result<()> {
         audit_log,
         webhook,
         controllers: crate::controller::Settings {
+            namespace,
             cluster_scope_namespace,
             mfa,
             retention: retention.as_delta(),

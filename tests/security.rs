@@ -263,3 +263,437 @@ async fn an_assignment_whose_writer_loses_bind_is_revoked_at_the_next_check() {
     assert!(managed_bindings(&w.ns).await.is_empty());
     w.audit_intact(&name).await;
 }
+
+// --- invariant 8: no standing access to governed roles outside kube-pim ----------------------
+
+fn binding_of(role: &str, name: &str, user: &str) -> RoleBinding {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+    }))
+    .unwrap()
+}
+
+fn admin_binding(name: &str, user: &str) -> RoleBinding {
+    binding_of("admin", name, user)
+}
+
+fn condition(
+    ar: &kube_pim::api::ActivationRequest,
+    type_: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    ar.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+/// A role that can write bindings needs acknowledgePersistenceRisk; with standingAccess: Deny
+/// nobody but the operator and the break-glass group binds it directly, not even an activated
+/// requester or a cluster administrator; after deactivation the access is checked and gone.
+#[tokio::test]
+async fn standing_access_deny_refuses_direct_bindings_of_a_governed_role() {
+    env();
+    let a = admin().await;
+    // admin can write RoleBindings: an unacknowledged RoleSetting over it is refused.
+    let (code, msg) = refusal(
+        Api::<RoleSetting>::all(a.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(
+                    json!({"metadata": {"name": format!("unack-{}", common::suffix())},
+                    "spec": {"roleRefs": [{"name": "admin"}]}}),
+                )
+                .unwrap(),
+            )
+            .await,
+    );
+    assert_eq!(code, 403, "{msg}");
+    assert!(
+        msg.contains("ClusterRole admin can ")
+            && msg.contains("can write Roles or bindings")
+            && msg.contains("acknowledgePersistenceRisk: true"),
+        "{msg}"
+    );
+
+    // Deny applies to a ClusterRole cluster-wide, so this test governs a role of its own (the
+    // other tests here bind `admin`): it reads Secrets and writes RoleBindings.
+    let role = format!("secrets-admin-{}", common::suffix());
+    let cr: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": role},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]},
+                  {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"],
+                   "verbs": ["get", "list", "create"]}]
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(a.clone())
+        .create(&PostParams::default(), &cr)
+        .await
+        .unwrap();
+    let w = World::new(
+        "deny",
+        json!({"roleRefs": [{"name": role}], "standingAccess": "Deny"}),
+    )
+    .await;
+    let alice = w.alice().await;
+    let ar = w.ask(alice.clone(), json!({})).await.unwrap();
+    let name = ar.metadata.name.clone().unwrap();
+    w.wait_phase(&name, RequestPhase::Active).await;
+    w.access(&alice, true).await;
+
+    // The parameters reach the apiserver's policy within moments: probe with dry runs (which
+    // run admission but create nothing) until the policy refuses.
+    let mine = binding_of(&role, "alice-keeps-it", &w.alice);
+    let as_alice: Api<RoleBinding> = Api::namespaced(alice.clone(), &w.ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    eventually!(
+        Duration::from_secs(30),
+        as_alice.create(&dry, &mine).await.is_err(),
+        "the standing-access policy never refused alice's binding"
+    );
+    let (code, msg) = refusal(as_alice.create(&PostParams::default(), &mine).await);
+    assert_eq!(code, 403, "{msg}");
+    assert!(
+        msg.contains("kube-pim-standing-access")
+            && msg.contains(&format!(
+                "ClusterRole {role} is governed by kube-pim with standingAccess: Deny"
+            )),
+        "{msg}"
+    );
+    // Not even a cluster administrator binds it directly.
+    let as_admin: Api<RoleBinding> = Api::namespaced(a.clone(), &w.ns);
+    let (code, _) = refusal(
+        as_admin
+            .create(
+                &PostParams::default(),
+                &binding_of(&role, "admin-direct", &w.bob),
+            )
+            .await,
+    );
+    assert_eq!(code, 403);
+    // The break-glass group may (dry run: nothing is left behind).
+    let glass = user(
+        "glass",
+        &[kube_pim::testenv::BREAK_GLASS_GROUP, "system:masters"],
+    )
+    .await;
+    Api::<RoleBinding>::namespaced(glass, &w.ns)
+        .create(&dry, &binding_of(&role, "glass", &w.bob))
+        .await
+        .expect("the break-glass group may bind a governed role");
+
+    // Deactivated: access is gone, and the check says so.
+    w.requests(alice.clone())
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deactivate": true}})),
+        )
+        .await
+        .unwrap();
+    let ended = w
+        .wait(&name, "checked for residual access", |ar| {
+            condition(ar, "ResidualAccess").is_some()
+        })
+        .await;
+    let c = condition(&ended, "ResidualAccess").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "AccessRemoved"),
+        "{c:?}"
+    );
+    w.access(&alice, false).await;
+    w.audit_intact(&name).await;
+    // Deny no longer applies once no RoleSetting asks for it.
+    Api::<RoleSetting>::all(a.clone())
+        .delete(&w.rs, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually!(
+        Duration::from_secs(30),
+        as_admin
+            .create(&dry, &binding_of(&role, "after", &w.bob))
+            .await
+            .is_ok(),
+        "binding admin is still refused after the Deny RoleSetting went"
+    );
+}
+
+/// With standingAccess: Audit, an activated requester of `admin` can create their own
+/// RoleBinding; after expiry kube-pim finds the access still there and reports it (condition,
+/// Event, audit line), and discovery lists the binding on the RoleSetting.
+#[tokio::test]
+async fn standing_access_audit_reports_residual_access_and_discovers_the_binding() {
+    env();
+    let w = World::new("residual", json!({})).await;
+    let alice = w.alice().await;
+    let ar = w
+        .ask(alice.clone(), json!({"duration": "15s"}))
+        .await
+        .unwrap();
+    let name = ar.metadata.name.clone().unwrap();
+    w.wait_phase(&name, RequestPhase::Active).await;
+    w.access(&alice, true).await;
+    Api::<RoleBinding>::namespaced(alice.clone(), &w.ns)
+        .create(
+            &PostParams::default(),
+            &admin_binding("alice-keeps-admin", &w.alice),
+        )
+        .await
+        .expect("Audit mode lets the activated requester bind admin");
+
+    w.wait_phase(&name, RequestPhase::Expired).await;
+    let ended = w
+        .wait(&name, "checked for residual access", |ar| {
+            condition(ar, "ResidualAccess").is_some()
+        })
+        .await;
+    let c = condition(&ended, "ResidualAccess").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "ResidualAccess"),
+        "{c:?}"
+    );
+    assert!(
+        c.message.contains(&format!("{} can still", w.alice)),
+        "{}",
+        c.message
+    );
+    // The access is real: alice still lists Secrets, through her own binding.
+    w.access(&alice, true).await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin().await, &w.ns);
+    eventually!(
+        Duration::from_secs(30),
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ResidualAccess")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())),
+        "no ResidualAccess Event"
+    );
+    let log = std::fs::read_to_string(common::operated().dir().join("audit.log")).unwrap();
+    let uid = ended.metadata.uid.clone().unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"kind\":\"ResidualAccess\"") && l.contains(&uid)),
+        "no ResidualAccess audit line"
+    );
+    w.audit_intact(&name).await;
+
+    // Discovery (every resync) lists alice's binding on the RoleSetting.
+    let rs_api: Api<RoleSetting> = Api::all(admin().await);
+    eventually!(
+        Duration::from_secs(60),
+        rs_api
+            .get(&w.rs)
+            .await
+            .unwrap()
+            .status
+            .is_some_and(|s| s
+                .unmanaged_bindings
+                .iter()
+                .any(|b| b.name == "alice-keeps-admin"
+                    && b.namespace.as_deref() == Some(w.ns.as_str())
+                    && b.role == "admin"
+                    && b.subjects == [format!("User:{}", w.alice)])),
+        "discovery never listed alice's own binding"
+    );
+}
+
+// --- separation of duties ----------------------------------------------------------------------
+
+/// Grants `user` the cluster-wide rules in `rules` through a ClusterRole of its own.
+async fn grant_cluster(user: &str, rules: serde_json::Value) {
+    let name = format!("grant-{}", user.to_lowercase());
+    let a = admin().await;
+    let cr: k8s_openapi::api::rbac::v1::ClusterRole =
+        serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules})).unwrap();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(a.clone())
+        .create(&PostParams::default(), &cr)
+        .await
+        .unwrap();
+    let crb: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(a)
+        .create(&PostParams::default(), &crb)
+        .await
+        .unwrap();
+}
+
+/// Self-approval through every path: directly and through an approver group (refused at
+/// admission), and through an approver alice may impersonate (admitted, since the apiserver
+/// authenticates the impersonated user, but never counted: the request fails).
+#[tokio::test]
+async fn self_approval_directly_through_a_group_or_by_impersonation_never_counts() {
+    env();
+    let w = World::new(
+        "selfappr",
+        json!({"approval": {"required": true, "approvers": [{"kind": "User", "name": "placeholder"}]}}),
+    )
+    .await;
+    apply(
+        &admin().await,
+        &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": w.rs},
+            "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
+                     "approval": {"required": true, "approvers": [
+                        {"kind": "User", "name": w.bob}, {"kind": "Group", "name": w.leads}]}}}),
+        None,
+    )
+    .await;
+    let alice = w.alice().await;
+    let ar = w.ask(alice.clone(), json!({})).await.unwrap();
+    let name = ar.metadata.name.clone().unwrap();
+    let ar = w.wait_phase(&name, RequestPhase::Pending).await;
+    // Directly, and as a member of the approver group.
+    w.bind("kube-pim-approver", "User", &w.alice).await;
+    for client in [alice.clone(), user(&w.alice, &["team", &w.leads]).await] {
+        let (code, msg) = refusal(w.decide(client, &ar, "Approved", Some("me")).await);
+        assert_eq!(code, 403, "{msg}");
+        assert!(msg.contains("cannot decide your own request"), "{msg}");
+    }
+    // By impersonating bob, an approver.
+    grant_cluster(
+        &w.alice,
+        json!([{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"], "resourceNames": [w.bob]}]),
+    )
+    .await;
+    let as_bob = common::operated()
+        .client_impersonating(&w.alice, &["team"], &w.bob)
+        .await
+        .unwrap();
+    w.bind("kube-pim-approver", "User", &w.bob).await;
+    w.decide(as_bob, &ar, "Approved", Some("looks fine"))
+        .await
+        .expect("the apiserver authenticates the impersonated approver");
+    // The approval is recorded but does not count; a Group approver could still decide, so
+    // the request stays Pending without access.
+    let seen = w
+        .wait(&name, "the approval recorded as not counted", |ar| {
+            ar.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.message.contains("may impersonate"))
+            })
+        })
+        .await;
+    assert_eq!(
+        seen.status.as_ref().unwrap().phase,
+        Some(RequestPhase::Pending)
+    );
+    w.access(&alice, false).await;
+    // A real approver still can.
+    w.decide(w.approver(&w.carol).await, &seen, "Approved", Some("ok"))
+        .await
+        .unwrap();
+    w.wait_phase(&name, RequestPhase::Active).await;
+    w.access(&alice, true).await;
+}
+
+/// A ServiceAccount approver whose tokens the requester may mint is the requester in
+/// disguise: its approval does not count, and with no other approver the request fails.
+#[tokio::test]
+async fn an_approver_service_account_the_requester_can_mint_tokens_for_does_not_count() {
+    use k8s_openapi::api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::ServiceAccount,
+    };
+    env();
+    let w = World::new("satoken", json!({})).await;
+    let a = admin().await;
+    let sas: Api<ServiceAccount> = Api::namespaced(a.clone(), &w.ns);
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "approver-bot"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    apply(
+        &a,
+        &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": w.rs},
+            "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
+                     "approval": {"required": true, "allowServiceAccountApprovers": true, "approvers": [
+                        {"kind": "ServiceAccount", "name": "approver-bot", "namespace": w.ns}]}}}),
+        None,
+    )
+    .await;
+    let rb: RoleBinding = serde_json::from_value(json!({"metadata": {"name": "bot-approves"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kube-pim-approver"},
+        "subjects": [{"kind": "ServiceAccount", "name": "approver-bot", "namespace": w.ns}]}))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(a.clone(), &w.ns)
+        .create(&PostParams::default(), &rb)
+        .await
+        .unwrap();
+    // alice may mint the bot's tokens.
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": {"name": "mint-bot"},
+        "rules": [{"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"],
+                   "resourceNames": ["approver-bot"]}]}))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(a.clone(), &w.ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let rb: RoleBinding = serde_json::from_value(json!({"metadata": {"name": "mint-bot"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mint-bot"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": w.alice}]}))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(a.clone(), &w.ns)
+        .create(&PostParams::default(), &rb)
+        .await
+        .unwrap();
+
+    let alice = w.alice().await;
+    let ar = w.ask(alice.clone(), json!({})).await.unwrap();
+    let name = ar.metadata.name.clone().unwrap();
+    let ar = w.wait_phase(&name, RequestPhase::Pending).await;
+    let tr = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(alice.clone(), &w.ns)
+        .create_token_request("approver-bot", &PostParams::default(), &tr)
+        .await
+        .expect("alice may mint the bot's tokens")
+        .status
+        .unwrap()
+        .token
+        .unwrap();
+    let bot = common::operated().client_with_token(&token).await.unwrap();
+    w.decide(bot, &ar, "Approved", Some("automated"))
+        .await
+        .expect("the webhook admits the bot: it is a listed approver");
+    let failed = w.wait_phase(&name, RequestPhase::Failed).await;
+    let last = failed
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .last()
+        .unwrap()
+        .clone();
+    assert!(
+        last.message
+            .as_deref()
+            .is_some_and(|m| m.contains("may create tokens for ServiceAccount")),
+        "{last:?}"
+    );
+    w.access(&alice, false).await;
+    w.audit_intact(&name).await;
+}

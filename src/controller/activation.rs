@@ -23,7 +23,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, FINALIZER, Trigger, rbac_writes, relate};
+use super::{Context, FINALIZER, Trigger, rbac_writes, relate, residual};
 use crate::{
     Error,
     api::{ActivationRequest, ActivationRequestStatus, EligibleAssignment, RoleSetting},
@@ -163,14 +163,34 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
         .creation_timestamp
         .as_ref()
         .map(crate::time::from_k8s);
+    // Separation of duties: approvals from anyone the requester could impersonate or mint
+    // tokens for do not count (asked only while decisions can still change anything).
+    let mut acts_as = std::collections::HashMap::new();
+    let deciding = ar.status.as_ref().is_some_and(|s| {
+        s.phase == Some(crate::api::RequestPhase::Pending)
+            && !request::condition_true(s, request::CONDITION_APPROVED)
+    });
+    if deciding {
+        for a in ar.status.iter().flat_map(|s| s.approvals.iter().flatten()) {
+            let who = &a.approver.username;
+            if !acts_as.contains_key(who) {
+                let why = ctx
+                    .authz
+                    .requester_could_act_as(&ar.spec.requester, who)
+                    .await?;
+                acts_as.insert(who.clone(), why);
+            }
+        }
+    }
     let tally = rs
         .as_deref()
         .map(|rs| {
             let deadline = created.map(|c| c + rs.spec.approval.timeout.as_delta());
             approval::tally(&rs.spec.approval, &ar, |a| {
-                deadline
-                    .filter(|d| a.time >= *d)
-                    .map(|_| "decided after the approval timeout".to_string())
+                if deadline.is_some_and(|d| a.time >= d) {
+                    return Some("decided after the approval timeout".to_string());
+                }
+                acts_as.get(&a.approver.username).cloned().flatten()
             })
         })
         .unwrap_or_default();
@@ -238,6 +258,13 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::requeue(Duration::ZERO));
     }
     apply(&ar, &plan, &ctx).await?;
+    if terminal && residual::due(&ar) {
+        // Access ended: is it really gone? Answered (and recorded) before the finalizer goes.
+        return Ok(match residual::check(&ar, &ctx).await? {
+            Some(wait) => Action::requeue(wait),
+            None => Action::await_change(),
+        });
+    }
     if terminal && has_finalizer && fully_audited(&ar) {
         rbac_writes::remove_finalizer(&api, ar.as_ref()).await?;
     }

@@ -5,13 +5,19 @@
 //! - [`activation`]: ActivationRequests — the state machine of [`crate::decide::request`],
 //!   bindings, expiry, the audit outbox;
 //! - [`assignment`]: EligibleAssignment phases and windows;
-//! - [`role_setting`]: RoleSetting status (RolesFound, QuorumReachable, counts).
+//! - [`role_setting`]: RoleSetting status (RolesFound, QuorumReachable, PersistenceRisk,
+//!   counts, unmanaged bindings);
+//! - [`standing`]: the standing-access policy's parameters and discovery of bindings made
+//!   outside kube-pim;
+//! - [`residual`]: after a revocation, whether the access is really gone.
 
 pub mod activation;
 pub mod assignment;
 pub mod audit;
 pub mod rbac_writes;
+pub mod residual;
 pub mod role_setting;
+pub mod standing;
 
 use std::{sync::Arc, time::Duration};
 
@@ -41,6 +47,8 @@ pub const FIELD_MANAGER: &str = "kube-pim";
 /// How the controllers behave.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The operator's own namespace (the standing-access ConfigMap, its Lease).
+    pub namespace: String,
     /// The only namespace for Cluster-scope assignments and requests.
     pub cluster_scope_namespace: String,
     /// How requesters prove MFA.
@@ -76,6 +84,8 @@ pub struct Context {
     pub audit: audit::AuditLog,
     /// Cached `bind` answers for assignment writers (SPEC invariant 3).
     pub authz: crate::authz::Authorizer,
+    /// Standing access: the policy's parameters, discovered unmanaged bindings.
+    pub standing: standing::Standing,
 }
 
 /// What one controller hears about one watched type: changed objects (from the shared cache)
@@ -275,7 +285,9 @@ pub fn start(
         role_bindings: rb.trigger(),
         cluster_role_bindings: crb.trigger(),
     };
+    let (discovered_tx, discovered_rx) = tokio::sync::mpsc::unbounded_channel();
     let role_setting_triggers = role_setting::Triggers {
+        discovered: discovered_rx,
         role_settings: rs.subscribe(),
         assignments: ea.trigger(),
         requests: ar.trigger(),
@@ -289,6 +301,7 @@ pub fn start(
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         authz: crate::authz::Authorizer::new(client.clone(), settings.resync),
+        standing: Default::default(),
         client,
         settings,
         role_settings: rs.start(),
@@ -311,7 +324,8 @@ pub fn start(
             tracing::info!("caches synced");
             let _ = synced_tx.send(true);
             on_ready();
-            // Orphaned bindings: at start, then periodically (every resync, at most 30 s).
+            // Orphaned bindings: at start, then periodically (every resync, at most 30 s);
+            // the standing-access parameters and discovery ride along (each every resync).
             let every = ctx.settings.resync.min(Duration::from_secs(30));
             loop {
                 match activation::sweep_orphans(&ctx).await {
@@ -319,6 +333,18 @@ pub fn start(
                     Ok(n) => tracing::info!(removed = n, "orphaned bindings removed"),
                     Err(e) => {
                         tracing::warn!(error = %e, "orphan sweep failed; retrying next round")
+                    }
+                }
+                if let Err(e) = standing::sync_params(&ctx, false).await {
+                    tracing::warn!(error = %e, "could not write the standing-access parameters; retrying next round");
+                }
+                match standing::discover_if_due(&ctx).await {
+                    Ok(true) => {
+                        let _ = discovered_tx.send(());
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "discovery of unmanaged bindings failed; retrying next round")
                     }
                 }
                 tokio::time::sleep(every).await;

@@ -21,11 +21,13 @@ use super::{Context, Trigger, relate};
 use crate::{
     Error,
     api::{ActivationRequest, EligibleAssignment, RequestPhase, RoleSetting},
-    decide::{approval, request::set_condition},
+    decide::{approval, persistence, request::set_condition},
 };
 
 /// The watches that trigger this controller.
 pub struct Triggers {
+    /// A discovery round finished: publish its findings on every RoleSetting.
+    pub discovered: tokio::sync::mpsc::UnboundedReceiver<()>,
     /// RoleSettings.
     pub role_settings: ReflectHandle<RoleSetting>,
     /// EligibleAssignments (counted).
@@ -55,6 +57,8 @@ pub async fn controller(ctx: Arc<Context>, t: Triggers) {
             .map(|rs| ObjectRef::from_obj(rs.as_ref()))
             .collect::<Vec<_>>()
     });
+    let mut rx = t.discovered;
+    let c = c.reconcile_all_on(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
     c.shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -105,6 +109,52 @@ async fn reconcile(rs: Arc<RoleSetting>, ctx: Arc<Context>) -> Result<Action, Er
             generation,
         );
     }
+    // Roles that let their holder keep access (invariant 8).
+    let risks: Vec<(String, Vec<String>)> = rs
+        .spec
+        .role_refs
+        .iter()
+        .map(|r| {
+            let rules = ctx
+                .cluster_roles
+                .get(&ObjectRef::new(&r.name))
+                .and_then(|cr| cr.rules.clone())
+                .unwrap_or_default();
+            (r.name.clone(), persistence::risks(&rules))
+        })
+        .collect();
+    match crate::decide::unacknowledged_persistence(&rs, &risks) {
+        Some(msg) => set_condition(
+            &mut status.conditions,
+            "PersistenceRisk",
+            true,
+            "NotAcknowledged",
+            &format!("{msg}; until then new activations are refused"),
+            now,
+            generation,
+        ),
+        None if risks.iter().any(|(_, r)| !r.is_empty()) => set_condition(
+            &mut status.conditions,
+            "PersistenceRisk",
+            true,
+            "Acknowledged",
+            "a role can create its own persistence (acknowledgePersistenceRisk: true); standingAccess: Deny and the residual-access check limit it",
+            now,
+            generation,
+        ),
+        None => set_condition(
+            &mut status.conditions,
+            "PersistenceRisk",
+            false,
+            "NoPersistenceRisk",
+            "no role can bind, escalate, impersonate, write Roles or bindings, or create tokens",
+            now,
+            generation,
+        ),
+    }
+    status.unmanaged_bindings = ctx.standing.unmanaged(&name);
+    // The standing-access policy follows the RoleSettings at once (a write only on change).
+    super::standing::sync_params(&ctx, false).await?;
     let a = &rs.spec.approval;
     if !a.required || approval::quorum_reachable(a, None, &[]) {
         set_condition(

@@ -31,6 +31,12 @@ impl Tally {
 /// Whether `approver` is an approver under `policy` now: named as a User, as a ServiceAccount
 /// (only with allowServiceAccountApprovers), or through the Group recorded as `viaGroup`.
 pub fn is_listed(policy: &ApprovalPolicy, approver: &Approver) -> bool {
+    // A ServiceAccount approves only where ServiceAccounts may, also through a Group.
+    if crate::decide::parse_service_account(&approver.username).is_some()
+        && !policy.allow_service_account_approvers
+    {
+        return false;
+    }
     policy.approvers.iter().any(|a| match a.kind {
         SubjectKind::User => a.name == approver.username,
         SubjectKind::ServiceAccount => {
@@ -222,6 +228,20 @@ mod tests {
                 .approved_by
                 .is_empty()
         );
+        p.allow_service_account_approvers = true;
+        assert_eq!(
+            tally(&p, &req_with(vec![sa]), |_| None).approved_by.len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_service_account_in_an_approver_group_needs_the_switch_too() {
+        let mut p = policy(vec![group("sre-leads")], 1);
+        let sa = approval("system:serviceaccount:ops:bot", Approved, Some("sre-leads"));
+        let t = tally(&p, &req_with(vec![sa.clone()]), |_| None);
+        assert!(t.approved_by.is_empty());
+        assert_eq!(t.ignored.len(), 1);
         p.allow_service_account_approvers = true;
         assert_eq!(
             tally(&p, &req_with(vec![sa]), |_| None).approved_by.len(),

@@ -8,14 +8,18 @@
 //!   a request;
 //! - [`policy`]: what a RoleSetting allows of requests and assignments (messages name the fix);
 //! - [`approval`]: which approvals count, quorum, reachability;
+//! - [`persistence`]: which roles let their holder keep access after it ends;
 //! - [`bindings`]: the RoleBindings / ClusterRoleBindings an activation grants;
+//! - [`residual`]: the questions that show whether a role's access is really gone;
 //! - [`request`]: the ActivationRequest state machine: what to do next and when to look again.
 
 pub mod approval;
 pub mod bindings;
 pub mod eligibility;
+pub mod persistence;
 pub mod policy;
 pub mod request;
+pub mod residual;
 
 /// Something a policy forbids: a machine-readable reason (a condition reason) and a message
 /// for people that names the problem and the fix.
@@ -223,4 +227,25 @@ pub(crate) mod test_fixtures {
             time: t0(),
         }
     }
+}
+
+/// The persistence risks of a RoleSetting's roles (role, what it can do), and whether the
+/// RoleSetting acknowledges them: `Some(message)` when it must and does not.
+pub fn unacknowledged_persistence(
+    rs: &crate::api::RoleSetting,
+    risks: &[(String, Vec<String>)],
+) -> Option<String> {
+    if rs.spec.acknowledge_persistence_risk || risks.iter().all(|(_, r)| r.is_empty()) {
+        return None;
+    }
+    let what = risks
+        .iter()
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(role, r)| format!("ClusterRole {role} {}", r.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some(format!(
+        "{what}: whoever activates RoleSetting {} could keep access after it ends. Set acknowledgePersistenceRisk: true to accept that (and consider standingAccess: Deny), or govern a narrower role",
+        rs.metadata.name.as_deref().unwrap_or_default()
+    ))
 }

@@ -168,7 +168,8 @@ pub fn set_condition(
     }
 }
 
-fn condition_true(s: &ActivationRequestStatus, type_: &str) -> bool {
+/// Whether condition `type_` of `s` is True.
+pub fn condition_true(s: &ActivationRequestStatus, type_: &str) -> bool {
     s.conditions
         .iter()
         .any(|c| c.type_ == type_ && c.status == "True")
@@ -509,13 +510,21 @@ fn pending(i: &Inputs<'_>, mut next: Next<'_>, rs: &RoleSetting, ea: &EligibleAs
             msg,
         );
     }
-    let waiting = format!(
+    let mut waiting = format!(
         "waiting for {} more approval(s) from {}",
         usize::try_from(a.min_approvals)
             .unwrap_or(0)
             .saturating_sub(t.approved_by.len()),
         approver_list(rs)
     );
+    if !t.ignored.is_empty() {
+        let ignored: Vec<String> = t
+            .ignored
+            .iter()
+            .map(|(w, why)| format!("{w} ({why})"))
+            .collect();
+        waiting.push_str(&format!("; not counted: {}", ignored.join(", ")));
+    }
     next.condition(CONDITION_APPROVED, false, "Pending", &waiting);
     next.plan(Bindings::Keep, Some(deadline))
 }

@@ -184,6 +184,27 @@ impl TestEnv {
         Ok(Client::try_from(config)?)
     }
 
+    /// A client that authenticates as `user` in `groups` and impersonates `as_user` (the
+    /// apiserver allows it only if `user` may `impersonate` that user).
+    pub async fn client_impersonating(
+        &self,
+        user: &str,
+        groups: &[&str],
+        as_user: &str,
+    ) -> Result<Client> {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        let mut kc = self.kubeconfig(user, &groups)?;
+        for a in &mut kc.auth_infos {
+            if let Some(info) = a.auth_info.as_mut() {
+                info.impersonate = Some(as_user.to_string());
+            }
+        }
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Client::try_from(config)?)
+    }
+
     /// A client that authenticates with a bearer token (e.g. a ServiceAccount token).
     pub async fn client_with_token(&self, token: &str) -> Result<Client> {
         let doc = serde_json::json!({

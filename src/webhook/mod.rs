@@ -243,7 +243,17 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
                 .map(|a| a.as_ref())
                 .filter(|a| a.namespace().as_deref() == Some(ns.as_str()))
                 .collect();
-            review::validate_request_create(&ar, user, rs.as_ref(), &eas, &ars, &s.settings, now)
+            let risks = match &rs {
+                Some(rs) => role_risks(&s.ctx, rs).await,
+                None => Vec::new(),
+            };
+            let facts = review::RequestFacts {
+                role_setting: rs.as_ref(),
+                assignments: &eas,
+                requests: &ars,
+                role_risks: &risks,
+            };
+            review::validate_request_create(&ar, user, &facts, &s.settings, now)
         }
         ("activationrequests", None, Operation::Update) => {
             let (Some(old), Some(new)) = (
@@ -341,7 +351,8 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
                     Ok(r) => r,
                     Err(e) => return unanswered(&e),
                 };
-            review::validate_role_setting(&rs, user, unbindable.as_deref())
+            let risks = role_risks(&s.ctx, &rs).await;
+            review::validate_role_setting(&rs, user, unbindable.as_deref(), &risks)
         }
         _ => Verdict::Allow,
     }
@@ -394,6 +405,25 @@ async fn may_bind_roles(
             false
         }
     }
+}
+
+/// The persistence risks of each role of `rs` (from the cache, or read live when the cache
+/// does not have the role; a role that does not exist grants nothing yet, so it has none).
+async fn role_risks(ctx: &Context, rs: &RoleSetting) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for r in &rs.spec.role_refs {
+        let role = match ctx.cluster_roles.get(&ObjectRef::new(&r.name)) {
+            Some(cr) => Some(cr.as_ref().clone()),
+            None => Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(ctx.client.clone())
+                .get_opt(&r.name)
+                .await
+                .ok()
+                .flatten(),
+        };
+        let rules = role.and_then(|cr| cr.rules).unwrap_or_default();
+        out.push((r.name.clone(), crate::decide::persistence::risks(&rules)));
+    }
+    out
 }
 
 fn role_names(rs: &RoleSetting) -> Vec<String> {

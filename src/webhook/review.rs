@@ -207,16 +207,33 @@ pub fn stamp_authorized_by(object: &Value, user: &UserInfo) -> Verdict {
 // Validation.
 // ---------------------------------------------------------------------------------------------
 
+/// What the webhook knows when a request is created.
+#[derive(Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// The RoleSetting the request names, if it exists.
+    pub role_setting: Option<&'a RoleSetting>,
+    /// The assignments of the request's namespace.
+    pub assignments: &'a [&'a EligibleAssignment],
+    /// The requests of the request's namespace (for `extends`).
+    pub requests: &'a [&'a ActivationRequest],
+    /// The persistence risks of the RoleSetting's roles.
+    pub role_risks: &'a [(String, Vec<String>)],
+}
+
 /// ActivationRequest CREATE: everything policy forbids, refused at once.
 pub fn validate_request_create(
     ar: &ActivationRequest,
     user: &UserInfo,
-    rs: Option<&RoleSetting>,
-    assignments: &[&EligibleAssignment],
-    requests: &[&ActivationRequest],
+    facts: &RequestFacts<'_>,
     s: &Settings,
     now: DateTime<Utc>,
 ) -> Verdict {
+    let RequestFacts {
+        role_setting: rs,
+        assignments,
+        requests,
+        role_risks,
+    } = *facts;
     let ns = ar.metadata.namespace.as_deref().unwrap_or_default();
     // Mutation stamped the requester; refuse if anything changed it since (defence in depth).
     // Mutation stamped the whole identity; refuse if anything changed any part of it since
@@ -239,6 +256,12 @@ pub fn validate_request_create(
             ar.spec.role_setting
         ));
     };
+    if let Some(msg) = crate::decide::unacknowledged_persistence(rs, role_risks) {
+        return Verdict::Deny(format!(
+            "RoleSetting {} cannot be activated until an administrator acknowledges its risk: {msg}",
+            ar.spec.role_setting
+        ));
+    }
     let pctx = policy::Context {
         namespace: ns,
         cluster_scope_namespace: &s.cluster_scope_namespace,
@@ -379,6 +402,10 @@ fn protected_metadata(
 fn is_approver(rs: &RoleSetting, user: &UserInfo) -> bool {
     let a = &rs.spec.approval;
     let name = username(user);
+    // A ServiceAccount approves only where ServiceAccounts may, also through a Group.
+    if crate::decide::parse_service_account(name).is_some() && !a.allow_service_account_approvers {
+        return false;
+    }
     let groups = user.groups.clone().unwrap_or_default();
     a.approvers.iter().any(|s| match s.kind {
         SubjectKind::User => s.name == name,
@@ -693,10 +720,14 @@ pub fn validate_assignment_delete(
 /// RoleSetting CREATE/UPDATE: the writer may bind every role cluster-wide (`unbindable` is the
 /// first one they may not, from SubjectAccessReviews as the caller; SPEC invariant 3), and
 /// what CEL cannot check on its own (the ticket pattern compiles).
+///
+/// `risks` are the persistence risks of its roles ([`crate::decide::persistence`]): they need
+/// `acknowledgePersistenceRisk: true`.
 pub fn validate_role_setting(
     rs: &RoleSetting,
     user: &UserInfo,
     unbindable: Option<&str>,
+    risks: &[(String, Vec<String>)],
 ) -> Verdict {
     if let Some(role) = unbindable {
         return Verdict::Deny(format!(
@@ -704,6 +735,9 @@ pub fn validate_role_setting(
             username(user),
             rs.metadata.name.as_deref().unwrap_or_default()
         ));
+    }
+    if let Some(msg) = crate::decide::unacknowledged_persistence(rs, risks) {
+        return Verdict::Deny(msg);
     }
     if let Some(p) = &rs.spec.activation.ticket_pattern
         && let Err(e) = regex::Regex::new(p)

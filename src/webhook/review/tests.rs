@@ -166,9 +166,12 @@ fn a_request_needs_its_role_setting_policy_and_eligibility() {
     let ok = validate_request_create(
         &alice_request(),
         &alice,
-        Some(&rs),
-        &[&ea],
-        &[],
+        &RequestFacts {
+            role_setting: Some(&rs),
+            assignments: &[&ea],
+            requests: &[],
+            role_risks: &[],
+        },
         &settings(),
         t0(),
     );
@@ -176,9 +179,12 @@ fn a_request_needs_its_role_setting_policy_and_eligibility() {
     let msg = denied(validate_request_create(
         &alice_request(),
         &alice,
-        None,
-        &[&ea],
-        &[],
+        &RequestFacts {
+            role_setting: None,
+            assignments: &[&ea],
+            requests: &[],
+            role_risks: &[],
+        },
         &settings(),
         t0(),
     ));
@@ -189,9 +195,12 @@ fn a_request_needs_its_role_setting_policy_and_eligibility() {
     let msg = denied(validate_request_create(
         &alice_request(),
         &alice,
-        Some(&rs),
-        &[],
-        &[],
+        &RequestFacts {
+            role_setting: Some(&rs),
+            assignments: &[],
+            requests: &[],
+            role_risks: &[],
+        },
         &settings(),
         t0(),
     ));
@@ -206,9 +215,12 @@ fn a_request_needs_its_role_setting_policy_and_eligibility() {
     let msg = denied(validate_request_create(
         &long,
         &alice,
-        Some(&rs),
-        &[&ea],
-        &[],
+        &RequestFacts {
+            role_setting: Some(&rs),
+            assignments: &[&ea],
+            requests: &[],
+            role_risks: &[],
+        },
         &settings(),
         t0(),
     ));
@@ -220,9 +232,12 @@ fn a_request_needs_its_role_setting_policy_and_eligibility() {
     let msg = denied(validate_request_create(
         &alice_request(),
         &caller("bob", &[]),
-        Some(&rs),
-        &[&ea],
-        &[],
+        &RequestFacts {
+            role_setting: Some(&rs),
+            assignments: &[&ea],
+            requests: &[],
+            role_risks: &[],
+        },
         &settings(),
         t0(),
     ));
@@ -247,9 +262,12 @@ fn only_ones_own_open_request_may_be_extended_once() {
         validate_request_create(
             &ext,
             &alice,
-            Some(&rs),
-            &[&ea],
-            &[&mine, &bobs],
+            &RequestFacts {
+                role_setting: Some(&rs),
+                assignments: &[&ea],
+                requests: &[&mine, &bobs],
+                role_risks: &[]
+            },
             &settings(),
             t0()
         ),
@@ -260,9 +278,12 @@ fn only_ones_own_open_request_may_be_extended_once() {
         denied(validate_request_create(
             &ext,
             &alice,
-            Some(&rs),
-            &[&ea],
-            &[&mine, &bobs],
+            &RequestFacts {
+                role_setting: Some(&rs),
+                assignments: &[&ea],
+                requests: &[&mine, &bobs],
+                role_risks: &[]
+            },
             &settings(),
             t0()
         ))
@@ -275,9 +296,12 @@ fn only_ones_own_open_request_may_be_extended_once() {
         validate_request_create(
             &ext,
             &alice,
-            Some(&rs),
-            &[&ea],
-            &[&ended],
+            &RequestFacts {
+                role_setting: Some(&rs),
+                assignments: &[&ea],
+                requests: &[&ended],
+                role_risks: &[]
+            },
             &settings(),
             t0()
         ),
@@ -288,9 +312,12 @@ fn only_ones_own_open_request_may_be_extended_once() {
     let msg = denied(validate_request_create(
         &ext,
         &alice,
-        Some(&rs),
-        &[&ea],
-        &[&mine, &open_ext],
+        &RequestFacts {
+            role_setting: Some(&rs),
+            assignments: &[&ea],
+            requests: &[&mine, &open_ext],
+            role_risks: &[],
+        },
         &settings(),
         t0(),
     ));
@@ -802,10 +829,13 @@ fn the_last_protected_assignment_stays() {
 fn a_ticket_pattern_must_compile() {
     let mut rs = role_setting("rs");
     let admin = caller("admin", &[]);
-    assert_eq!(validate_role_setting(&rs, &admin, None), Verdict::Allow);
+    assert_eq!(
+        validate_role_setting(&rs, &admin, None, &[]),
+        Verdict::Allow
+    );
     rs.spec.activation.ticket_pattern = Some("([".into());
     assert!(
-        denied(validate_role_setting(&rs, &admin, None))
+        denied(validate_role_setting(&rs, &admin, None, &[]))
             .contains("is not a valid regular expression")
     );
 }
@@ -814,7 +844,7 @@ fn a_ticket_pattern_must_compile() {
 fn writers_who_may_not_bind_the_roles_are_refused_with_the_command_to_check() {
     let carol = caller("carol", &["team"]);
     let rs = role_setting("rs");
-    let msg = denied(validate_role_setting(&rs, &carol, Some("admin")));
+    let msg = denied(validate_role_setting(&rs, &carol, Some("admin"), &[]));
     assert!(
         msg.contains("carol may not bind ClusterRole admin cluster-wide"),
         "{msg}"
@@ -874,13 +904,35 @@ fn a_new_request_cannot_carry_kube_pims_metadata_or_another_identity() {
     r.spec.requester.uid = Some("uid-alice".into());
     r.spec.requester.groups = vec!["team".into()];
     assert_eq!(
-        validate_request_create(&r, &alice, Some(&rs), &[&ea], &[], &settings(), t0()),
+        validate_request_create(
+            &r,
+            &alice,
+            &RequestFacts {
+                role_setting: Some(&rs),
+                assignments: &[&ea],
+                requests: &[],
+                role_risks: &[]
+            },
+            &settings(),
+            t0()
+        ),
         Verdict::Allow
     );
     let with = |f: &dyn Fn(&mut ActivationRequest)| {
         let mut x = r.clone();
         f(&mut x);
-        validate_request_create(&x, &alice, Some(&rs), &[&ea], &[], &settings(), t0())
+        validate_request_create(
+            &x,
+            &alice,
+            &RequestFacts {
+                role_setting: Some(&rs),
+                assignments: &[&ea],
+                requests: &[],
+                role_risks: &[],
+            },
+            &settings(),
+            t0(),
+        )
     };
     assert!(
         denied(with(
@@ -1061,4 +1113,56 @@ fn an_assignments_finalizer_and_kube_pim_metadata_are_kube_pims() {
         validate_assignment(None, &created, &admin, None, None, &settings(), t0()),
         Verdict::Deny(_)
     ));
+}
+
+#[test]
+fn roles_that_can_create_their_own_persistence_need_an_acknowledgement() {
+    let admin = caller("admin", &[]);
+    let mut rs = role_setting("rs");
+    rs.spec.acknowledge_persistence_risk = false;
+    let risky = vec![
+        ("view".to_string(), vec![]),
+        (
+            "admin".to_string(),
+            vec![
+                "can write Roles or bindings".to_string(),
+                "can impersonate".to_string(),
+            ],
+        ),
+    ];
+    let msg = denied(validate_role_setting(&rs, &admin, None, &risky));
+    assert!(
+        msg.contains("ClusterRole admin can write Roles or bindings, can impersonate"),
+        "{msg}"
+    );
+    assert!(msg.contains("acknowledgePersistenceRisk: true"), "{msg}");
+    assert!(!msg.contains("view"), "{msg}");
+    let safe = vec![("view".to_string(), vec![])];
+    assert_eq!(
+        validate_role_setting(&rs, &admin, None, &safe),
+        Verdict::Allow
+    );
+    // Requests for an unacknowledged risky RoleSetting (a role that gained rules later) are
+    // refused too.
+    let alice = caller("alice", &["team"]);
+    let ea = assignment("a", "payments", "rs", user("alice"));
+    let ar = alice_request();
+    let msg = denied(validate_request_create(
+        &ar,
+        &alice,
+        &RequestFacts {
+            role_setting: Some(&rs),
+            assignments: &[&ea],
+            requests: &[],
+            role_risks: &risky,
+        },
+        &settings(),
+        t0(),
+    ));
+    assert!(msg.contains("until an administrator acknowledges"), "{msg}");
+    rs.spec.acknowledge_persistence_risk = true;
+    assert_eq!(
+        validate_role_setting(&rs, &admin, None, &risky),
+        Verdict::Allow
+    );
 }
