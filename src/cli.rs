@@ -40,6 +40,13 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Revoke every kube-pim binding past its expiry (the independent reaper; run it as a
+    /// CronJob with its own identity: list and delete RoleBindings and ClusterRoleBindings).
+    Sweep {
+        /// Keep sweeping at this interval instead of once (Go duration, e.g. 30s).
+        #[arg(long)]
+        interval: Option<crate::api::Duration>,
+    },
     /// Print the ValidatingAdmissionPolicies and bindings (YAML): the in-apiserver guards.
     Policies {
         /// The operator's user name (the only exemption; the same as `run --operator-username`).
@@ -154,6 +161,7 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Command::Run(args) => run(*args),
+        Command::Sweep { interval } => runtime().block_on(sweep(interval)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -222,6 +230,32 @@ fn run(args: RunArgs) -> crate::Result<()> {
                 .unwrap_or(std::time::Duration::from_secs(300)),
         },
     }))
+}
+
+async fn sweep(interval: Option<crate::api::Duration>) -> crate::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| crate::Error::Config(e.to_string()))?;
+    loop {
+        let report = crate::sweep::sweep(&client, chrono::Utc::now()).await?;
+        tracing::info!(
+            seen = report.seen,
+            revoked = report.deleted.len(),
+            "sweep done"
+        );
+        match interval {
+            None => return Ok(()),
+            Some(ref every) => {
+                tokio::time::sleep(
+                    every
+                        .as_delta()
+                        .to_std()
+                        .unwrap_or(std::time::Duration::from_secs(30)),
+                )
+                .await
+            }
+        }
+    }
 }
 
 fn write_crds(dir: &std::path::Path) -> crate::Result<()> {

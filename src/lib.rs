@@ -5,7 +5,8 @@
 //! per-role policy (`RoleSetting`), and the operator creates and removes the bindings.
 //!
 //! Modules: [`api`] (the CRD types, pure data), [`authz`] (who may bind what), [`crdgen`] (CRD YAML), [`operator`] (the
-//! long-running process), [`policies`] (the in-apiserver guards), [`testenv`] (a real local control plane for tests and demos),
+//! long-running process), [`policies`] (the in-apiserver guards), [`sweep`] (the independent reaper), [`testenv`] (a real local
+//! control plane for tests and demos),
 //! [`time`] (chrono <-> Kubernetes time), [`error`].
 
 pub mod api;
@@ -15,9 +16,11 @@ pub mod controller;
 pub mod crdgen;
 pub mod decide;
 pub mod error;
+pub mod metrics;
 pub mod operator;
 pub mod policies;
 pub mod rbac;
+pub mod sweep;
 pub mod testenv;
 pub mod time;
 pub mod webhook;

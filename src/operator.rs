@@ -1,5 +1,6 @@
 //! The long-running `kube-pim run` process: connects to the cluster as the operator's own
-//! identity, serves `/healthz` and `/readyz` on a plain-HTTP port, and runs until SIGTERM.
+//! identity, serves `/healthz`, `/readyz` and `/metrics` on a plain-HTTP port, and runs until
+//! SIGTERM.
 //!
 //! Readiness means every watch cache of the controllers has synced (so nothing is decided from
 //! a partial view). The admission webhook joins this process with the activation-flow work.
@@ -43,7 +44,8 @@ pub async fn run(settings: Settings) -> Result<()> {
         .await
         .map_err(Error::io("listen on", settings.health_addr.to_string()))?;
     tracing::info!(addr = %settings.health_addr, operator_username = %settings.operator_username, "serving health endpoints");
-    let app = health_router(ready.clone());
+    let context: Arc<std::sync::OnceLock<Arc<controller::Context>>> = Arc::default();
+    let app = health_router(ready.clone(), context.clone());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     // Wait until our own identity can list the kube-pim API: the CRDs may be installed after
@@ -62,6 +64,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
     };
     let (ctx, controllers) = controller::start(client, settings.controllers, audit, on_ready);
+    let _ = context.set(ctx.clone());
     if let Some((listen, wsettings)) = settings.webhook {
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -78,9 +81,34 @@ pub async fn run(settings: Settings) -> Result<()> {
     Ok(())
 }
 
-fn health_router(ready: Arc<AtomicBool>) -> Router {
+fn health_router(
+    ready: Arc<AtomicBool>,
+    context: Arc<std::sync::OnceLock<Arc<controller::Context>>>,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let context = context.clone();
+                async move {
+                    let body = match context.get() {
+                        Some(ctx) => {
+                            ctx.refresh_gauges();
+                            ctx.metrics.encode()
+                        }
+                        None => "# EOF\n".to_string(),
+                    };
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

@@ -181,6 +181,48 @@ pub fn operator_namespace_role_binding(namespace: &str, username: &str) -> RoleB
     }
 }
 
+/// The name of the reaper's ClusterRole and ClusterRoleBinding.
+pub const SWEEPER_CLUSTER_ROLE: &str = "kube-pim-sweeper";
+
+/// What `kube-pim sweep` may do: list and delete RoleBindings and ClusterRoleBindings. Nothing
+/// else: it reads no kube-pim resource and no Secret, and creates nothing.
+pub fn sweeper_cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: ObjectMeta {
+            name: Some(SWEEPER_CLUSTER_ROLE.into()),
+            labels: Some([("app.kubernetes.io/name".to_string(), "kube-pim".to_string())].into()),
+            ..Default::default()
+        },
+        rules: Some(vec![rule(
+            &["rbac.authorization.k8s.io"],
+            &["rolebindings", "clusterrolebindings"],
+            &["list", "delete"],
+        )]),
+        ..Default::default()
+    }
+}
+
+/// Binds `role` to the user name `username` cluster-wide.
+pub fn cluster_role_binding(role: &str, username: &str) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(role.into()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: role.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "User".into(),
+            name: username.into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            ..Default::default()
+        }]),
+    }
+}
+
 /// Binds [`operator_cluster_role`] to the operator's user name.
 pub fn operator_cluster_role_binding(username: &str) -> ClusterRoleBinding {
     ClusterRoleBinding {

@@ -86,6 +86,32 @@ pub struct Context {
     pub authz: crate::authz::Authorizer,
     /// Standing access: the policy's parameters, discovered unmanaged bindings.
     pub standing: standing::Standing,
+    /// Prometheus metrics.
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl Context {
+    /// Brings the cache-derived gauges up to date (called when `/metrics` is scraped).
+    pub fn refresh_gauges(&self) {
+        // A second's grace: a binding at its expiry is being revoked, not left behind.
+        let now = chrono::Utc::now() - TimeDelta::seconds(1);
+        let past = crate::sweep::count_past_expiry(
+            self.role_bindings.state().iter().map(|b| b.as_ref()),
+            now,
+        ) + crate::sweep::count_past_expiry(
+            self.cluster_role_bindings
+                .state()
+                .iter()
+                .map(|b| b.as_ref()),
+            now,
+        );
+        self.metrics
+            .bindings_past_expiry
+            .set(i64::try_from(past).unwrap_or(i64::MAX));
+        self.metrics
+            .unmanaged_bindings
+            .set(i64::try_from(self.standing.total()).unwrap_or(i64::MAX));
+    }
 }
 
 /// What one controller hears about one watched type: changed objects (from the shared cache)
@@ -302,6 +328,7 @@ pub fn start(
         recorder: Recorder::new(client.clone(), reporter),
         authz: crate::authz::Authorizer::new(client.clone(), settings.resync),
         standing: Default::default(),
+        metrics: Default::default(),
         client,
         settings,
         role_settings: rs.start(),

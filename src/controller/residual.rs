@@ -89,6 +89,7 @@ pub async fn check(ar: &ActivationRequest, ctx: &Context) -> Result<Option<Durat
         ar.metadata.generation,
     );
     if residual {
+        ctx.metrics.residual_access.inc();
         tracing::warn!(request = %ar.name_any(), namespace = ?ar.namespace(), %message, "residual access after revocation");
         let record = json!({
             "apiVersion": super::audit::AUDIT_API_VERSION,

@@ -51,6 +51,16 @@ pub struct State {
 pub struct Standing(Mutex<State>);
 
 impl Standing {
+    /// How many unmanaged bindings the last discovery found (each counted once).
+    pub fn total(&self) -> usize {
+        let st = self.0.lock().expect("standing state lock");
+        let mut seen: BTreeSet<(String, Option<String>, String)> = BTreeSet::new();
+        for b in st.unmanaged.values().flatten() {
+            seen.insert((b.kind.clone(), b.namespace.clone(), b.name.clone()));
+        }
+        seen.len()
+    }
+
     /// The unmanaged bindings of RoleSetting `name` as last discovered.
     pub fn unmanaged(&self, name: &str) -> Vec<UnmanagedBinding> {
         self.0

@@ -44,6 +44,8 @@ pub const ADMIN_USER: &str = "kubepim-admin";
 pub const OPERATOR_USER: &str = "kube-pim-operator";
 /// The operator's namespace in the test environment: the cluster-scope namespace.
 pub const CLUSTER_SCOPE_NAMESPACE: &str = "kube-pim-system";
+/// The user `kube-pim sweep` runs as (DIR/sweeper.kubeconfig), with the sweeper ClusterRole.
+pub const SWEEPER_USER: &str = "kube-pim-sweeper";
 /// The break-glass group the test environment's operator and policies are configured with.
 pub const BREAK_GLASS_GROUP: &str = "kube-pim-break-glass";
 /// The field manager the test environment applies its objects with.
@@ -505,6 +507,26 @@ impl ControlPlane {
         install_policies(admin, &policy_options()).await?;
         let kubeconfig = self.env.dir.join("operator.kubeconfig");
         self.env.write_kubeconfig(&kubeconfig, OPERATOR_USER, &[])?;
+        // The reaper's own identity.
+        Api::<ClusterRole>::all(admin.clone())
+            .patch(
+                rbac::SWEEPER_CLUSTER_ROLE,
+                &pp,
+                &Patch::Apply(&rbac::sweeper_cluster_role()),
+            )
+            .await?;
+        Api::<ClusterRoleBinding>::all(admin.clone())
+            .patch(
+                rbac::SWEEPER_CLUSTER_ROLE,
+                &pp,
+                &Patch::Apply(&rbac::cluster_role_binding(
+                    rbac::SWEEPER_CLUSTER_ROLE,
+                    SWEEPER_USER,
+                )),
+            )
+            .await?;
+        self.env
+            .write_kubeconfig(&self.env.dir.join("sweeper.kubeconfig"), SWEEPER_USER, &[])?;
         // The webhook's serving certificate, from the test CA, for 127.0.0.1.
         let ca = pki::Ca::load(&self.env.ca_pem, &self.env.ca_key_pem)?;
         let serving = ca.issue_server("kube-pim-webhook", &[])?;

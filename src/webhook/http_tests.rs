@@ -63,6 +63,7 @@ fn app() -> axum::Router {
         authz: crate::authz::Authorizer::new(client.clone(), std::time::Duration::from_secs(300)),
         client,
         standing: Default::default(),
+        metrics: Default::default(),
         settings: crate::controller::Settings {
             namespace: "kube-pim-system".into(),
             cluster_scope_namespace: "kube-pim-system".into(),

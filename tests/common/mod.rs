@@ -224,3 +224,42 @@ pub async fn http_get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// The pid of the operator the test environment started (from DIR/pids).
+pub fn operator_pid(env: &TestEnv) -> i32 {
+    std::fs::read_to_string(env.dir().join("pids"))
+        .unwrap()
+        .lines()
+        .find(|l| l.ends_with(" kube-pim"))
+        .expect("an operator in DIR/pids")
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Sends `signal` to process `pid`.
+pub fn signal(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+}
+
+/// Starts another operator process exactly as the test environment started the first (from
+/// DIR/operator.json), with `extra` arguments appended, logging to DIR/logs/NAME.log. The
+/// process is killed when the handle is dropped.
+pub fn start_operator(env: &TestEnv, name: &str, extra: &[String]) -> tokio::process::Child {
+    let how: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.dir().join("operator.json")).unwrap()).unwrap();
+    let mut args: Vec<String> = serde_json::from_value(how["args"].clone()).unwrap();
+    args.extend(extra.iter().cloned());
+    let log = std::fs::File::create(env.dir().join(format!("logs/{name}.log"))).unwrap();
+    tokio::process::Command::new(how["bin"].as_str().unwrap())
+        .args(&args)
+        .env("KUBECONFIG", how["env"]["KUBECONFIG"].as_str().unwrap())
+        .env("KUBE_PIM_LOG", "info,kube_pim=debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
