@@ -116,10 +116,28 @@ pub struct RunArgs {
     /// Members of this group may delete ActivationRequests that are still open (break glass).
     #[arg(long, env = "KUBE_PIM_BREAK_GLASS_GROUP")]
     break_glass_group: Option<String>,
+    /// The most open (not yet ended) ActivationRequests one requester may have at a time.
+    #[arg(long, env = "KUBE_PIM_MAX_OPEN_REQUESTS", default_value_t = 10)]
+    max_open_requests: usize,
     /// The longest an object goes without a reconcile (a safety net; expiries are scheduled
     /// to the millisecond, not found by this).
     #[arg(long, env = "KUBE_PIM_RESYNC", default_value = "5m")]
     resync: crate::api::Duration,
+    /// Elect a leader among replicas on a Lease in --namespace (only the leader reconciles;
+    /// every replica serves the webhook). Off: this process always leads.
+    #[arg(long, env = "KUBE_PIM_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// How long the Lease is good for without renewal (failover takes up to this long).
+    #[arg(
+        long,
+        env = "KUBE_PIM_LEADER_ELECTION_LEASE_DURATION",
+        default_value = "15s"
+    )]
+    leader_election_lease_duration: crate::api::Duration,
+    /// This replica's identity in the Lease (default: POD_NAME, else hostname-pid). A process
+    /// restarted with the same identity takes its Lease back at once.
+    #[arg(long, env = "POD_NAME")]
+    leader_election_identity: Option<String>,
 }
 
 /// Sets up logging to stderr.
@@ -188,7 +206,25 @@ fn run(args: RunArgs) -> crate::Result<()> {
         webhook_cert_file,
         webhook_key_file,
         break_glass_group,
+        max_open_requests,
+        leader_election,
+        leader_election_lease_duration,
+        leader_election_identity,
     } = args;
+    let leader_election = leader_election.then(|| crate::leader::Config {
+        namespace: namespace.clone(),
+        name: "kube-pim".into(),
+        identity: leader_election_identity.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "kube-pim".into());
+            format!("{host}-{}", std::process::id())
+        }),
+        lease_duration: leader_election_lease_duration
+            .as_delta()
+            .to_std()
+            .unwrap_or(std::time::Duration::from_secs(15)),
+    });
     let cluster_scope_namespace = cluster_scope_namespace.unwrap_or_else(|| namespace.clone());
     let mfa = crate::decide::policy::MfaConfig {
         key: mfa_extra_key,
@@ -205,6 +241,7 @@ fn run(args: RunArgs) -> crate::Result<()> {
                 cluster_scope_namespace: cluster_scope_namespace.clone(),
                 mfa: mfa.clone(),
                 break_glass_group,
+                max_open_requests,
             },
         )),
         (None, _, _) => None,
@@ -219,6 +256,7 @@ fn run(args: RunArgs) -> crate::Result<()> {
         operator_username,
         audit_log,
         webhook,
+        leader_election,
         controllers: crate::controller::Settings {
             namespace,
             cluster_scope_namespace,

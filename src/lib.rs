@@ -16,6 +16,7 @@ pub mod controller;
 pub mod crdgen;
 pub mod decide;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod policies;

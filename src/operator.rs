@@ -32,13 +32,32 @@ pub struct Settings {
     pub controllers: controller::Settings,
     /// The admission webhook, if served by this process.
     pub webhook: Option<(webhook::Listen, webhook::review::Settings)>,
+    /// Leader election; `None`: this process always leads (a single replica).
+    pub leader_election: Option<crate::leader::Config>,
 }
 
 /// Runs the operator until SIGINT or SIGTERM.
 pub async fn run(settings: Settings) -> Result<()> {
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
+    let leadership = match &settings.leader_election {
+        Some(_) => Arc::new(crate::leader::Leadership::default()),
+        None => crate::leader::Leadership::always(),
+    };
+    // Every write of this process goes through this client, fenced by leadership.
+    let client = fenced_client(config.clone(), leadership.clone())?;
+    if let Some(cfg) = settings.leader_election.clone() {
+        let lease_client = Client::try_from(config)?;
+        let leadership = leadership.clone();
+        tokio::spawn(async move {
+            let e = crate::leader::run(lease_client, cfg, leadership).await;
+            // A replica that lost its Lease exits: it starts over as a follower with fresh
+            // caches (its writes were fenced from the moment its deadline passed).
+            tracing::error!(error = %e, "leadership lost");
+            std::process::exit(1);
+        });
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(settings.health_addr)
         .await
@@ -63,7 +82,8 @@ pub async fn run(settings: Settings) -> Result<()> {
             tracing::info!("ready");
         }
     };
-    let (ctx, controllers) = controller::start(client, settings.controllers, audit, on_ready);
+    let (ctx, controllers) =
+        controller::start(client, settings.controllers, audit, leadership, on_ready);
     let _ = context.set(ctx.clone());
     if let Some((listen, wsettings)) = settings.webhook {
         let ctx = ctx.clone();
@@ -79,6 +99,29 @@ pub async fn run(settings: Settings) -> Result<()> {
     tracing::info!("shutting down");
     server.abort();
     Ok(())
+}
+
+/// A client whose writes go through only while `leadership` is valid
+/// ([`crate::leader::Leadership::allows`]); a refused write fails with "not the leader".
+pub fn fenced_client(
+    config: kube::Config,
+    leadership: Arc<crate::leader::Leadership>,
+) -> Result<Client> {
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&tower::filter::FilterLayer::new(
+            move |req: http::Request<kube::client::Body>| {
+                if leadership.allows(req.method(), req.uri().path()) {
+                    Ok(req)
+                } else {
+                    Err(Error::Config(format!(
+                        "not the leader: {} {} refused",
+                        req.method(),
+                        req.uri().path()
+                    )))
+                }
+            },
+        ))
+        .build())
 }
 
 fn health_router(

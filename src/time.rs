@@ -17,6 +17,11 @@ pub fn to_k8s(t: DateTime<Utc>) -> Time {
     Time(ts)
 }
 
+/// A Kubernetes `MicroTime` (Leases) from a chrono instant.
+pub fn to_k8s_micro(t: DateTime<Utc>) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(to_k8s(t).0)
+}
+
 /// A chrono instant from a Kubernetes `Time`.
 pub fn from_k8s(t: &Time) -> DateTime<Utc> {
     DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond() as u32).unwrap_or_default()

@@ -697,3 +697,49 @@ async fn an_approver_service_account_the_requester_can_mint_tokens_for_does_not_
     w.access(&alice, false).await;
     w.audit_intact(&name).await;
 }
+
+// --- survival: one requester cannot flood the operator ----------------------------------------
+
+/// Open requests are capped per requester (default 10, across namespaces): the eleventh is
+/// refused until one ends.
+#[tokio::test]
+async fn one_requester_cannot_keep_more_than_the_cap_of_open_requests() {
+    env();
+    let w = World::new("cap", json!({})).await;
+    let alice = w.alice().await;
+    let start = (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
+    let mut names = Vec::new();
+    for _ in 0..10 {
+        let ar = w
+            .ask(alice.clone(), json!({"startTime": start}))
+            .await
+            .unwrap();
+        names.push(ar.metadata.name.unwrap());
+    }
+    for n in &names {
+        w.wait_phase(n, RequestPhase::Scheduled).await;
+    }
+    let (code, msg) = refusal(w.ask(alice.clone(), json!({"startTime": start})).await);
+    assert_eq!(code, 403, "{msg}");
+    assert!(
+        msg.contains("already has 10 open ActivationRequests"),
+        "{msg}"
+    );
+    // Ending one makes room.
+    w.requests(alice.clone())
+        .patch(
+            &names[0],
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deactivate": true}})),
+        )
+        .await
+        .unwrap();
+    w.wait_phase(&names[0], RequestPhase::Canceled).await;
+    eventually!(
+        Duration::from_secs(30),
+        w.ask(alice.clone(), json!({"startTime": start}))
+            .await
+            .is_ok(),
+        "no room after one request ended"
+    );
+}

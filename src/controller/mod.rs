@@ -88,6 +88,8 @@ pub struct Context {
     pub standing: standing::Standing,
     /// Prometheus metrics.
     pub metrics: crate::metrics::Metrics,
+    /// Whether this replica leads (only the leader reconciles and writes).
+    pub leader: Arc<crate::leader::Leadership>,
 }
 
 impl Context {
@@ -286,6 +288,7 @@ pub fn start(
     client: Client,
     settings: Settings,
     audit: audit::AuditLog,
+    leader: Arc<crate::leader::Leadership>,
     on_ready: impl FnOnce() + Send + 'static,
 ) -> (Arc<Context>, BoxFuture<'static, ()>) {
     let wc = watcher::Config::default();
@@ -329,6 +332,7 @@ pub fn start(
         authz: crate::authz::Authorizer::new(client.clone(), settings.resync),
         standing: Default::default(),
         metrics: Default::default(),
+        leader,
         client,
         settings,
         role_settings: rs.start(),
@@ -355,6 +359,11 @@ pub fn start(
             // the standing-access parameters and discovery ride along (each every resync).
             let every = ctx.settings.resync.min(Duration::from_secs(30));
             loop {
+                // Followers only watch (and serve the webhook); the leader does the rounds.
+                if !ctx.leader.is_leader() {
+                    tokio::time::sleep(every).await;
+                    continue;
+                }
                 match activation::sweep_orphans(&ctx).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "orphaned bindings removed"),
@@ -387,11 +396,13 @@ pub fn start(
     // Readiness and the periodic sweep run beside the controllers; they end with the process
     // (the controllers end on SIGTERM, and with them `run`).
     tokio::spawn(readiness);
+    let leading = ctx.leader.clone();
     let run = Box::pin(async move {
         let mut synced = synced_rx;
         if synced.wait_for(|s| *s).await.is_err() {
             return;
         }
+        leading.acquired().await;
         futures::future::join_all(controllers).await;
     });
     (ctx, run)

@@ -16,6 +16,7 @@
 
 pub mod pki;
 mod process;
+pub use process::free_ports;
 
 use std::{
     path::{Path, PathBuf},
@@ -178,12 +179,16 @@ impl TestEnv {
 
     /// A client that authenticates as `user` in `groups` (plus `system:authenticated`).
     pub async fn client(&self, user: &str, groups: &[&str]) -> Result<Client> {
+        Ok(Client::try_from(self.config(user, groups).await?)?)
+    }
+
+    /// The client configuration for `user` in `groups`.
+    pub async fn config(&self, user: &str, groups: &[&str]) -> Result<Config> {
         let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
         let kc = self.kubeconfig(user, &groups)?;
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
-            .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(Client::try_from(config)?)
+            .map_err(|e| Error::Config(e.to_string()))
     }
 
     /// A client that authenticates as `user` in `groups` and impersonates `as_user` (the
@@ -540,6 +545,8 @@ impl ControlPlane {
             format!("--operator-username={OPERATOR_USER}"),
             format!("--namespace={CLUSTER_SCOPE_NAMESPACE}"),
             format!("--break-glass-group={BREAK_GLASS_GROUP}"),
+            // One logical replica: a restart (same identity) takes its Lease back at once.
+            "--leader-election-identity=testenv-operator".into(),
             format!("--audit-log={}", self.env.dir.join("audit.log").display()),
             format!("--webhook-addr=127.0.0.1:{webhook_port}"),
             format!(

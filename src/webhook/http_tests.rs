@@ -64,6 +64,7 @@ fn app() -> axum::Router {
         client,
         standing: Default::default(),
         metrics: Default::default(),
+        leader: crate::leader::Leadership::always(),
         settings: crate::controller::Settings {
             namespace: "kube-pim-system".into(),
             cluster_scope_namespace: "kube-pim-system".into(),
@@ -83,6 +84,7 @@ fn app() -> axum::Router {
         cluster_scope_namespace: "kube-pim-system".into(),
         mfa: MfaConfig::default(),
         break_glass_group: None,
+        max_open_requests: 10,
     };
     router(ctx, settings)
 }

@@ -247,11 +247,25 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
                 Some(rs) => role_risks(&s.ctx, rs).await,
                 None => Vec::new(),
             };
+            let open_by_requester = s
+                .ctx
+                .requests
+                .state()
+                .iter()
+                .filter(|r| {
+                    r.spec.requester.username == ar.spec.requester.username
+                        && r.status
+                            .as_ref()
+                            .and_then(|st| st.phase)
+                            .is_none_or(|p| !crate::decide::request::is_terminal(p))
+                })
+                .count();
             let facts = review::RequestFacts {
                 role_setting: rs.as_ref(),
                 assignments: &eas,
                 requests: &ars,
                 role_risks: &risks,
+                open_by_requester,
             };
             review::validate_request_create(&ar, user, &facts, &s.settings, now)
         }

@@ -47,6 +47,8 @@ pub struct Settings {
     pub mfa: policy::MfaConfig,
     /// A group whose members may delete open requests (break glass), if any.
     pub break_glass_group: Option<String>,
+    /// The most open (not yet ended) requests one requester may have at a time.
+    pub max_open_requests: usize,
 }
 
 fn op_add(path: &str, value: Value) -> PatchOperation {
@@ -218,6 +220,8 @@ pub struct RequestFacts<'a> {
     pub requests: &'a [&'a ActivationRequest],
     /// The persistence risks of the RoleSetting's roles.
     pub role_risks: &'a [(String, Vec<String>)],
+    /// How many open requests the requester has already, in every namespace.
+    pub open_by_requester: usize,
 }
 
 /// ActivationRequest CREATE: everything policy forbids, refused at once.
@@ -233,6 +237,7 @@ pub fn validate_request_create(
         assignments,
         requests,
         role_risks,
+        open_by_requester,
     } = *facts;
     let ns = ar.metadata.namespace.as_deref().unwrap_or_default();
     // Mutation stamped the requester; refuse if anything changed it since (defence in depth).
@@ -249,6 +254,12 @@ pub fn validate_request_create(
         protected_metadata(&Default::default(), &ar.metadata, "ActivationRequest", None)
     {
         return Verdict::Deny(msg);
+    }
+    if open_by_requester >= s.max_open_requests {
+        return Verdict::Deny(format!(
+            "{} already has {open_by_requester} open ActivationRequests, the most one person may have: end some (spec.deactivate: true) or wait for them to be decided",
+            ar.spec.requester.username
+        ));
     }
     let Some(rs) = rs else {
         return Verdict::Deny(format!(

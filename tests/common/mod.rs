@@ -251,6 +251,10 @@ pub fn start_operator(env: &TestEnv, name: &str, extra: &[String]) -> tokio::pro
     let how: serde_json::Value =
         serde_json::from_slice(&std::fs::read(env.dir().join("operator.json")).unwrap()).unwrap();
     let mut args: Vec<String> = serde_json::from_value(how["args"].clone()).unwrap();
+    // An extra `--flag=value` replaces the original's.
+    let flag = |a: &str| a.split('=').next().unwrap_or_default().to_string();
+    let replaced: Vec<String> = extra.iter().map(|a| flag(a)).collect();
+    args.retain(|a| !replaced.contains(&flag(a)));
     args.extend(extra.iter().cloned());
     let log = std::fs::File::create(env.dir().join(format!("logs/{name}.log"))).unwrap();
     tokio::process::Command::new(how["bin"].as_str().unwrap())

@@ -23,6 +23,7 @@ fn settings() -> Settings {
         cluster_scope_namespace: "kube-pim-system".into(),
         mfa: policy::MfaConfig::default(),
         break_glass_group: Some("breakglass".into()),
+        max_open_requests: 3,
     }
 }
 
@@ -171,6 +172,7 @@ fn a_request_needs_its_role_setting_policy_and_eligibility() {
             assignments: &[&ea],
             requests: &[],
             role_risks: &[],
+            open_by_requester: 0,
         },
         &settings(),
         t0(),
@@ -184,6 +186,7 @@ fn a_request_needs_its_role_setting_policy_and_eligibility() {
             assignments: &[&ea],
             requests: &[],
             role_risks: &[],
+            open_by_requester: 0,
         },
         &settings(),
         t0(),
@@ -200,6 +203,7 @@ fn a_request_needs_its_role_setting_policy_and_eligibility() {
             assignments: &[],
             requests: &[],
             role_risks: &[],
+            open_by_requester: 0,
         },
         &settings(),
         t0(),
@@ -220,6 +224,7 @@ fn a_request_needs_its_role_setting_policy_and_eligibility() {
             assignments: &[&ea],
             requests: &[],
             role_risks: &[],
+            open_by_requester: 0,
         },
         &settings(),
         t0(),
@@ -237,6 +242,7 @@ fn a_request_needs_its_role_setting_policy_and_eligibility() {
             assignments: &[&ea],
             requests: &[],
             role_risks: &[],
+            open_by_requester: 0,
         },
         &settings(),
         t0(),
@@ -266,7 +272,8 @@ fn only_ones_own_open_request_may_be_extended_once() {
                 role_setting: Some(&rs),
                 assignments: &[&ea],
                 requests: &[&mine, &bobs],
-                role_risks: &[]
+                role_risks: &[],
+                open_by_requester: 0
             },
             &settings(),
             t0()
@@ -282,7 +289,8 @@ fn only_ones_own_open_request_may_be_extended_once() {
                 role_setting: Some(&rs),
                 assignments: &[&ea],
                 requests: &[&mine, &bobs],
-                role_risks: &[]
+                role_risks: &[],
+                open_by_requester: 0
             },
             &settings(),
             t0()
@@ -300,7 +308,8 @@ fn only_ones_own_open_request_may_be_extended_once() {
                 role_setting: Some(&rs),
                 assignments: &[&ea],
                 requests: &[&ended],
-                role_risks: &[]
+                role_risks: &[],
+                open_by_requester: 0
             },
             &settings(),
             t0()
@@ -317,6 +326,7 @@ fn only_ones_own_open_request_may_be_extended_once() {
             assignments: &[&ea],
             requests: &[&mine, &open_ext],
             role_risks: &[],
+            open_by_requester: 0,
         },
         &settings(),
         t0(),
@@ -911,7 +921,8 @@ fn a_new_request_cannot_carry_kube_pims_metadata_or_another_identity() {
                 role_setting: Some(&rs),
                 assignments: &[&ea],
                 requests: &[],
-                role_risks: &[]
+                role_risks: &[],
+                open_by_requester: 0
             },
             &settings(),
             t0()
@@ -929,6 +940,7 @@ fn a_new_request_cannot_carry_kube_pims_metadata_or_another_identity() {
                 assignments: &[&ea],
                 requests: &[],
                 role_risks: &[],
+                open_by_requester: 0,
             },
             &settings(),
             t0(),
@@ -1155,6 +1167,7 @@ fn roles_that_can_create_their_own_persistence_need_an_acknowledgement() {
             assignments: &[&ea],
             requests: &[],
             role_risks: &risky,
+            open_by_requester: 0,
         },
         &settings(),
         t0(),
@@ -1164,5 +1177,35 @@ fn roles_that_can_create_their_own_persistence_need_an_acknowledgement() {
     assert_eq!(
         validate_role_setting(&rs, &admin, None, &risky),
         Verdict::Allow
+    );
+}
+
+#[test]
+fn one_requester_has_a_bounded_number_of_open_requests() {
+    let alice = caller("alice", &["team"]);
+    let ea = assignment("a", "payments", "rs", user("alice"));
+    let rs = role_setting("rs");
+    let eas = [&ea];
+    let with_ea = |open| RequestFacts {
+        role_setting: Some(&rs),
+        assignments: &eas,
+        requests: &[],
+        role_risks: &[],
+        open_by_requester: open,
+    };
+    assert_eq!(
+        validate_request_create(&alice_request(), &alice, &with_ea(2), &settings(), t0()),
+        Verdict::Allow
+    );
+    let msg = denied(validate_request_create(
+        &alice_request(),
+        &alice,
+        &with_ea(3),
+        &settings(),
+        t0(),
+    ));
+    assert!(
+        msg.contains("already has 3 open ActivationRequests"),
+        "{msg}"
     );
 }
