@@ -743,3 +743,57 @@ async fn one_requester_cannot_keep_more_than_the_cap_of_open_requests() {
         "no room after one request ended"
     );
 }
+
+// --- MFA (SPEC section 5) ---------------------------------------------------------------------
+
+/// With requireMFA, a requester whose identity carries no MFA marker is refused; the same
+/// person signed in with MFA (the OIDC `amr` claim, mapped into `extra` by the apiserver's
+/// structured authentication configuration) activates; a ServiceAccount never satisfies it.
+#[tokio::test]
+async fn require_mfa_needs_the_amr_claim_in_the_callers_identity() {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    env();
+    let env = common::operated();
+    let w = World::new("mfa", json!({"activation": {"requireMFA": true}})).await;
+    // alice signs in through the OIDC issuer (username = sub).
+    let without = env
+        .client_with_token(&env.oidc_token(&w.alice, &["team"], &["pwd"]).unwrap())
+        .await
+        .unwrap();
+    let with = env
+        .client_with_token(
+            &env.oidc_token(&w.alice, &["team"], &["pwd", "mfa"])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let me = Api::<SelfSubjectReview>::all(with.clone())
+        .create(&PostParams::default(), &Default::default())
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .user_info
+        .unwrap();
+    assert_eq!(me.username.as_deref(), Some(w.alice.as_str()));
+    assert_eq!(
+        me.extra.unwrap_or_default().get("kubepim.io/amr"),
+        Some(&vec!["pwd".to_string(), "mfa".to_string()]),
+        "the apiserver maps amr into extra"
+    );
+
+    let (code, msg) = refusal(w.ask(without.clone(), json!({})).await);
+    assert_eq!(code, 403, "{msg}");
+    assert!(msg.contains("MFA"), "{msg}");
+    w.access(&without, false).await;
+
+    let ar = w.ask(with.clone(), json!({})).await.unwrap();
+    assert_eq!(
+        ar.spec.requester.extra.get("kubepim.io/amr"),
+        Some(&vec!["pwd".to_string(), "mfa".to_string()]),
+        "the proof is recorded on the request"
+    );
+    w.wait_phase(ar.metadata.name.as_deref().unwrap(), RequestPhase::Active)
+        .await;
+    w.access(&with, true).await;
+}

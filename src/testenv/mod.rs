@@ -14,6 +14,7 @@
 //! Layout of DIR: `env.json` (how to connect), `pki/`, `logs/<process>.log`,
 //! `admin.kubeconfig`, `<user>.kubeconfig`, `bin/kubectl`, `pids`, and `ready` once serving.
 
+pub mod oidc;
 pub mod pki;
 mod process;
 pub use process::free_ports;
@@ -96,6 +97,9 @@ impl std::str::FromStr for User {
 struct EnvFile {
     server: String,
     bin_dir: PathBuf,
+    /// The test OIDC issuer's URL (users with `extra`, e.g. MFA).
+    #[serde(default)]
+    oidc_issuer: Option<String>,
 }
 
 /// A handle to a running control plane's directory: clients and kubeconfigs for any user.
@@ -103,6 +107,7 @@ struct EnvFile {
 pub struct TestEnv {
     dir: PathBuf,
     server: String,
+    oidc_issuer: Option<String>,
     bin_dir: PathBuf,
     ca_pem: String,
     ca_key_pem: String,
@@ -120,6 +125,7 @@ impl TestEnv {
         .map_err(|e| Error::TestEnv(format!("{}: {e}", env_path.display())))?;
         let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(Error::io("read", p));
         Ok(Self {
+            oidc_issuer: env.oidc_issuer,
             server: env.server,
             bin_dir: env.bin_dir,
             ca_pem: read(dir.join("pki/ca.crt"))?,
@@ -210,6 +216,19 @@ impl TestEnv {
             .await
             .map_err(|e| Error::Config(e.to_string()))?;
         Ok(Client::try_from(config)?)
+    }
+
+    /// An OIDC token from the test issuer for `user` in `groups`, whose `amr` claim (mapped to
+    /// `extra["kubepim.io/amr"]` by the apiserver) lists `amr`: `&["mfa"]` for a user who
+    /// authenticated with MFA, `&[]` for one who did not.
+    pub fn oidc_token(&self, user: &str, groups: &[&str], amr: &[&str]) -> Result<String> {
+        let url = self
+            .oidc_issuer
+            .as_deref()
+            .ok_or_else(|| Error::TestEnv("this control plane has no OIDC issuer".into()))?;
+        let pem = std::fs::read_to_string(self.dir.join("pki/oidc.key"))
+            .map_err(Error::io("read", self.dir.join("pki/oidc.key")))?;
+        Ok(oidc::Issuer::load(url, &pem)?.token(user, groups, amr))
     }
 
     /// A client that authenticates with a bearer token (e.g. a ServiceAccount token).
@@ -344,7 +363,25 @@ impl ControlPlane {
 
         let mut processes = Vec::new();
         // Every port this control plane listens on, found together so they are distinct.
-        let [etcd_port, etcd_peer, api_port, kcm_port] = process::free_ports::<4>()?;
+        let [etcd_port, etcd_peer, api_port, kcm_port, oidc_port] = process::free_ports::<5>()?;
+        // The OIDC issuer for users whose identity carries `extra` (MFA): up before the
+        // apiserver, which fetches its discovery document.
+        let oidc_url = format!("https://127.0.0.1:{oidc_port}");
+        let issuer = oidc::Issuer::generate(&oidc_url);
+        write_private(&pki.join("oidc.key"), issuer.key_pem()?.as_bytes())?;
+        let oidc_cert = ca.issue_server("kube-pim-testenv-oidc", &[])?;
+        oidc::serve(
+            std::sync::Arc::new(issuer),
+            ([127, 0, 0, 1], oidc_port).into(),
+            &oidc_cert.cert_pem,
+            &oidc_cert.key_pem,
+        )
+        .await?;
+        let authn = dir.join("authentication.yaml");
+        write(
+            &authn,
+            oidc::authentication_config(&oidc_url, ca.cert_pem()),
+        )?;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer}");
         let etcd = Process::spawn(
@@ -386,6 +423,7 @@ impl ControlPlane {
                 format!("--tls-cert-file={}", p("apiserver.crt")),
                 format!("--tls-private-key-file={}", p("apiserver.key")),
                 format!("--client-ca-file={}", p("ca.crt")),
+                format!("--authentication-config={}", authn.display()),
                 "--authorization-mode=RBAC".into(),
                 "--service-cluster-ip-range=10.0.0.0/24".into(),
                 "--allow-privileged=true".into(),
@@ -401,6 +439,7 @@ impl ControlPlane {
         processes.push(apiserver);
 
         let env_file = EnvFile {
+            oidc_issuer: Some(oidc_url.clone()),
             server: server.clone(),
             bin_dir: bin_dir.clone(),
         };
