@@ -62,6 +62,10 @@ pub enum Command {
         /// Members of this group may still bind governed roles directly (break glass).
         #[arg(long, env = "KUBE_PIM_BREAK_GLASS_GROUP")]
         break_glass_group: Option<String>,
+        /// Exempt the operator only when it authenticates with a pod-bound ServiceAccount
+        /// token (a token minted outside its pod is then not exempt).
+        #[arg(long)]
+        require_pod_bound_token: bool,
     },
 }
 
@@ -167,11 +171,15 @@ pub fn main() -> ExitCode {
             operator_username,
             namespace,
             break_glass_group,
+            require_pod_bound_token,
         } => {
             print!(
                 "{}",
                 crate::policies::all_yaml(&crate::policies::Options {
-                    operator_username,
+                    operator: crate::policies::Operator {
+                        username: operator_username,
+                        require_pod_bound_token,
+                    },
                     namespace,
                     break_glass_group,
                 })

@@ -29,11 +29,41 @@ use crate::api::activation_request::{SPEC_FIELDS, STATUS_FIELDS, cel_field};
 /// `standingAccess: Deny`, comma-separated under `data.roles`.
 pub const STANDING_ACCESS_PARAMS: &str = "kube-pim-standing-access";
 
+/// The operator's identity as every guard recognises it (SPEC invariant 9): its user name and,
+/// optionally, the requirement that it authenticates with a pod-bound ServiceAccount token
+/// (`authentication.kubernetes.io/pod-name` in `userInfo.extra`), so a token minted for the
+/// ServiceAccount outside a pod is not exempt.
+#[derive(Clone, Debug)]
+pub struct Operator {
+    /// The operator's user name.
+    pub username: String,
+    /// Require a pod-bound token for the exemption.
+    pub require_pod_bound_token: bool,
+}
+
+/// The extra key the apiserver sets for pod-bound ServiceAccount tokens.
+pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+
+impl Operator {
+    /// The CEL matchCondition that is true for everyone but the operator.
+    pub fn not_operator_expression(&self) -> String {
+        let name = format!("request.userInfo.username != {}", lit(&self.username));
+        if self.require_pod_bound_token {
+            format!(
+                "{name} || !has(request.userInfo.extra) || !({} in request.userInfo.extra)",
+                lit(POD_NAME_EXTRA)
+            )
+        } else {
+            name
+        }
+    }
+}
+
 /// What the policies need to know.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The operator's user name (the only exemption).
-    pub operator_username: String,
+    /// The operator (the only exemption).
+    pub operator: Operator,
     /// The operator's namespace (where the standing-access ConfigMap lives).
     pub namespace: String,
     /// Members of this group may still bind governed roles directly (break glass).
@@ -121,8 +151,7 @@ pub fn status_expressions() -> Vec<(String, String)> {
 }
 
 fn not_operator(o: &Options) -> Value {
-    json!({"name": "not-the-operator",
-           "expression": format!("request.userInfo.username != {}", lit(&o.operator_username))})
+    json!({"name": "not-the-operator", "expression": o.operator.not_operator_expression()})
 }
 
 fn meta(name: &str) -> Value {
@@ -255,7 +284,10 @@ mod tests {
 
     fn opts() -> Options {
         Options {
-            operator_username: "system:serviceaccount:kube-pim-system:kube-pim".into(),
+            operator: Operator {
+                username: "system:serviceaccount:kube-pim-system:kube-pim".into(),
+                require_pod_bound_token: false,
+            },
             namespace: "kube-pim-system".into(),
             break_glass_group: Some("break-glass".into()),
         }
@@ -298,6 +330,21 @@ mod tests {
     }
 
     /// No guard may be made optional by a top-level `||` (`&&` binds tighter).
+    #[test]
+    fn a_pod_bound_token_can_be_required_of_the_operator() {
+        let mut o = opts().operator;
+        assert_eq!(
+            o.not_operator_expression(),
+            "request.userInfo.username != \"system:serviceaccount:kube-pim-system:kube-pim\""
+        );
+        o.require_pod_bound_token = true;
+        let e = o.not_operator_expression();
+        assert!(
+            e.ends_with("|| !has(request.userInfo.extra) || !(\"authentication.kubernetes.io/pod-name\" in request.userInfo.extra)"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn every_clause_is_required() {
         let mut exprs = vec![requester_expression(), spec_expression()];

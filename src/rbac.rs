@@ -24,7 +24,10 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
 /// governed roles without holding them), read ClusterRoles, check access with
 /// SubjectAccessReviews, and record Events. What it needs in its own namespace only is in
 /// [`operator_namespace_role`].
-pub fn operator_cluster_role() -> ClusterRole {
+///
+/// `bind_only`: limit `bind` to these ClusterRoles (the governed ones); `None` binds any.
+/// Limited, an activation of a role not listed fails with the apiserver's 403 until it is.
+pub fn operator_cluster_role(bind_only: Option<&[String]>) -> ClusterRole {
     let rw = [
         "get", "list", "watch", "create", "update", "patch", "delete",
     ];
@@ -58,8 +61,12 @@ pub fn operator_cluster_role() -> ClusterRole {
             rule(
                 &["rbac.authorization.k8s.io"],
                 &["clusterroles"],
-                &["get", "list", "watch", "bind"],
+                &["get", "list", "watch"],
             ),
+            PolicyRule {
+                resource_names: bind_only.map(<[String]>::to_vec),
+                ..rule(&["rbac.authorization.k8s.io"], &["clusterroles"], &["bind"])
+            },
             rule(
                 &["authorization.k8s.io"],
                 &["subjectaccessreviews"],
@@ -270,7 +277,7 @@ mod tests {
 
     #[test]
     fn operator_cannot_read_secrets_or_impersonate() {
-        let role = operator_cluster_role();
+        let role = operator_cluster_role(None);
         for r in role.rules.unwrap() {
             let res = r.resources.unwrap_or_default();
             assert!(!res.iter().any(|x| x == "secrets" || x == "*"), "{res:?}");
@@ -280,5 +287,38 @@ mod tests {
                     .any(|v| v == "impersonate" || v == "escalate" || v == "*")
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+
+    #[test]
+    fn bind_can_be_limited_to_the_governed_roles() {
+        let bind = |r: &ClusterRole| {
+            r.rules
+                .iter()
+                .flatten()
+                .find(|p| p.verbs.iter().any(|v| v == "bind"))
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(bind(&operator_cluster_role(None)).resource_names, None);
+        let limited = operator_cluster_role(Some(&["admin".into(), "view".into()]));
+        assert_eq!(
+            bind(&limited).resource_names,
+            Some(vec!["admin".to_string(), "view".to_string()])
+        );
+        // Only bind is limited: reading ClusterRoles (RolesFound, risks) stays cluster-wide.
+        assert!(
+            limited
+                .rules
+                .unwrap()
+                .iter()
+                .any(|p| p.verbs.iter().any(|v| v == "list")
+                    && p.resource_names.is_none()
+                    && p.resources.iter().flatten().any(|r| r == "clusterroles"))
+        );
     }
 }

@@ -518,7 +518,7 @@ impl ControlPlane {
     /// and waits until it reports ready.
     async fn start_operator(&mut self, admin: &Client, bin: &Path, extra: &[String]) -> Result<()> {
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        let role = rbac::operator_cluster_role();
+        let role = rbac::operator_cluster_role(None);
         let name = role.metadata.name.clone().expect("named");
         Api::<ClusterRole>::all(admin.clone())
             .patch(&name, &pp, &Patch::Apply(&role))
@@ -690,7 +690,10 @@ pub async fn install_crds(admin: &Client) -> Result<()> {
 /// How the test environment's in-apiserver policies are configured.
 pub fn policy_options() -> crate::policies::Options {
     crate::policies::Options {
-        operator_username: OPERATOR_USER.into(),
+        operator: crate::policies::Operator {
+            username: OPERATOR_USER.into(),
+            require_pod_bound_token: false,
+        },
         namespace: CLUSTER_SCOPE_NAMESPACE.into(),
         break_glass_group: Some(BREAK_GLASS_GROUP.into()),
     }
@@ -726,17 +729,15 @@ pub async fn install_webhooks(
         MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
     };
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let m = config::mutating(
-        config::url_client(base_url, "/mutate", ca_pem),
-        operator_user,
-    );
+    let operator = crate::policies::Operator {
+        username: operator_user.into(),
+        require_pod_bound_token: false,
+    };
+    let m = config::mutating(config::url_client(base_url, "/mutate", ca_pem), &operator);
     Api::<MutatingWebhookConfiguration>::all(admin.clone())
         .patch(config::NAME, &pp, &Patch::Apply(&m))
         .await?;
-    let v = config::validating(
-        config::url_client(base_url, "/validate", ca_pem),
-        operator_user,
-    );
+    let v = config::validating(config::url_client(base_url, "/validate", ca_pem), &operator);
     Api::<ValidatingWebhookConfiguration>::all(admin.clone())
         .patch(config::NAME, &pp, &Patch::Apply(&v))
         .await?;

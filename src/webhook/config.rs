@@ -13,6 +13,8 @@ use k8s_openapi::{
 };
 use kube::api::ObjectMeta;
 
+use crate::policies::Operator;
+
 /// The name of both configurations.
 pub const NAME: &str = "kube-pim";
 
@@ -36,13 +38,10 @@ pub fn url_client(base_url: &str, path: &str, ca_pem: &str) -> WebhookClientConf
     }
 }
 
-fn not_operator(operator_username: &str) -> Option<Vec<MatchCondition>> {
-    // CEL string literal: the user name is a Kubernetes user name (no quotes or backslashes
-    // in practice); escape them anyway.
-    let quoted = operator_username.replace('\\', "\\\\").replace('\'', "\\'");
+fn not_operator(operator: &Operator) -> Option<Vec<MatchCondition>> {
     Some(vec![MatchCondition {
         name: "not-the-operator".into(),
-        expression: format!("request.userInfo.username != '{quoted}'"),
+        expression: operator.not_operator_expression(),
     }])
 }
 
@@ -56,10 +55,7 @@ fn meta() -> ObjectMeta {
 
 /// Mutation: stamping the requester (request CREATE), an approver's identity and time
 /// (request status UPDATE), and who wrote an assignment (assignment CREATE/UPDATE).
-pub fn mutating(
-    client: WebhookClientConfig,
-    operator_username: &str,
-) -> MutatingWebhookConfiguration {
+pub fn mutating(client: WebhookClientConfig, operator: &Operator) -> MutatingWebhookConfiguration {
     MutatingWebhookConfiguration {
         metadata: meta(),
         webhooks: Some(vec![MutatingWebhook {
@@ -76,7 +72,7 @@ pub fn mutating(
             match_policy: Some("Equivalent".into()),
             timeout_seconds: Some(10),
             reinvocation_policy: Some("IfNeeded".into()),
-            match_conditions: not_operator(operator_username),
+            match_conditions: not_operator(operator),
             ..Default::default()
         }]),
     }
@@ -85,7 +81,7 @@ pub fn mutating(
 /// Validation: every write to kube-pim's resources, including request status and DELETE.
 pub fn validating(
     client: WebhookClientConfig,
-    operator_username: &str,
+    operator: &Operator,
 ) -> ValidatingWebhookConfiguration {
     ValidatingWebhookConfiguration {
         metadata: meta(),
@@ -106,7 +102,7 @@ pub fn validating(
             failure_policy: Some("Fail".into()),
             match_policy: Some("Equivalent".into()),
             timeout_seconds: Some(10),
-            match_conditions: not_operator(operator_username),
+            match_conditions: not_operator(operator),
             ..Default::default()
         }]),
     }
@@ -119,13 +115,20 @@ mod tests {
     #[test]
     fn fail_closed_no_side_effects_and_the_operator_excluded() {
         let c = url_client("https://127.0.0.1:9443", "/validate", "CA");
-        let v = validating(c.clone(), "system:serviceaccount:kube-pim-system:kube-pim");
+        let op = |u: &str| Operator {
+            username: u.into(),
+            require_pod_bound_token: false,
+        };
+        let v = validating(
+            c.clone(),
+            &op("system:serviceaccount:kube-pim-system:kube-pim"),
+        );
         let w = &v.webhooks.unwrap()[0];
         assert_eq!(w.failure_policy.as_deref(), Some("Fail"));
         assert_eq!(w.side_effects, "NoneOnDryRun");
         assert_eq!(
             w.match_conditions.as_ref().unwrap()[0].expression,
-            "request.userInfo.username != 'system:serviceaccount:kube-pim-system:kube-pim'"
+            "request.userInfo.username != \"system:serviceaccount:kube-pim-system:kube-pim\""
         );
         let resources: Vec<String> = w
             .rules
@@ -136,14 +139,14 @@ mod tests {
         assert!(resources.contains(&"activationrequests/status".to_string()));
         let ops: Vec<String> = w.rules.as_ref().unwrap()[0].operations.clone().unwrap();
         assert_eq!(ops, ["CREATE", "UPDATE", "DELETE"]);
-        let m = mutating(c, "op");
+        let m = mutating(c, &op("op"));
         assert_eq!(
             m.webhooks.unwrap()[0].failure_policy.as_deref(),
             Some("Fail")
         );
         assert_eq!(
-            not_operator("a'b").unwrap()[0].expression,
-            "request.userInfo.username != 'a\\'b'"
+            not_operator(&op("a\"b")).unwrap()[0].expression,
+            "request.userInfo.username != \"a\\\"b\""
         );
     }
 }
