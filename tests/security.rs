@@ -797,3 +797,225 @@ async fn require_mfa_needs_the_amr_claim_in_the_callers_identity() {
         .await;
     w.access(&with, true).await;
 }
+
+// --- invariants 1, 2 and 7 as an attacker with their own credentials -------------------------
+
+/// mallory (a requester in the same namespace, with RBAC to patch requests) and alice herself
+/// try to make an Active request lose its record or its finalizer, take over someone else's
+/// request with `extends`, and rewrite the requester. Everything is refused and the request
+/// stays intact.
+#[tokio::test]
+async fn an_active_request_cannot_be_stripped_deleted_adopted_or_rewritten() {
+    env();
+    let w = World::new("meta", json!({})).await;
+    w.bind("kube-pim-requester", "User", &w.mallory).await;
+    apply(
+        &admin().await,
+        &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment",
+            "metadata": {"name": "mallory"},
+            "spec": {"roleSetting": w.rs, "subject": {"kind": "User", "name": w.mallory}}}),
+        Some(&w.ns),
+    )
+    .await;
+    let alice = w.alice().await;
+    let ar = w.ask(alice.clone(), json!({})).await.unwrap();
+    let name = ar.metadata.name.clone().unwrap();
+    let active = w.wait_phase(&name, RequestPhase::Active).await;
+    let mallory = user(&w.mallory, &[]).await;
+    let as_mallory = w.requests(mallory.clone());
+    let as_alice = w.requests(alice.clone());
+
+    let json_patch =
+        |ops: serde_json::Value| -> Patch<()> { Patch::Json(serde_json::from_value(ops).unwrap()) };
+    // The finalizer, by JSON patch (both), and by server-side apply with force.
+    for api in [&as_mallory, &as_alice] {
+        let (code, msg) = refusal(
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &json_patch(json!([{"op": "remove", "path": "/metadata/finalizers"}])),
+            )
+            .await,
+        );
+        assert_eq!(code, 403, "{msg}");
+        assert!(msg.contains("only kube-pim removes"), "{msg}");
+    }
+    let stripped = json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",
+        "metadata": {"name": name, "finalizers": []}});
+    let _ = as_mallory
+        .patch(
+            &name,
+            &PatchParams::apply("mallory").force(),
+            &Patch::Apply(&stripped),
+        )
+        .await;
+    // An owner reference (garbage collection would delete the record with its owner).
+    let owner = json!([{"op": "add", "path": "/metadata/ownerReferences", "value": [{
+        "apiVersion": "v1", "kind": "ConfigMap", "name": "bait", "uid": "00000000-0000-0000-0000-000000000001"}]}]);
+    let (code, msg) = refusal(
+        as_mallory
+            .patch(&name, &PatchParams::default(), &json_patch(owner))
+            .await,
+    );
+    assert_eq!(code, 403, "{msg}");
+    // kube-pim's own metadata.
+    let (code, _) = refusal(
+        as_mallory
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {"kubepim.io/deactivated-by": w.mallory}}}),
+                ),
+            )
+            .await,
+    );
+    assert_eq!(code, 403);
+    // The requester removed and re-added, or replaced.
+    let (code, _) = refusal(
+        as_mallory
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &json_patch(json!([
+                    {"op": "remove", "path": "/spec/requester"},
+                    {"op": "add", "path": "/spec/requester", "value": {"username": w.mallory}}])),
+            )
+            .await,
+    );
+    assert!(code == 403 || code == 422, "{code}");
+    // Deleting an Active request (its audit record), even by a cluster administrator.
+    let (code, msg) = refusal(
+        w.requests(admin().await)
+            .delete(&name, &Default::default())
+            .await,
+    );
+    assert_eq!(code, 403, "{msg}");
+    assert!(msg.contains("is Active"), "{msg}");
+    // Deactivating someone else's request without being an approver or able to bind.
+    let (code, _) = refusal(
+        as_mallory
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"deactivate": true}})),
+            )
+            .await,
+    );
+    assert_eq!(code, 403);
+    // Extending alice's request to get her access.
+    let (code, msg) = refusal(w.ask(mallory.clone(), json!({"extends": name})).await);
+    assert_eq!(code, 403, "{msg}");
+    assert!(msg.contains("is not your own"), "{msg}");
+
+    // Nothing changed: still Active, finalizer, no owner, alice's, access for alice only.
+    let now = w.requests(admin().await).get(&name).await.unwrap();
+    assert_eq!(
+        now.status.as_ref().unwrap().phase,
+        Some(RequestPhase::Active)
+    );
+    assert!(
+        now.metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"kubepim.io/bindings".to_string())
+    );
+    assert!(now.metadata.owner_references.unwrap_or_default().is_empty());
+    assert_eq!(now.spec, active.spec);
+    w.access(&alice, true).await;
+    w.access(&mallory, false).await;
+}
+
+/// A request deleted and re-created under the same name is a new request: decisions on the
+/// old one never count for it.
+#[tokio::test]
+async fn a_request_recreated_with_the_same_name_starts_without_the_old_approvals() {
+    env();
+    let w = World::new(
+        "rename",
+        json!({"approval": {"required": true, "minApprovals": 2, "approvers": [{"kind": "Group", "name": "placeholder"}]}}),
+    )
+    .await;
+    apply(
+        &admin().await,
+        &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": w.rs},
+            "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
+                     "approval": {"required": true, "minApprovals": 2,
+                                  "approvers": [{"kind": "Group", "name": w.leads}]}}}),
+        None,
+    )
+    .await;
+    let alice = w.alice().await;
+    let named = |n: &str| -> kube_pim::api::ActivationRequest {
+        serde_json::from_value(
+            json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",
+            "metadata": {"name": n}, "spec": {"roleSetting": w.rs, "duration": "10m",
+            "justification": "INC-7", "requester": {"username": "x"}}}),
+        )
+        .unwrap()
+    };
+    let api = w.requests(alice.clone());
+    api.create(&PostParams::default(), &named("same"))
+        .await
+        .unwrap();
+    let first = w.wait_phase("same", RequestPhase::Pending).await;
+    w.decide(w.approver(&w.bob).await, &first, "Approved", Some("one"))
+        .await
+        .unwrap();
+    api.patch(
+        "same",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"deactivate": true}})),
+    )
+    .await
+    .unwrap();
+    w.audit_intact("same").await;
+    w.requests(admin().await)
+        .delete("same", &Default::default())
+        .await
+        .unwrap();
+    eventually!(
+        Duration::from_secs(30),
+        w.requests(admin().await)
+            .get_opt("same")
+            .await
+            .unwrap()
+            .is_none(),
+        "the first request was not deleted"
+    );
+
+    api.create(&PostParams::default(), &named("same"))
+        .await
+        .unwrap();
+    let second = w.wait_phase("same", RequestPhase::Pending).await;
+    assert_ne!(second.metadata.uid, first.metadata.uid);
+    assert!(
+        second.status.as_ref().unwrap().approvals.as_deref() == Some(&[]),
+        "{:?}",
+        second.status
+    );
+    // bob's approval of the old request must not be replayed: one more approval is not enough.
+    w.decide(
+        w.approver(&w.carol).await,
+        &second,
+        "Approved",
+        Some("two?"),
+    )
+    .await
+    .unwrap();
+    // Once the operator has counted carol's approval, it is waiting for one more.
+    let still = w
+        .wait("same", "carol's approval counted", |ar| {
+            ar.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.message.starts_with("waiting for 1 more approval"))
+            })
+        })
+        .await;
+    assert_eq!(
+        still.status.as_ref().unwrap().phase,
+        Some(RequestPhase::Pending)
+    );
+    w.access(&alice, false).await;
+}
