@@ -107,7 +107,16 @@ pub fn fenced_client(
     config: kube::Config,
     leadership: Arc<crate::leader::Leadership>,
 ) -> Result<Client> {
-    Ok(kube::client::ClientBuilder::try_from(config)?
+    let builder = kube::client::ClientBuilder::try_from(config)?;
+    // Fault injection for the crash tests: exit abruptly right after the Nth write.
+    let builder = builder.with_layer(&tower::layer::layer_fn(|inner| ExitAfterWrites {
+        inner,
+        left: std::env::var(FAULT_EXIT_AFTER_WRITES)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(|n: i64| Arc::new(std::sync::atomic::AtomicI64::new(n))),
+    }));
+    Ok(builder
         .with_layer(&tower::filter::FilterLayer::new(
             move |req: http::Request<kube::client::Body>| {
                 if leadership.allows(req.method(), req.uri().path()) {
@@ -122,6 +131,57 @@ pub fn fenced_client(
             },
         ))
         .build())
+}
+
+/// The environment variable that makes the operator exit abruptly (SIGABRT, no clean-up) right
+/// after its Nth successful write to the API: the crash tests use it to stop the operator after
+/// every step of a lifecycle and check that a restart converges on the same end state. Unset
+/// in production; nothing else reads it.
+pub const FAULT_EXIT_AFTER_WRITES: &str = "KUBE_PIM_FAULT_EXIT_AFTER_WRITES";
+
+/// See [`FAULT_EXIT_AFTER_WRITES`]; a pass-through when `left` is `None`.
+#[derive(Clone)]
+struct ExitAfterWrites<S> {
+    inner: S,
+    left: Option<Arc<std::sync::atomic::AtomicI64>>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for ExitAfterWrites<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, std::result::Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let write = !matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+            && !req.uri().path().starts_with("/apis/authorization.k8s.io/");
+        let left = self.left.clone().filter(|_| write);
+        let what = format!("{} {}", req.method(), req.uri().path());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            if let Some(left) = left
+                && r.as_ref().is_ok_and(|resp| resp.status().is_success())
+                && left.fetch_sub(1, Ordering::SeqCst) == 1
+            {
+                eprintln!("{FAULT_EXIT_AFTER_WRITES}: exiting right after {what}");
+                std::process::abort();
+            }
+            r
+        })
+    }
 }
 
 fn health_router(

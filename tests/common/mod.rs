@@ -213,15 +213,18 @@ pub async fn can(client: &Client, verb: &str, what: &str, ns: &str) -> bool {
     r.status.unwrap().allowed
 }
 
-/// A plain HTTP GET on loopback (health endpoints): the raw response.
+/// A plain HTTP GET on loopback (health endpoints): the raw response, or "" when the
+/// connection fails (a process starting or stopping); callers check what they expect.
 pub async fn http_get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
     let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return out;
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_ok() {
+        let _ = s.read_to_string(&mut out).await;
+    }
     out
 }
 
@@ -248,6 +251,16 @@ pub fn signal(pid: i32, signal: nix::sys::signal::Signal) {
 /// DIR/operator.json), with `extra` arguments appended, logging to DIR/logs/NAME.log. The
 /// process is killed when the handle is dropped.
 pub fn start_operator(env: &TestEnv, name: &str, extra: &[String]) -> tokio::process::Child {
+    start_operator_with_env(env, name, extra, &[])
+}
+
+/// [`start_operator`] with more environment variables.
+pub fn start_operator_with_env(
+    env: &TestEnv,
+    name: &str,
+    extra: &[String],
+    vars: &[(&str, String)],
+) -> tokio::process::Child {
     let how: serde_json::Value =
         serde_json::from_slice(&std::fs::read(env.dir().join("operator.json")).unwrap()).unwrap();
     let mut args: Vec<String> = serde_json::from_value(how["args"].clone()).unwrap();
@@ -261,9 +274,24 @@ pub fn start_operator(env: &TestEnv, name: &str, extra: &[String]) -> tokio::pro
         .args(&args)
         .env("KUBECONFIG", how["env"]["KUBECONFIG"].as_str().unwrap())
         .env("KUBE_PIM_LOG", "info,kube_pim=debug")
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .unwrap()
+}
+
+/// Waits until an operator started from DIR/operator.json answers /readyz (its webhook is up
+/// then too).
+pub async fn wait_operator_ready(env: &TestEnv) {
+    let how: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.dir().join("operator.json")).unwrap()).unwrap();
+    let addr = how["healthAddr"].as_str().unwrap().to_string();
+    eventually!(
+        Duration::from_secs(60),
+        tokio::net::TcpStream::connect(&addr).await.is_ok()
+            && http_get(&addr, "/readyz").await.starts_with("HTTP/1.1 200"),
+        "the operator never became ready"
+    );
 }

@@ -1,0 +1,338 @@
+//! Faults (SPEC invariant 4): the operator crashing right after each of its writes, and the
+//! operator's permission to delete bindings withdrawn for a while. Each test ends in the state
+//! an undisturbed run ends in: no duplicate or missing binding, one history entry per
+//! transition, every transition on the audit stream, access gone at the end.
+//!
+//! In its own test binary (the tests stop the operator and change its RBAC), and the tests
+//! here run one at a time.
+
+#[macro_use]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{admin, operated, operator_pid, start_operator, start_operator_with_env, world::*};
+use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use kube_pim::api::{ActivationRequest, HistoryAction, RequestPhase};
+use serde_json::json;
+use tokio::process::Child;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The operator under test: restarted (without a fault) whenever it has exited.
+struct Operator {
+    child: Child,
+    starts: usize,
+    crashed: usize,
+}
+
+impl Operator {
+    fn ensure(&mut self) {
+        if self.child.try_wait().unwrap().is_some() {
+            self.crashed += 1;
+            self.starts += 1;
+            self.child = start_operator(operated(), &format!("kube-pim-{}", self.starts), &[]);
+        }
+    }
+}
+
+/// Waits until `f` holds for `name`, keeping the operator running.
+async fn until(
+    w: &World,
+    op: &mut Operator,
+    name: &str,
+    what: &str,
+    f: impl Fn(&ActivationRequest) -> bool,
+) -> ActivationRequest {
+    let api = w.requests(admin().await);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        op.ensure();
+        let ar = api.get(name).await.unwrap();
+        if f(&ar) {
+            return ar;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never became {what}: {:?}",
+            ar.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Retries `f` while the webhook is unreachable (the operator is between lives).
+async fn admitted<T>(
+    op: &mut Operator,
+    mut f: impl AsyncFnMut() -> Result<T, kube::Error>,
+) -> Result<T, kube::Error> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        op.ensure();
+        match f().await {
+            Err(kube::Error::Api(s))
+                if s.message.contains("failed calling webhook") && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => return other,
+        }
+    }
+}
+
+fn phase(ar: &ActivationRequest) -> Option<RequestPhase> {
+    ar.status.as_ref().and_then(|s| s.phase)
+}
+
+async fn managed(ns: &str) -> Vec<RoleBinding> {
+    Api::<RoleBinding>::namespaced(admin().await, ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=kube-pim"))
+        .await
+        .unwrap()
+        .items
+}
+
+/// One approved activation, start to end, with the operator exiting right after its `n`th
+/// write (counted from its start) and restarted. Returns whether it crashed at all.
+async fn lifecycle_with_a_crash_after(w: &World, n: usize) -> bool {
+    let vars = [(kube_pim::operator::FAULT_EXIT_AFTER_WRITES, n.to_string())];
+    let mut op = Operator {
+        child: start_operator_with_env(operated(), &format!("kube-pim-fault-{n}"), &[], &vars),
+        starts: 0,
+        crashed: 0,
+    };
+    let alice = w.alice().await;
+    let ar = admitted(&mut op, async || {
+        w.ask(alice.clone(), json!({"duration": "4s"})).await
+    })
+    .await
+    .unwrap();
+    let name = ar.name_any();
+    let pending = until(w, &mut op, &name, "ready for decisions", |ar| {
+        phase(ar) == Some(RequestPhase::Pending)
+            && ar.status.as_ref().is_some_and(|s| s.approvals.is_some())
+    })
+    .await;
+    let bob = w.approver(&w.bob).await;
+    match admitted(&mut op, async || {
+        w.decide(bob.clone(), &pending, "Approved", Some("ok"))
+            .await
+    })
+    .await
+    {
+        Ok(_) => {}
+        // Admitted once already, its answer lost with the operator: that decision stands.
+        Err(kube::Error::Api(s)) if s.message.contains("already decided") => {}
+        Err(e) => panic!("approval refused: {e}"),
+    }
+    let active = until(w, &mut op, &name, "Active or later", |ar| {
+        ar.status
+            .as_ref()
+            .is_some_and(|s| s.activation_time.is_some())
+    })
+    .await;
+    if phase(&active) == Some(RequestPhase::Active) {
+        let mine: Vec<_> = managed(&w.ns)
+            .await
+            .into_iter()
+            .filter(|b| b.labels().get("kubepim.io/activation-request") == Some(&name))
+            .collect();
+        assert!(
+            mine.len() <= 1,
+            "crash after write {n}: duplicate bindings {mine:?}"
+        );
+    }
+    let ended = until(w, &mut op, &name, "Expired, checked and released", |ar| {
+        ar.status.as_ref().is_some_and(|s| {
+            s.phase == Some(RequestPhase::Expired)
+                && usize::try_from(s.audited_through).ok() == Some(s.history.len())
+                && s.conditions.iter().any(|c| c.type_ == "ResidualAccess")
+        }) && ar.finalizers().is_empty()
+    })
+    .await;
+    let actions: Vec<HistoryAction> = ended
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .iter()
+        .map(|h| h.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            HistoryAction::Requested,
+            HistoryAction::Approved,
+            HistoryAction::Activated,
+            HistoryAction::Expired
+        ],
+        "crash after write {n}: the history differs from an undisturbed run"
+    );
+    let residual = ended
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ResidualAccess")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        residual.status, "False",
+        "crash after write {n}: {residual:?}"
+    );
+    w.audit_intact(&name).await;
+    assert!(
+        managed(&w.ns).await.is_empty(),
+        "crash after write {n}: a binding is left"
+    );
+    w.access(&alice, false).await;
+    let crashed = op.crashed > 0 || op.child.try_wait().unwrap().is_some();
+    let _ = op.child.kill().await;
+    crashed
+}
+
+#[tokio::test]
+async fn a_crash_right_after_any_write_of_an_approved_activation_changes_nothing() {
+    let _serial = SERIAL.lock().await;
+    stop_the_first_operator();
+    let setup = start_operator(operated(), "kube-pim-setup", &[]);
+    common::wait_operator_ready(operated()).await;
+    let w = World::new(
+        "crash",
+        json!({"approval": {"required": true, "approvers": [{"kind": "Group", "name": "placeholder"}]}}),
+    )
+    .await;
+    apply(
+        &admin().await,
+        &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": w.rs},
+            "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
+                     "approval": {"required": true, "approvers": [{"kind": "Group", "name": w.leads}]}}}),
+        None,
+    )
+    .await;
+    drop(setup);
+    // Crash after the 1st, 2nd, ... write until a whole lifecycle runs without one.
+    let mut n = 1;
+    while lifecycle_with_a_crash_after(&w, n).await {
+        // Reported, for the record of what was interrupted.
+        let log = std::fs::read_to_string(
+            operated()
+                .dir()
+                .join(format!("logs/kube-pim-fault-{n}.log")),
+        )
+        .unwrap_or_default();
+        let at = log
+            .lines()
+            .find(|l| l.contains(kube_pim::operator::FAULT_EXIT_AFTER_WRITES))
+            .unwrap_or("?");
+        eprintln!("crash after write {n} ({at}): converged");
+        n += 1;
+        assert!(
+            n < 60,
+            "the operator kept crashing; the lifecycle needs fewer writes than that"
+        );
+    }
+    eprintln!("an undisturbed lifecycle took fewer than {n} writes; crashed after each of 1..{n}");
+    assert!(
+        n > 5,
+        "too few crash points exercised ({n}): the fault hook is not counting writes"
+    );
+}
+
+/// The test environment's operator is replaced by ones each test starts and owns.
+fn stop_the_first_operator() {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(operator_pid(operated())),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// Sets whether the operator's ClusterRole allows deleting RoleBindings.
+async fn operator_may_delete_role_bindings(allowed: bool) {
+    let api: Api<ClusterRole> = Api::all(admin().await);
+    let mut role = api
+        .get(kube_pim::rbac::OPERATOR_CLUSTER_ROLE)
+        .await
+        .unwrap();
+    for r in role.rules.iter_mut().flatten() {
+        if r.resources.iter().flatten().any(|x| x == "rolebindings") {
+            r.verbs.retain(|v| v != "delete");
+            if allowed {
+                r.verbs.push("delete".into());
+            }
+        }
+    }
+    role.metadata.managed_fields = None;
+    api.replace(
+        kube_pim::rbac::OPERATOR_CLUSTER_ROLE,
+        &Default::default(),
+        &role,
+    )
+    .await
+    .unwrap();
+}
+
+/// Ending an activation while the operator may not delete RoleBindings: the apiserver answers
+/// 403, the operator keeps trying, and the record never says access ended while the binding is
+/// there. Once the permission is back, the revocation completes.
+#[tokio::test]
+async fn revocation_retries_through_real_403s_until_the_permission_is_back() {
+    let _serial = SERIAL.lock().await;
+    stop_the_first_operator();
+    let env = operated();
+    let _op = start_operator(env, "kube-pim-perm", &[]);
+    common::wait_operator_ready(env).await;
+    let w = World::new("perm", json!({})).await;
+    let alice = w.alice().await;
+    let ar = w
+        .ask(alice.clone(), json!({"duration": "10m"}))
+        .await
+        .unwrap();
+    let name = ar.name_any();
+    let active = w.wait_phase(&name, RequestPhase::Active).await;
+    let binding = active.status.as_ref().unwrap().bindings[0].name.clone();
+    w.access(&alice, true).await;
+
+    operator_may_delete_role_bindings(false).await;
+    w.requests(alice.clone())
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deactivate": true}})),
+        )
+        .await
+        .unwrap();
+    let log = env.dir().join("logs/kube-pim-perm.log");
+    eventually!(
+        Duration::from_secs(30),
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("reconcile failed") && l.contains("forbidden")),
+        "the operator never met the 403"
+    );
+    let meanwhile = w.requests(admin().await).get(&name).await.unwrap();
+    assert_eq!(
+        phase(&meanwhile),
+        Some(RequestPhase::Active),
+        "recorded as ended while the binding exists"
+    );
+    assert!(
+        Api::<RoleBinding>::namespaced(admin().await, &w.ns)
+            .get_opt(&binding)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    operator_may_delete_role_bindings(true).await;
+    w.wait_phase(&name, RequestPhase::Deactivated).await;
+    w.access(&alice, false).await;
+    assert!(managed(&w.ns).await.is_empty());
+    w.audit_intact(&name).await;
+}
