@@ -336,3 +336,101 @@ async fn revocation_retries_through_real_403s_until_the_permission_is_back() {
     assert!(managed(&w.ns).await.is_empty());
     w.audit_intact(&name).await;
 }
+
+/// The webhook unreachable (invariant 5): requests and approvals are refused, while the
+/// operator's own writes (excluded from the webhook by matchConditions) still revoke at expiry.
+#[tokio::test]
+async fn with_the_webhook_unreachable_requests_and_approvals_fail_closed_and_revocation_happens() {
+    let _serial = SERIAL.lock().await;
+    stop_the_first_operator();
+    let env = operated();
+    let _op = start_operator(env, "kube-pim-webhook-down", &[]);
+    common::wait_operator_ready(env).await;
+    let w = World::new("hookdown", json!({})).await;
+    apply(
+        &admin().await,
+        &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": format!("{}-appr", w.rs)},
+            "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
+                     "approval": {"required": true, "approvers": [{"kind": "Group", "name": w.leads}]}}}),
+        None,
+    )
+    .await;
+    apply(
+        &admin().await,
+        &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment", "metadata": {"name": "alice-appr"},
+            "spec": {"roleSetting": format!("{}-appr", w.rs), "subject": {"kind": "User", "name": w.alice}}}),
+        Some(&w.ns),
+    )
+    .await;
+    let alice = w.alice().await;
+    let short = w
+        .ask(alice.clone(), json!({"duration": "6s"}))
+        .await
+        .unwrap();
+    let short = short.metadata.name.unwrap();
+    let waiting = w
+        .ask(
+            alice.clone(),
+            json!({"roleSetting": format!("{}-appr", w.rs)}),
+        )
+        .await
+        .unwrap();
+    let waiting = w
+        .wait(
+            waiting.metadata.name.as_deref().unwrap(),
+            "ready for decisions",
+            |ar| ar.status.as_ref().is_some_and(|s| s.approvals.is_some()),
+        )
+        .await;
+    w.wait_phase(&short, RequestPhase::Active).await;
+    w.access(&alice, true).await;
+
+    // The apiserver can no longer reach the webhook.
+    let [dead] = kube_pim::testenv::free_ports::<1>().unwrap();
+    let ca = std::fs::read_to_string(env.dir().join("pki/ca.crt")).unwrap();
+    kube_pim::testenv::install_webhooks(
+        &admin().await,
+        &format!("https://127.0.0.1:{dead}"),
+        &ca,
+        kube_pim::testenv::OPERATOR_USER,
+    )
+    .await
+    .unwrap();
+    let (code, msg) = common::refusal(w.ask(alice.clone(), json!({})).await);
+    assert!(msg.contains("failed calling webhook"), "{code}: {msg}");
+    let (_, msg) = common::refusal(
+        w.decide(w.approver(&w.bob).await, &waiting, "Approved", Some("ok"))
+            .await,
+    );
+    assert!(msg.contains("failed calling webhook"), "{msg}");
+
+    // Revocation does not depend on the webhook.
+    w.wait_phase(&short, RequestPhase::Expired).await;
+    w.access(&alice, false).await;
+    assert!(managed(&w.ns).await.is_empty());
+    w.audit_intact(&short).await;
+    let still = w
+        .requests(admin().await)
+        .get(&waiting.name_any())
+        .await
+        .unwrap();
+    assert_eq!(phase(&still), Some(RequestPhase::Pending));
+
+    // Put the webhook back for whatever runs next.
+    let how: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.dir().join("operator.json")).unwrap()).unwrap();
+    let args: Vec<String> = serde_json::from_value(how["args"].clone()).unwrap();
+    let addr = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--webhook-addr="))
+        .unwrap()
+        .to_string();
+    kube_pim::testenv::install_webhooks(
+        &admin().await,
+        &format!("https://{addr}"),
+        &ca,
+        kube_pim::testenv::OPERATOR_USER,
+    )
+    .await
+    .unwrap();
+}

@@ -1019,3 +1019,68 @@ async fn a_request_recreated_with_the_same_name_starts_without_the_old_approvals
     );
     w.access(&alice, false).await;
 }
+
+/// Two overlapping activations of the same role for the same person: ending one never removes
+/// the other's access, and the residual-access check knows the remaining access is kube-pim's.
+#[tokio::test]
+async fn ending_one_of_two_overlapping_activations_keeps_the_others_access() {
+    env();
+    let w = World::new("overlap", json!({})).await;
+    let alice = w.alice().await;
+    let one = w.ask(alice.clone(), json!({})).await.unwrap();
+    let two = w.ask(alice.clone(), json!({})).await.unwrap();
+    let (one, two) = (one.metadata.name.unwrap(), two.metadata.name.unwrap());
+    w.wait_phase(&one, RequestPhase::Active).await;
+    w.wait_phase(&two, RequestPhase::Active).await;
+    assert_eq!(
+        managed_bindings(&w.ns).await.len(),
+        2,
+        "one binding per activation"
+    );
+    let end = |n: String| {
+        let api = w.requests(alice.clone());
+        async move {
+            api.patch(
+                &n,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"deactivate": true}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    end(one.clone()).await;
+    let ended = w
+        .wait(&one, "checked for residual access", |ar| {
+            condition(ar, "ResidualAccess").is_some()
+        })
+        .await;
+    let c = condition(&ended, "ResidualAccess").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "StillActivated"),
+        "{c:?}"
+    );
+    w.access(&alice, true).await;
+    let left = managed_bindings(&w.ns).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0].metadata.labels.as_ref().unwrap()["kubepim.io/activation-request"],
+        two
+    );
+    end(two.clone()).await;
+    let ended = w
+        .wait(&two, "checked for residual access", |ar| {
+            condition(ar, "ResidualAccess").is_some()
+        })
+        .await;
+    let c = condition(&ended, "ResidualAccess").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "AccessRemoved"),
+        "{c:?}"
+    );
+    w.access(&alice, false).await;
+    w.audit_intact(&one).await;
+    w.audit_intact(&two).await;
+}
