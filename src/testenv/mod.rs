@@ -412,28 +412,37 @@ impl ControlPlane {
 
         let server = format!("https://127.0.0.1:{api_port}");
         let p = |f: &str| pki.join(f).display().to_string();
+        let apiserver_args: Vec<String> = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            format!("--cert-dir={}", pki.display()),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!("--authentication-config={}", authn.display()),
+            "--authorization-mode=RBAC".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--allow-privileged=true".into(),
+            format!("--service-account-issuer={server}"),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            // One apiserver, no nodes: the endpoints of the `kubernetes` Service are moot.
+            "--endpoint-reconciler-type=none".into(),
+            "--v=1".into(),
+        ];
+        // How it was started, so a test can restart it the same way (etcd keeps the data).
+        write(
+            &dir.join("apiserver.json"),
+            serde_json::to_vec_pretty(&serde_json::json!({
+                "bin": bin_dir.join("kube-apiserver"), "args": apiserver_args,
+            }))
+            .expect("serializes"),
+        )?;
         let apiserver = Process::spawn(
             "kube-apiserver",
             &bin_dir.join("kube-apiserver"),
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={api_port}"),
-                format!("--cert-dir={}", pki.display()),
-                format!("--tls-cert-file={}", p("apiserver.crt")),
-                format!("--tls-private-key-file={}", p("apiserver.key")),
-                format!("--client-ca-file={}", p("ca.crt")),
-                format!("--authentication-config={}", authn.display()),
-                "--authorization-mode=RBAC".into(),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--allow-privileged=true".into(),
-                format!("--service-account-issuer={server}"),
-                format!("--service-account-key-file={}", p("sa.pub")),
-                format!("--service-account-signing-key-file={}", p("sa.key")),
-                // One apiserver, no nodes: the endpoints of the `kubernetes` Service are moot.
-                "--endpoint-reconciler-type=none".into(),
-                "--v=1".into(),
-            ],
+            &apiserver_args,
             &dir.join("logs"),
         )?;
         processes.push(apiserver);
