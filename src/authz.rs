@@ -242,19 +242,25 @@ impl Authorizer {
     /// Whether the recorded writer of `ea` may bind every role of `rs` where `ea` grants it.
     /// An assignment without a readable record was not written through kube-pim's admission
     /// webhook, so nobody vouches for it: it is not authorized.
+    ///
+    /// Never an error: when the apiserver does not answer, the last positive answer (even one
+    /// older than a resync) stands, and without one the assignment is not authorized (fail
+    /// closed) until it does. So an outage of SubjectAccessReviews never holds up expiry or
+    /// revocation, and never grants anything new.
     pub async fn assignment(
         &self,
         ea: &EligibleAssignment,
         rs: &RoleSetting,
-    ) -> Result<Result<(), Violation>, Error> {
+    ) -> Result<(), Violation> {
         let Some(writer) = recorded_writer(ea) else {
-            return Ok(Err(Violation::new(
+            return Err(Violation::new(
                 NOT_AUTHORIZED_TO_BIND,
                 format!(
                     "the assignment has no readable {AUTHORIZED_BY} annotation (it was written while kube-pim's admission webhook was not running): re-apply it"
                 ),
-            )));
+            ));
         };
+        let who = writer.username.clone().unwrap_or_default();
         let roles: Vec<String> = rs.spec.role_refs.iter().map(|r| r.name.clone()).collect();
         let ns = grant_namespace(ea).map(str::to_string);
         let key: Key = (
@@ -262,33 +268,48 @@ impl Authorizer {
             roles.clone(),
             ns.clone(),
         );
-        let cached = self
+        let ttl = self.ttl;
+        let known = self
             .answers
             .lock()
             .expect("authorizer cache lock")
             .get(&key)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, a)| a.clone());
-        let answer = match cached {
-            Some(a) => a,
-            None => {
-                let a = first_unbindable(&self.client, &writer, &roles, ns.as_deref()).await?;
+            .map(|(at, _)| at.elapsed() < ttl);
+        if known == Some(true) {
+            return Ok(());
+        }
+        match first_unbindable(&self.client, &writer, &roles, ns.as_deref()).await {
+            Ok(None) => {
                 let mut answers = self.answers.lock().expect("authorizer cache lock");
-                // Old answers go when new ones come: the map stays as large as what is live.
-                let ttl = self.ttl;
-                answers.retain(|_, (at, _)| at.elapsed() < ttl);
-                answers.insert(key, (Instant::now(), a.clone()));
-                a
+                // Entries far past their time go when new ones come: the map stays as large
+                // as what is live.
+                answers.retain(|_, (at, _)| at.elapsed() < ttl * 10);
+                answers.insert(key, (Instant::now(), None));
+                Ok(())
             }
-        };
-        Ok(match answer {
-            None => Ok(()),
-            Some(role) => Err(not_authorized(
-                ea,
-                writer.username.as_deref().unwrap_or_default(),
-                &role,
-            )),
-        })
+            // Refusals are not kept: a grant of bind counts at the next reconcile.
+            Ok(Some(role)) => {
+                self.answers
+                    .lock()
+                    .expect("authorizer cache lock")
+                    .remove(&key);
+                Err(not_authorized(ea, &who, &role))
+            }
+            Err(e) if known.is_some() => {
+                tracing::warn!(error = %e, writer = %who, "could not re-check bind; the last positive answer stands");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, writer = %who, "could not check bind; not authorized until the apiserver answers");
+                Err(Violation::new(
+                    NOT_AUTHORIZED_TO_BIND,
+                    format!(
+                        "kube-pim could not check that {who} may bind the roles of RoleSetting {} ({e}); it asks again shortly",
+                        ea.spec.role_setting
+                    ),
+                ))
+            }
+        }
     }
 }
 

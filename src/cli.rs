@@ -221,7 +221,7 @@ fn run(args: RunArgs) -> crate::Result<()> {
     } = args;
     let leader_election = leader_election.then(|| crate::leader::Config {
         namespace: namespace.clone(),
-        name: "kube-pim".into(),
+        name: crate::leader::LEASE_NAME.into(),
         identity: leader_election_identity.unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())

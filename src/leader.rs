@@ -27,6 +27,9 @@ use kube::{
 
 use crate::Error;
 
+/// The Lease's name (in the operator's namespace).
+pub const LEASE_NAME: &str = "kube-pim";
+
 /// How leader election is configured.
 #[derive(Clone, Debug)]
 pub struct Config {

@@ -15,6 +15,15 @@
 //!   or the break-glass group. Its parameter is a ConfigMap in the operator's namespace that
 //!   the operator keeps in sync with the RoleSettings ([`STANDING_ACCESS_PARAMS`]).
 //!
+//! - `kube-pim-managed-bindings`: nobody but the operator creates or edits a binding labelled
+//!   `app.kubernetes.io/managed-by: kube-pim` (deleting one only removes access, and kube-pim
+//!   restores it while the activation lasts), so its labels, subjects and expiry annotation
+//!   stay kube-pim's.
+//!
+//! - `kube-pim-operator-state`: nobody but the operator creates or edits the standing-access
+//!   ConfigMap or the leader Lease in the operator's namespace (a deleted one is re-created by
+//!   the operator; deletes stay possible so the namespace can be removed on uninstall).
+//!
 //! The operator's user name is the only exemption (a matchCondition), the same setting as in
 //! the webhook configurations. Every policy fails closed (`failurePolicy: Fail`).
 
@@ -143,9 +152,15 @@ pub fn status_expressions() -> Vec<(String, String)> {
             ),
             "append exactly one approval at the end (op add, path /status/approvals/-); existing decisions cannot change".into(),
         ),
-        (
-            is_caller(&format!("object.status.approvals[{n}].approver")),
-            "an approval is recorded for the caller only: leave approver out, kube-pim's webhook fills it in".into(),
+                (
+            {
+                let a = format!("object.status.approvals[{n}].approver");
+                format!(
+                    "{} && (!has({a}.viaGroup) || (has(request.userInfo.groups) && {a}.viaGroup in request.userInfo.groups))",
+                    is_caller(&a)
+                )
+            },
+            "an approval is recorded for the caller only, through a group the caller is in: leave approver out, kube-pim's webhook fills it in".into(),
         ),
     ]
 }
@@ -234,6 +249,62 @@ pub fn all(o: &Options) -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPo
             }],
         }),
     );
+    let managed = |o: &str| {
+        format!(
+            "has({o}.metadata.labels) && {label} in {o}.metadata.labels && {o}.metadata.labels[{label}] == {value}",
+            label = lit(crate::decide::bindings::MANAGED_BY.0),
+            value = lit(crate::decide::bindings::MANAGED_BY.1)
+        )
+    };
+    let managed_bindings = policy(
+        "kube-pim-managed-bindings",
+        json!({
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": ["rbac.authorization.k8s.io"],
+                "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                "resources": ["rolebindings", "clusterrolebindings"]}]},
+            "matchConditions": [not_operator(o)],
+            "validations": [{
+                "expression": format!(
+                    "!({}) && (request.operation != 'UPDATE' || !({}))",
+                    managed("object"),
+                    managed("oldObject")
+                ),
+                "reason": "Forbidden",
+                "message": "bindings labelled app.kubernetes.io/managed-by=kube-pim are written only by kube-pim: end, extend or request an activation instead (deleting one is allowed; kube-pim restores it while the activation lasts)",
+            }],
+        }),
+    );
+    // The operator's own state: the standing-access parameter and the leader Lease. Anyone
+    // else who could write them could switch Deny off or keep every replica from leading.
+    // DELETE is not matched: the namespace controller must be able to empty the namespace on
+    // uninstall (it deletes collections, which policies cannot tell from an attack), and a
+    // deleted ConfigMap or Lease is re-created by the operator within moments.
+    let name = "object.metadata.name";
+    let operator_state = policy(
+        "kube-pim-operator-state",
+        json!({
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [
+                                {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                 "resources": ["configmaps"]},
+                {"apiGroups": ["coordination.k8s.io"], "apiVersions": ["v1"],
+                 "operations": ["CREATE", "UPDATE"], "resources": ["leases"]}]},
+            "matchConditions": [
+                not_operator(o),
+                {"name": "operator-namespace", "expression": format!("request.namespace == {}", lit(&o.namespace))},
+            ],
+            "validations": [{
+                "expression": format!(
+                    "!((request.resource.resource == 'configmaps' && {name} == {}) || (request.resource.resource == 'leases' && {name} == {}))",
+                    lit(STANDING_ACCESS_PARAMS),
+                    lit(crate::leader::LEASE_NAME)
+                ),
+                "reason": "Forbidden",
+                "message": "this ConfigMap or Lease is kube-pim's own state (the standing-access parameter, the leader Lease): only the operator writes it",
+            }],
+        }),
+    );
     // A missing parameter lets bindings through rather than refusing every binding in the
     // cluster (the apiserver's own RBAC bootstrap creates bindings at every start); the
     // operator re-creates the ConfigMap, and discovery still reports standing access.
@@ -244,6 +315,8 @@ pub fn all(o: &Options) -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPo
         (spec, binding("kube-pim-request-spec", None)),
         (status, binding("kube-pim-request-status", None)),
         (standing, binding("kube-pim-standing-access", Some(params))),
+        (managed_bindings, binding("kube-pim-managed-bindings", None)),
+        (operator_state, binding("kube-pim-operator-state", None)),
     ]
 }
 
@@ -368,7 +441,7 @@ mod tests {
     #[test]
     fn the_operator_is_the_only_exemption_and_break_glass_only_for_standing_access() {
         let all = all(&opts());
-        assert_eq!(all.len(), 4);
+        assert_eq!(all.len(), 6);
         for (p, b) in &all {
             let spec = p.spec.as_ref().unwrap();
             assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
@@ -383,11 +456,11 @@ mod tests {
             assert_eq!(bs.validation_actions, ["Deny"]);
         }
         let yaml = all_yaml(&opts());
-        assert_eq!(yaml.matches("kind: ValidatingAdmissionPolicy\n").count(), 4);
+        assert_eq!(yaml.matches("kind: ValidatingAdmissionPolicy\n").count(), 6);
         assert_eq!(
             yaml.matches("kind: ValidatingAdmissionPolicyBinding\n")
                 .count(),
-            4
+            6
         );
     }
 }

@@ -642,34 +642,27 @@ async fn deleting_the_assignment_revokes_access() {
 }
 
 #[tokio::test]
-async fn a_managed_binding_edited_or_deleted_by_hand_is_restored() {
+async fn a_managed_binding_cannot_be_edited_and_is_restored_when_deleted() {
     let w = World::new("drift", json!({})).await;
     let alice = w.alice().await;
     let ar = w.ask(alice.clone(), json!({})).await.unwrap();
     let active = w.wait_phase(&ar.name_any(), RequestPhase::Active).await;
     let name = active.status.unwrap().bindings[0].name.clone();
     let rbs: Api<RoleBinding> = Api::namespaced(admin().await, &w.ns);
-    // Edited: another subject added.
-    rbs.patch(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"subjects": [
-        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": w.alice},
-        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": w.mallory}]})),
-    )
-    .await
-    .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let rb = rbs.get(&name).await.unwrap();
-        if rb.subjects.as_ref().map(|s| s.len()) == Some(1) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the edited binding was not restored"
+    // Edited (another subject added, or kube-pim's label removed), even by an administrator:
+    // refused in the apiserver by the kube-pim-managed-bindings policy.
+    for edit in [
+        json!({"subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": w.alice},
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": w.mallory}]}),
+        json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": null}}}),
+    ] {
+        let (code, msg) = refusal(
+            rbs.patch(&name, &PatchParams::default(), &Patch::Merge(&edit))
+                .await,
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(code, 403, "{msg}");
+        assert!(msg.contains("written only by kube-pim"), "{msg}");
     }
     // Deleted: recreated while the request is Active.
     rbs.delete(&name, &DeleteParams::default()).await.unwrap();
@@ -1031,8 +1024,9 @@ async fn a_service_account_activates_with_its_token() {
     w.access(&bot, true).await;
 }
 
-/// A binding that carries kube-pim's labels but whose request does not exist (forged, or left
-/// behind) is removed by the operator's sweep.
+/// A binding that carries kube-pim's labels but whose request does not exist (left behind,
+/// e.g. by an uninstall) is removed by the operator's sweep. Nobody but the operator can
+/// create one (kube-pim-managed-bindings), so the test plays the operator to leave it.
 #[tokio::test]
 async fn a_managed_binding_without_its_request_is_swept() {
     let w = World::new("orphan", json!({})).await;
@@ -1046,8 +1040,18 @@ async fn a_managed_binding_without_its_request_is_swept() {
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": w.mallory}]
     }))
     .unwrap();
+    let (code, _) = refusal(
+        Api::<RoleBinding>::namespaced(admin().await, &w.ns)
+            .create(&PostParams::default(), &rb)
+            .await,
+    );
+    assert_eq!(code, 403, "forging a kube-pim binding is refused");
+    let operator = user(kube_pim::testenv::OPERATOR_USER, &[]).await;
+    Api::<RoleBinding>::namespaced(operator, &w.ns)
+        .create(&PostParams::default(), &rb)
+        .await
+        .unwrap();
     let rbs: Api<RoleBinding> = Api::namespaced(admin().await, &w.ns);
-    rbs.create(&PostParams::default(), &rb).await.unwrap();
     eventually!(
         Duration::from_secs(90),
         rbs.get_opt("kubepim-000000000000").await.unwrap().is_none(),

@@ -186,6 +186,17 @@ async fn with_the_webhook_gone_the_in_apiserver_policies_still_refuse_forgeries(
     );
     assert_eq!(code, 403, "{msg}");
     assert!(msg.contains("recorded for the caller only"), "{msg}");
+    // A group the caller is not in (the controller counts Group approvals by viaGroup).
+    let via = json!({"decision": "Approved", "approver": {"username": w.bob, "viaGroup": w.leads}, "time": future});
+    let (code, msg) = refusal(
+        status_patch(
+            &as_bob,
+            &name,
+            json!([{"op": "add", "path": "/status/approvals/-", "value": via}]),
+        )
+        .await,
+    );
+    assert_eq!(code, 403, "{msg}");
     let mine = json!({"decision": "Approved", "approver": {"username": w.bob}, "time": future});
     status_patch(
         &as_bob,

@@ -377,6 +377,50 @@ async fn standing_access_deny_refuses_direct_bindings_of_a_governed_role() {
             .await,
     );
     assert_eq!(code, 403);
+    // Its parameter and the leader Lease are the operator's alone, even for an administrator.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(a.clone(), kube_pim::testenv::CLUSTER_SCOPE_NAMESPACE);
+    let (code, msg) = refusal(
+        cms.patch(
+            "kube-pim-standing-access",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"roles": ""}})),
+        )
+        .await,
+    );
+    assert_eq!(code, 403, "{msg}");
+    assert!(msg.contains("kube-pim's own state"), "{msg}");
+    // Deleting it is possible (uninstalls must be able to empty the namespace), and the
+    // operator puts it back: Deny holds again.
+    cms.delete("kube-pim-standing-access", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually!(
+        Duration::from_secs(60),
+        cms.get_opt("kube-pim-standing-access")
+            .await
+            .unwrap()
+            .and_then(|cm| cm.data)
+            .is_some_and(|d| d.get("roles").is_some_and(|r| r.contains(role.as_str()))),
+        "the operator did not restore the deleted standing-access ConfigMap"
+    );
+    eventually!(
+        Duration::from_secs(30),
+        as_alice.create(&dry, &mine).await.is_err(),
+        "Deny did not hold again after the ConfigMap was restored"
+    );
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(a.clone(), kube_pim::testenv::CLUSTER_SCOPE_NAMESPACE);
+    let (code, _) = refusal(
+        leases
+            .patch(
+                "kube-pim",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"holderIdentity": "mallory"}})),
+            )
+            .await,
+    );
+    assert_eq!(code, 403);
     // The break-glass group may (dry run: nothing is left behind).
     let glass = user(
         "glass",

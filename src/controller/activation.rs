@@ -130,6 +130,18 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
         .get(&ObjectRef::new(&ar.spec.role_setting));
     let assignments = ctx.assignments.state();
     let cluster_ns = ctx.settings.cluster_scope_namespace.as_str();
+    let pctx = policy::Context {
+        namespace: &ns,
+        cluster_scope_namespace: cluster_ns,
+        mfa: &ctx.settings.mfa,
+        now,
+    };
+
+    // Being deleted: access goes first, and a request that still held or awaited it is
+    // recorded as Revoked before the finalizer lets it go (invariant 7).
+    if ar.meta().deletion_timestamp.is_some() {
+        return finalize(&ar, &api, &ctx, &pctx).await;
+    }
     let wanted = Wanted::of(&ar);
     // Only assignments whose writer may bind the roles back anything (SPEC invariant 3; the
     // answers are cached, so this costs no API call per activation). Ended requests need none.
@@ -144,7 +156,7 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
             .iter()
             .filter(|ea| eligibility::names(&wanted, ea))
         {
-            if ctx.authz.assignment(ea, rs).await?.is_ok() {
+            if ctx.authz.assignment(ea, rs).await.is_ok() {
                 authorized.push(ea);
             }
         }
@@ -194,18 +206,6 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
             })
         })
         .unwrap_or_default();
-    let pctx = policy::Context {
-        namespace: &ns,
-        cluster_scope_namespace: cluster_ns,
-        mfa: &ctx.settings.mfa,
-        now,
-    };
-
-    // Being deleted: access goes first, and a request that still held or awaited it is
-    // recorded as Revoked before the finalizer lets it go (invariant 7).
-    if ar.meta().deletion_timestamp.is_some() {
-        return finalize(&ar, &api, &ctx, &pctx).await;
-    }
 
     // Extensions: the request this one extends, where its chain started, and whether an
     // Active extension of this one has taken over (all from the cache of this namespace).

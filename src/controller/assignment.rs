@@ -108,7 +108,7 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
         return Ok(Action::requeue(Duration::ZERO));
     }
     let authorized = match rs.as_deref() {
-        Some(rs) => ctx.authz.assignment(&ea, rs).await?,
+        Some(rs) => ctx.authz.assignment(&ea, rs).await,
         None => Ok(()),
     };
     let (phase, violation) = eligibility::phase(

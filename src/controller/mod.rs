@@ -371,7 +371,7 @@ pub fn start(
                         tracing::warn!(error = %e, "orphan sweep failed; retrying next round")
                     }
                 }
-                if let Err(e) = standing::sync_params(&ctx, false).await {
+                if let Err(e) = standing::check_params(&ctx).await {
                     tracing::warn!(error = %e, "could not write the standing-access parameters; retrying next round");
                 }
                 match standing::discover_if_due(&ctx).await {

@@ -63,16 +63,20 @@ enum Found {
     Residual(String),
     /// Still allowed, but the revocation was a moment ago: ask again.
     Again,
+    /// Could not be checked (what the role allowed is not known): recorded as Unknown, never
+    /// as removed.
+    Unknown(String),
 }
 
 /// Runs the check and records the answer; `Some(wait)` asks to run again after `wait`.
 pub async fn check(ar: &ActivationRequest, ctx: &Context) -> Result<Option<Duration>, Error> {
     let now = Utc::now();
     let found = probe(ar, ctx, now).await?;
-    let (residual, reason, message) = match found {
+    let (residual, reason, message) = match &found {
         Found::Again => return Ok(Some(Duration::from_secs(1))),
-        Found::Gone(reason, message) => (false, reason, message),
-        Found::Residual(message) => (true, "ResidualAccess", message),
+        Found::Gone(reason, message) => (false, *reason, message.clone()),
+        Found::Residual(message) => (true, "ResidualAccess", message.clone()),
+        Found::Unknown(message) => (false, "NotChecked", message.clone()),
     };
     let mut conditions = ar
         .status
@@ -88,6 +92,11 @@ pub async fn check(ar: &ActivationRequest, ctx: &Context) -> Result<Option<Durat
         now,
         ar.metadata.generation,
     );
+    if matches!(found, Found::Unknown(_))
+        && let Some(c) = conditions.iter_mut().find(|c| c.type_ == CONDITION)
+    {
+        c.status = "Unknown".into();
+    }
     if residual {
         ctx.metrics.residual_access.inc();
         tracing::warn!(request = %ar.name_any(), namespace = ?ar.namespace(), %message, "residual access after revocation");
@@ -135,29 +144,29 @@ async fn probe(ar: &ActivationRequest, ctx: &Context, now: DateTime<Utc>) -> Res
         .role_settings
         .get(&ObjectRef::new(&ar.spec.role_setting))
     else {
-        return Ok(Found::Gone(
-            "NotChecked",
-            format!(
-                "RoleSetting {} no longer exists, so its roles are unknown: check with kubectl auth can-i --as={} --list",
-                ar.spec.role_setting, ar.spec.requester.username
-            ),
-        ));
+        return Ok(Found::Unknown(format!(
+            "RoleSetting {} no longer exists, so its roles are unknown: check with kubectl auth can-i --as={} --list",
+            ar.spec.role_setting, ar.spec.requester.username
+        )));
     };
     let roles: Vec<String> = rs.spec.role_refs.iter().map(|r| r.name.clone()).collect();
     let namespace = match ar.spec.scope {
         Scope::Namespace => ar.namespace(),
         Scope::Cluster => None,
     };
-    let mut probes = Vec::new();
+    let mut rules = Vec::new();
     for role in &roles {
-        if let Some(cr) = ctx.cluster_roles.get(&ObjectRef::new(role)) {
-            probes.extend(residual::probes(
-                cr.rules.as_deref().unwrap_or_default(),
-                namespace.as_deref(),
-            ));
+        match ctx.cluster_roles.get(&ObjectRef::new(role)) {
+            Some(cr) => rules.extend(cr.rules.clone().unwrap_or_default()),
+            None => {
+                return Ok(Found::Unknown(format!(
+                    "ClusterRole {role} no longer exists, so what it allowed is unknown: check with kubectl auth can-i --as={} --list",
+                    ar.spec.requester.username
+                )));
+            }
         }
     }
-    probes.truncate(residual::MAX_PROBES);
+    let probes = residual::probes(&rules, namespace.as_deref());
     let r = &ar.spec.requester;
     let api: Api<SubjectAccessReview> = Api::all(ctx.client.clone());
     let asks = probes.iter().map(|p| {
@@ -235,19 +244,27 @@ fn through_kube_pim(ar: &ActivationRequest, ctx: &Context, roles: &[String]) -> 
         }
         _ => false,
     };
+    use crate::decide::bindings::{LABEL_ASSIGNMENT_UID, LABEL_REQUEST_UID, binding_name};
     let own_uid = ar.uid();
-    let other = |labels: &std::collections::BTreeMap<String, String>| {
-        labels.get(crate::decide::bindings::LABEL_REQUEST_UID) != own_uid.as_ref()
+    // Another request's or an Active assignment's binding, named as kube-pim names them (the
+    // labels alone could be copied; the name is derived from the owner's uid and the role).
+    let other = |labels: &std::collections::BTreeMap<String, String>, name: &str, role: &str| match (
+        labels.get(LABEL_REQUEST_UID),
+        labels.get(LABEL_ASSIGNMENT_UID),
+    ) {
+        (Some(uid), _) => Some(uid) != own_uid.as_ref() && name == binding_name(uid, role),
+        (None, Some(uid)) => name == binding_name(&format!("assignment/{uid}"), role),
+        (None, None) => false,
     };
     // A RoleBinding grants only in its namespace; a ClusterRoleBinding everywhere.
     let here = ar.spec.scope == Scope::Namespace;
     ctx.role_bindings.state().iter().any(|b| {
         here && b.namespace() == ar.namespace()
-            && other(b.labels())
+            && other(b.labels(), &b.name_any(), &b.role_ref.name)
             && roles.contains(&b.role_ref.name)
             && b.subjects.iter().flatten().any(mine)
     }) || ctx.cluster_role_bindings.state().iter().any(|b| {
-        other(b.labels())
+        other(b.labels(), &b.name_any(), &b.role_ref.name)
             && roles.contains(&b.role_ref.name)
             && b.subjects.iter().flatten().any(mine)
     })

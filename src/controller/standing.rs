@@ -81,13 +81,37 @@ pub fn denied_roles<'a>(rss: impl IntoIterator<Item = &'a RoleSetting>) -> BTree
         .collect()
 }
 
+/// Re-creates the standing-access ConfigMap if it is missing or not what was written (a GET,
+/// every round of the operator's periodic loop: at most 30 s of a deleted parameter).
+pub async fn check_params(ctx: &Context) -> Result<(), Error> {
+    let current = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ctx.settings.namespace)
+        .get_opt(STANDING_ACCESS_PARAMS)
+        .await?;
+    let seen = current
+        .and_then(|cm| cm.data)
+        .and_then(|d| d.get("roles").cloned());
+    if seen.as_deref() != Some(desired_roles(ctx).as_str()) {
+        tracing::info!(
+            ?seen,
+            "the standing-access ConfigMap is missing or out of date; writing it"
+        );
+        return sync_params(ctx, true).await;
+    }
+    Ok(())
+}
+
+/// The `data.roles` the standing-access ConfigMap should hold now.
+fn desired_roles(ctx: &Context) -> String {
+    denied_roles(ctx.role_settings.state().iter().map(|r| r.as_ref()))
+        .into_iter()
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Applies the standing-access ConfigMap if the denied set changed since the last write, or
 /// the last write is older than a resync (`force` writes anyway).
 pub async fn sync_params(ctx: &Context, force: bool) -> Result<(), Error> {
-    let roles = denied_roles(ctx.role_settings.state().iter().map(|r| r.as_ref()))
-        .into_iter()
-        .collect::<Vec<_>>()
-        .join(",");
+    let roles = desired_roles(ctx);
     let fresh = {
         let st = ctx.standing.0.lock().expect("standing state lock");
         st.written

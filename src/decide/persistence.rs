@@ -56,7 +56,14 @@ pub fn risks(rules: &[PolicyRule]) -> Vec<String> {
             note("can write Roles or bindings".into());
         }
         let core = has(&r.api_groups, &[""]);
-        if core && verbs_have(r, &["create"]) && has(&r.resources, &["serviceaccounts/token"]) {
+        // RBAC matches `*/token` and `serviceaccounts/*` as well.
+        if core
+            && verbs_have(r, &["create"])
+            && has(
+                &r.resources,
+                &["serviceaccounts/token", "*/token", "serviceaccounts/*"],
+            )
+        {
             note("can create ServiceAccount tokens".into());
         }
     }
@@ -127,10 +134,13 @@ mod tests {
             )]),
             ["can bind", "can escalate"]
         );
-        assert_eq!(
-            risks(&[rule(&[""], &["serviceaccounts/token"], &["create"])]),
-            ["can create ServiceAccount tokens"]
-        );
+        for res in ["serviceaccounts/token", "*/token", "serviceaccounts/*"] {
+            assert_eq!(
+                risks(&[rule(&[""], &[res], &["create"])]),
+                ["can create ServiceAccount tokens"],
+                "{res}"
+            );
+        }
         let all = risks(&[rule(&["*"], &["*"], &["*"])]);
         assert!(all.contains(&"has every verb (*)".to_string()), "{all:?}");
         assert!(all.contains(&"can write Roles or bindings".to_string()));

@@ -1,8 +1,10 @@
 //! After a revocation, is the role's access really gone (SPEC invariant 8)? The operator asks
 //! the apiserver, as the former requester, whether they can still do what the role's rules
-//! allow; these are the questions. One probe per rule (its first verb, group, resource and
-//! name), at most [`MAX_PROBES`], so a role like `admin` costs a bounded number of
-//! SubjectAccessReviews. A probe that is still allowed means another binding (or a group
+//! allow; these are the questions, at most [`MAX_PROBES`] so a role like `admin` costs a
+//! bounded number of SubjectAccessReviews. First every sensitive permission the rules grant
+//! (reading Secrets, exec into pods, writing bindings, minting tokens, impersonating: what
+//! someone keeping access would keep), then one probe per rule (its first verb, group,
+//! resource and name). A probe that is still allowed means another binding (or a group
 //! membership) grants the same: standing access outside kube-pim.
 
 use k8s_openapi::api::{authorization::v1::ResourceAttributes, rbac::v1::PolicyRule};
@@ -14,10 +16,63 @@ fn first(v: &Option<Vec<String>>) -> Option<&str> {
     v.as_ref().and_then(|v| v.first()).map(String::as_str)
 }
 
+/// Sensitive permissions, probed first when a rule grants them: (group, resource, verb).
+const SENSITIVE: &[(&str, &str, &str)] = &[
+    ("", "secrets", "get"),
+    ("", "secrets", "list"),
+    ("", "pods/exec", "create"),
+    ("rbac.authorization.k8s.io", "rolebindings", "create"),
+    ("rbac.authorization.k8s.io", "clusterrolebindings", "create"),
+    ("", "serviceaccounts/token", "create"),
+    ("", "users", "impersonate"),
+    ("", "serviceaccounts", "impersonate"),
+];
+
+fn grants(r: &PolicyRule, group: &str, resource: &str, verb: &str) -> bool {
+    let any = |v: &Option<Vec<String>>, x: &str| v.iter().flatten().any(|e| e == "*" || e == x);
+    r.resource_names.as_ref().is_none_or(|n| n.is_empty())
+        && any(&r.api_groups, group)
+        && any(&r.resources, resource)
+        && r.verbs.iter().any(|v| v == "*" || v == verb)
+}
+
+fn attributes(
+    group: &str,
+    resource: &str,
+    verb: &str,
+    name: Option<String>,
+    namespace: Option<&str>,
+) -> ResourceAttributes {
+    let (resource, subresource) = match resource {
+        "*" => ("*", None),
+        r => match r.split_once('/') {
+            Some((res, sub)) => (res, Some(sub.to_string())),
+            None => (r, None),
+        },
+    };
+    ResourceAttributes {
+        verb: Some(verb.into()),
+        group: Some(group.into()),
+        resource: Some(resource.into()),
+        subresource,
+        name,
+        namespace: namespace.map(str::to_string),
+        ..Default::default()
+    }
+}
+
 /// The probes for `rules` at `namespace` (`None`: cluster-wide), de-duplicated.
 pub fn probes(rules: &[PolicyRule], namespace: Option<&str>) -> Vec<ResourceAttributes> {
     let mut out: Vec<ResourceAttributes> = Vec::new();
+    for (group, resource, verb) in SENSITIVE {
+        if rules.iter().any(|r| grants(r, group, resource, verb)) {
+            out.push(attributes(group, resource, verb, None, namespace));
+        }
+    }
     for r in rules {
+        if out.len() >= MAX_PROBES {
+            break;
+        }
         let Some(resource) = first(&r.resources) else {
             continue; // non-resource URLs: not bound by a RoleBinding
         };
@@ -30,29 +85,18 @@ pub fn probes(rules: &[PolicyRule], namespace: Option<&str>) -> Vec<ResourceAttr
             Some("*") | None => "",
             Some(g) => g,
         };
-        let (resource, subresource) = match resource {
-            "*" => ("*", None),
-            r => match r.split_once('/') {
-                Some((res, sub)) => (res, Some(sub.to_string())),
-                None => (r, None),
-            },
-        };
-        let p = ResourceAttributes {
-            verb: Some(verb.into()),
-            group: Some(group.into()),
-            resource: Some(resource.into()),
-            subresource,
-            name: first(&r.resource_names).map(str::to_string),
-            namespace: namespace.map(str::to_string),
-            ..Default::default()
-        };
+        let p = attributes(
+            group,
+            resource,
+            verb,
+            first(&r.resource_names).map(str::to_string),
+            namespace,
+        );
         if !out.contains(&p) {
             out.push(p);
         }
-        if out.len() == MAX_PROBES {
-            break;
-        }
     }
+    out.truncate(MAX_PROBES);
     out
 }
 
@@ -97,14 +141,50 @@ mod tests {
             rule(&["apps"], &["deployments/scale"], &["*", "patch"], &[]),
             rule(&["*"], &["widgets"], &["*"], &["w1"]),
         ];
-        let p = probes(&rules, Some("payments"));
-        assert_eq!(p.len(), 3);
-        assert_eq!(describe(&p[0]), "list secrets in payments");
-        assert_eq!(describe(&p[1]), "patch deployments.apps/scale in payments");
-        assert_eq!(describe(&p[2]), "get widgets w1 in payments");
+        let p: Vec<String> = probes(&rules, Some("payments"))
+            .iter()
+            .map(describe)
+            .collect();
+        assert_eq!(
+            p,
+            [
+                "get secrets in payments",
+                "list secrets in payments",
+                "patch deployments.apps/scale in payments",
+                "get widgets w1 in payments"
+            ]
+        );
         let c = probes(&rules[..1], None);
         assert_eq!(c[0].namespace, None);
-        assert_eq!(describe(&c[0]), "list secrets cluster-wide");
+        assert_eq!(describe(&c[0]), "get secrets cluster-wide");
+    }
+
+    #[test]
+    fn sensitive_permissions_are_probed_first_wherever_the_rule_lists_them() {
+        // Secrets is not the first resource of its rule, and exec not the first verb.
+        let rules = [
+            rule(&[""], &["configmaps", "secrets"], &["get", "list"], &[]),
+            rule(&[""], &["pods", "pods/exec"], &["get", "create"], &[]),
+        ];
+        let d: Vec<String> = probes(&rules, Some("ns")).iter().map(describe).collect();
+        assert_eq!(
+            d[..3],
+            [
+                "get secrets in ns",
+                "list secrets in ns",
+                "create pods/exec in ns"
+            ]
+        );
+        assert!(d.contains(&"get configmaps in ns".to_string()));
+        // A wildcard rule grants all of them.
+        let all = probes(&[rule(&["*"], &["*"], &["*"], &[])], None);
+        assert!(all.len() >= SENSITIVE.len());
+        // Named resources are not the whole resource.
+        assert!(
+            probes(&[rule(&[""], &["secrets"], &["get"], &["one"])], None)
+                .iter()
+                .all(|p| p.name.as_deref() == Some("one"))
+        );
     }
 
     #[test]

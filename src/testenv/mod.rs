@@ -723,7 +723,44 @@ pub async fn install_policies(admin: &Client, o: &crate::policies::Options) -> R
             .patch(&name, &pp, &Patch::Apply(&b))
             .await?;
     }
-    Ok(())
+    // The apiserver enforces new policies a moment after they are written: wait until two of
+    // them refuse a dry run, so nothing that follows slips through that moment.
+    let dry = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let forged_binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kube-pim-policy-probe", "labels": {"app.kubernetes.io/managed-by": "kube-pim"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "probe"}]
+    }))
+    .expect("a valid RoleBinding");
+    let forged_request: crate::api::ActivationRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",
+        "metadata": {"name": "kube-pim-policy-probe"},
+        "spec": {"roleSetting": "probe", "justification": "probe", "requester": {"username": "someone-else"}}
+    }))
+    .expect("a valid ActivationRequest");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let binding =
+            Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), "default")
+                .create(&dry, &forged_binding)
+                .await;
+        let request = Api::<crate::api::ActivationRequest>::namespaced(admin.clone(), "default")
+            .create(&dry, &forged_request)
+            .await;
+        let refused = |e: Option<kube::Error>| matches!(e, Some(kube::Error::Api(s)) if s.message.contains("ValidatingAdmissionPolicy"));
+        if refused(binding.err()) && refused(request.err()) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::TestEnv(
+                "the ValidatingAdmissionPolicies were not enforced within 30s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Registers kube-pim's admission webhook at `base_url` (serving a certificate from `ca_pem`).

@@ -295,10 +295,15 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
             review::validate_decision(&old, &new, user, rs.as_ref(), now)
         }
         ("activationrequests", None, Operation::Delete) => {
-            let Some(old) = typed::<ActivationRequest>(req.old_object.as_ref()) else {
-                return Verdict::Allow;
-            };
             let terminating = namespace_terminating(&s.ctx, &ns).await;
+            // Unreadable is not a way around the rules (fail closed), except with the namespace.
+            let Some(old) = typed::<ActivationRequest>(req.old_object.as_ref()) else {
+                return if terminating {
+                    Verdict::Allow
+                } else {
+                    malformed()
+                };
+            };
             review::validate_request_delete(&old, user, &s.settings, terminating)
         }
         ("eligibleassignments", None, Operation::Create | Operation::Update) => {
@@ -337,7 +342,11 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
         }
         ("eligibleassignments", None, Operation::Delete) => {
             let Some(old) = typed::<EligibleAssignment>(req.old_object.as_ref()) else {
-                return Verdict::Allow;
+                return if namespace_terminating(&s.ctx, &ns).await {
+                    Verdict::Allow
+                } else {
+                    malformed()
+                };
             };
             let rs = role_setting(&s.ctx, &old.spec.role_setting).await;
             let others = s
@@ -427,15 +436,23 @@ async fn role_risks(ctx: &Context, rs: &RoleSetting) -> Vec<(String, Vec<String>
     let mut out = Vec::new();
     for r in &rs.spec.role_refs {
         let role = match ctx.cluster_roles.get(&ObjectRef::new(&r.name)) {
-            Some(cr) => Some(cr.as_ref().clone()),
-            None => Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(ctx.client.clone())
-                .get_opt(&r.name)
-                .await
-                .ok()
-                .flatten(),
+            Some(cr) => Ok(Some(cr.as_ref().clone())),
+            None => {
+                Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(ctx.client.clone())
+                    .get_opt(&r.name)
+                    .await
+            }
         };
-        let rules = role.and_then(|cr| cr.rules).unwrap_or_default();
-        out.push((r.name.clone(), crate::decide::persistence::risks(&rules)));
+        let risks = match role {
+            Ok(role) => {
+                crate::decide::persistence::risks(&role.and_then(|cr| cr.rules).unwrap_or_default())
+            }
+            // Unread is not harmless: assume the worst (fail closed).
+            Err(e) => vec![format!(
+                "could not be read ({e}), so kube-pim assumes it can"
+            )],
+        };
+        out.push((r.name.clone(), risks));
     }
     out
 }

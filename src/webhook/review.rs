@@ -532,7 +532,12 @@ pub fn validate_decision(
         return Verdict::Deny("append exactly one approval at the end (op add, path /status/approvals/-); existing decisions cannot change".into());
     }
     let d = &new_list[old_list.len()];
-    if d.approver.username != username(user) {
+    let in_group = d
+        .approver
+        .via_group
+        .as_ref()
+        .is_none_or(|g| user.groups.iter().flatten().any(|x| x == g));
+    if d.approver.username != username(user) || !in_group {
         return Verdict::Deny(
             "an approval is recorded for the caller only: leave approver out, kube-pim fills it in"
                 .into(),
