@@ -1128,3 +1128,86 @@ async fn ending_one_of_two_overlapping_activations_keeps_the_others_access() {
     w.audit_intact(&one).await;
     w.audit_intact(&two).await;
 }
+
+/// A dry-run approval (invariant 6) is admitted and changes nothing: no approval stored, no
+/// binding, no transition on the audit stream.
+#[tokio::test]
+async fn a_dry_run_approval_changes_nothing() {
+    env();
+    let w = World::new(
+        "dryappr",
+        json!({"approval": {"required": true, "approvers": [{"kind": "Group", "name": "placeholder"}]}}),
+    )
+    .await;
+    apply(
+        &admin().await,
+        &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": w.rs},
+            "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
+                     "approval": {"required": true, "approvers": [{"kind": "Group", "name": w.leads}]}}}),
+        None,
+    )
+    .await;
+    let alice = w.alice().await;
+    let ar = w.ask(alice.clone(), json!({})).await.unwrap();
+    let name = ar.metadata.name.clone().unwrap();
+    let pending = w
+        .wait(&name, "ready for decisions", |ar| {
+            ar.status.as_ref().is_some_and(|s| s.approvals.is_some())
+        })
+        .await;
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/uid", "value": pending.metadata.uid},
+        {"op": "add", "path": "/status/approvals/-", "value": {"decision": "Approved", "reason": "dry"}}
+    ]))
+    .unwrap();
+    let pp = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let answered = w
+        .requests(w.approver(&w.bob).await)
+        .patch_status(&name, &pp, &Patch::<()>::Json(patch))
+        .await
+        .expect("a dry-run approval is admitted");
+    assert_eq!(
+        answered
+            .status
+            .as_ref()
+            .unwrap()
+            .approvals
+            .as_ref()
+            .unwrap()
+            .len(),
+        1,
+        "the dry-run answer shows the approval as it would be stored"
+    );
+    // Then a real decision by carol, so we know the operator has looked since.
+    w.decide(
+        w.approver(&w.carol).await,
+        &pending,
+        "Denied",
+        Some("not now"),
+    )
+    .await
+    .unwrap();
+    let ended = w.wait_phase(&name, RequestPhase::Denied).await;
+    let approvals = ended.status.as_ref().unwrap().approvals.clone().unwrap();
+    assert_eq!(
+        approvals.len(),
+        1,
+        "only carol's real decision is stored: {approvals:?}"
+    );
+    assert_eq!(approvals[0].approver.username, w.carol);
+    assert!(managed_bindings(&w.ns).await.is_empty());
+    w.access(&alice, false).await;
+    let ended = w.audit_intact(&name).await;
+    assert!(
+        ended
+            .status
+            .unwrap()
+            .history
+            .iter()
+            .all(|h| h.actor != w.bob),
+        "bob's dry run left a trace in the history"
+    );
+}
