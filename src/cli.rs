@@ -34,7 +34,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the operator (controllers, admission webhook, health endpoints).
     Run(Box<RunArgs>),
-    /// Print the CRDs (YAML), or write one file per CRD into --dir.
+    /// Print the CRDs (YAML), or write one file per CRD, and the default
+    /// ValidatingAdmissionPolicies, into --dir.
     Crds {
         /// Write `<group>_<plural>.yaml` files into this directory instead of printing.
         #[arg(long)]
@@ -311,6 +312,9 @@ fn write_crds(dir: &std::path::Path) -> crate::Result<()> {
         std::fs::write(&path, crdgen::to_yaml(&crd)).map_err(crate::Error::io("write", &path))?;
         println!("wrote {}", path.display());
     }
+    let path = dir.join(crdgen::POLICIES_FILE);
+    std::fs::write(&path, crdgen::policies_yaml()).map_err(crate::Error::io("write", &path))?;
+    println!("wrote {}", path.display());
     Ok(())
 }
 

@@ -68,6 +68,9 @@ impl Operator {
     }
 }
 
+/// The operator's default user name (the chart's ServiceAccount in `kube-pim-system`).
+pub const DEFAULT_OPERATOR_USERNAME: &str = "system:serviceaccount:kube-pim-system:kube-pim";
+
 /// What the policies need to know.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -318,6 +321,21 @@ pub fn all(o: &Options) -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPo
         (managed_bindings, binding("kube-pim-managed-bindings", None)),
         (operator_state, binding("kube-pim-operator-state", None)),
     ]
+}
+
+impl Default for Options {
+    /// The defaults of `kube-pim run` and the chart: the operator as ServiceAccount `kube-pim`
+    /// in `kube-pim-system`, no break-glass group, no pod-bound token requirement.
+    fn default() -> Self {
+        Self {
+            operator: Operator {
+                username: DEFAULT_OPERATOR_USERNAME.into(),
+                require_pod_bound_token: false,
+            },
+            namespace: "kube-pim-system".into(),
+            break_glass_group: None,
+        }
+    }
 }
 
 /// Every policy and binding as one multi-document YAML stream.

@@ -1211,3 +1211,54 @@ async fn a_dry_run_approval_changes_nothing() {
         "bob's dry run left a trace in the history"
     );
 }
+
+/// protectLastAssignment: the last EligibleAssignment of the RoleSetting cannot be deleted
+/// (others can), and deleting its namespace still completes.
+#[tokio::test]
+async fn the_last_protected_assignment_stays_unless_its_namespace_goes() {
+    env();
+    let w = World::new("lastea", json!({"protectLastAssignment": true})).await;
+    let a = admin().await;
+    apply(
+        &a,
+        &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment",
+            "metadata": {"name": "bob"},
+            "spec": {"roleSetting": w.rs, "subject": {"kind": "User", "name": w.bob}}}),
+        Some(&w.ns),
+    )
+    .await;
+    let eas: Api<kube_pim::api::EligibleAssignment> = Api::namespaced(a.clone(), &w.ns);
+    // The operator's cache must know both before the first deletion is judged.
+    eventually!(
+        Duration::from_secs(30),
+        eas.get("bob")
+            .await
+            .unwrap()
+            .status
+            .is_some_and(|s| s.phase.is_some()),
+        "the second assignment was never seen by the operator"
+    );
+    eas.delete("bob", &DeleteParams::default()).await.unwrap();
+    eventually!(
+        Duration::from_secs(30),
+        eas.get_opt("bob").await.unwrap().is_none(),
+        "bob's assignment was not deleted"
+    );
+    let (code, msg) = refusal(eas.delete("alice", &DeleteParams::default()).await);
+    assert_eq!(code, 403, "{msg}");
+    assert!(msg.contains("is the last EligibleAssignment"), "{msg}");
+    // The namespace goes, with the assignment.
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(a.clone())
+        .delete(&w.ns, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually!(
+        Duration::from_secs(90),
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(a.clone())
+            .get_opt(&w.ns)
+            .await
+            .unwrap()
+            .is_none(),
+        "the namespace with the last protected assignment was never deleted"
+    );
+}
