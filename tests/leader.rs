@@ -82,7 +82,7 @@ async fn a_follower_takes_over_and_a_paused_leader_that_lost_its_lease_makes_no_
 
     // Pause the leader. The webhook configuration now points at replica b (in a cluster the
     // Service spreads requests over every replica).
-        signal(a, Signal::SIGSTOP);
+    signal(a, Signal::SIGSTOP);
     let paused = std::time::Instant::now();
     let a_client = admin().await;
     kube_pim::testenv::install_webhooks(
@@ -96,10 +96,13 @@ async fn a_follower_takes_over_and_a_paused_leader_that_lost_its_lease_makes_no_
     eventually!(
         Duration::from_secs(30),
         holder().await.as_deref() == Some("replica-b"),
-                "replica b never took the lease from the paused leader"
+        "replica b never took the lease from the paused leader"
     );
     // Reported, not asserted (timings belong in benchmarks).
-    eprintln!("replica b led {:?} after the leader was paused (lease 4s)", paused.elapsed());
+    eprintln!(
+        "replica b led {:?} after the leader was paused (lease 4s)",
+        paused.elapsed()
+    );
 
     // alice ends her activation: replica b revokes it.
     w.requests(alice.clone())

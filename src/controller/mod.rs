@@ -14,6 +14,7 @@
 pub mod activation;
 pub mod assignment;
 pub mod audit;
+pub mod lenient;
 pub mod rbac_writes;
 pub mod residual;
 pub mod role_setting;
@@ -213,8 +214,19 @@ where
     /// Starts the watch that feeds the cache and every subscription; returns the cache.
     fn start(self) -> Store<K> {
         let deletes = self.deletes;
-        let stream = watcher(self.api, self.wc)
+        // Untyped on the wire, typed one object at a time (see `lenient`).
+        let untyped: Api<kube::api::DynamicObject> = Api::all_with(
+            self.api.into_client(),
+            &kube::api::ApiResource::erase::<K>(&()),
+        );
+        let stream = watcher(untyped, self.wc)
             .default_backoff()
+            .filter_map(|ev| {
+                futures::future::ready(match ev {
+                    Ok(e) => lenient::event::<K>(e).map(Ok),
+                    Err(e) => Some(Err(e)),
+                })
+            })
             .modify(|o: &mut K| {
                 // Caches hold what reconcilers read; managedFields is never read.
                 o.meta_mut().managed_fields = None;

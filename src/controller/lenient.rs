@@ -1,0 +1,94 @@
+//! One unreadable object must not stall a controller (SPEC invariant 4, survival). The
+//! watches read objects untyped and convert each one on its own: an object kube-pim's types
+//! cannot read (possible only if a looser schema let it in) is skipped and logged, where a
+//! typed watch would fail to decode its whole list, retry forever, and see no change of that
+//! kind again.
+//!
+//! A skipped object keeps whatever readable version the cache held before (logged); one that
+//! was never readable is not in the cache at all, so nothing is decided from it.
+
+use kube::{
+    Resource,
+    api::{DynamicObject, ResourceExt},
+    runtime::watcher::Event,
+};
+use serde::de::DeserializeOwned;
+
+/// `o` as a `K`, or why not.
+pub fn typed<K>(o: DynamicObject) -> Result<K, String>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let mut v = serde_json::to_value(&o).map_err(|e| e.to_string())?;
+    if let Some(m) = v.as_object_mut() {
+        // Items of a list come without their type; typed deserializers may want it.
+        m.insert("apiVersion".into(), K::api_version(&()).into());
+        m.insert("kind".into(), K::kind(&()).into());
+    }
+    serde_json::from_value(v).map_err(|e| e.to_string())
+}
+
+fn readable<K>(o: DynamicObject) -> Option<K>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let (ns, name) = (o.namespace(), o.name_any());
+    match typed::<K>(o) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::warn!(kind = %K::kind(&()), namespace = ?ns, %name, error = %e,
+                "skipping an object kube-pim cannot read (fix or delete it); the rest of its kind is unaffected");
+            None
+        }
+    }
+}
+
+/// The typed event, without the objects that cannot be read (`None`: nothing left to pass on).
+pub fn event<K>(ev: Event<DynamicObject>) -> Option<Event<K>>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    Some(match ev {
+        Event::Apply(o) => Event::Apply(readable(o)?),
+        Event::Delete(o) => Event::Delete(readable(o)?),
+        Event::InitApply(o) => Event::InitApply(readable(o)?),
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::EligibleAssignment;
+
+    fn dynamic(v: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn readable_objects_convert_and_unreadable_ones_are_skipped() {
+        // As listed: no apiVersion or kind on the item.
+        let good = dynamic(
+            serde_json::json!({"metadata": {"name": "a", "namespace": "ns"},
+            "spec": {"roleSetting": "rs", "subject": {"kind": "User", "name": "alice"}}}),
+        );
+        let ea: EligibleAssignment = typed(good.clone()).unwrap();
+        assert_eq!(ea.spec.subject.name, "alice");
+        let bad = dynamic(
+            serde_json::json!({"metadata": {"name": "b", "namespace": "ns"},
+            "spec": {"roleSetting": "rs", "subject": {"kind": "Robot", "name": "r2"}}}),
+        );
+        assert!(typed::<EligibleAssignment>(bad.clone()).is_err());
+        assert!(matches!(
+            event::<EligibleAssignment>(Event::InitApply(good)),
+            Some(Event::InitApply(_))
+        ));
+        assert!(event::<EligibleAssignment>(Event::InitApply(bad.clone())).is_none());
+        assert!(event::<EligibleAssignment>(Event::Apply(bad)).is_none());
+        assert!(matches!(
+            event::<EligibleAssignment>(Event::InitDone),
+            Some(Event::InitDone)
+        ));
+    }
+}
