@@ -37,29 +37,50 @@ pub const AUTHORIZED_BY: &str = "kubepim.io/authorized-by";
 /// The condition reason of an assignment whose writer may not bind its roles.
 pub const NOT_AUTHORIZED_TO_BIND: &str = "NotAuthorizedToBind";
 
-/// Asks the apiserver's authorizer; one SubjectAccessReview per role.
-/// Returns the first role `user` may not bind at `namespace` (cluster-wide when `None`).
+/// Whether `user` (username, uid, groups, extra) may do `attributes`, as the apiserver's
+/// authorizer answers: one SubjectAccessReview.
+pub async fn allowed(
+    client: &Client,
+    user: &UserInfo,
+    attributes: ResourceAttributes,
+) -> Result<bool, Error> {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: user.username.clone(),
+            uid: user.uid.clone(),
+            groups: user.groups.clone(),
+            extra: user.extra.clone(),
+            resource_attributes: Some(attributes),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&Default::default(), &review)
+        .await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+/// A requester's identity as a SubjectAccessReview asks about it.
+pub fn requester_info(r: &Requester) -> UserInfo {
+    UserInfo {
+        username: Some(r.username.clone()),
+        uid: r.uid.clone(),
+        groups: Some(r.groups.clone()),
+        extra: Some(r.extra.clone()),
+    }
+}
+
+/// The first role `user` may not bind at `namespace` (cluster-wide when `None`); one
+/// SubjectAccessReview per role.
 pub async fn first_unbindable(
     client: &Client,
     user: &UserInfo,
     roles: &[String],
     namespace: Option<&str>,
 ) -> Result<Option<String>, Error> {
-    let api: Api<SubjectAccessReview> = Api::all(client.clone());
     for role in roles {
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: user.username.clone(),
-                uid: user.uid.clone(),
-                groups: user.groups.clone(),
-                extra: user.extra.clone(),
-                resource_attributes: Some(bind_attributes(role, namespace)),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let answer = api.create(&Default::default(), &review).await?;
-        if !answer.status.is_some_and(|s| s.allowed) {
+        if !allowed(client, user, bind_attributes(role, namespace)).await? {
             return Ok(Some(role.clone()));
         }
     }
@@ -120,12 +141,7 @@ pub async fn could_act_as(
     requester: &Requester,
     approver: &str,
 ) -> Result<Option<String>, Error> {
-    let user = UserInfo {
-        username: Some(requester.username.clone()),
-        uid: requester.uid.clone(),
-        groups: Some(requester.groups.clone()),
-        extra: Some(requester.extra.clone()),
-    };
+    let user = requester_info(requester);
     let mut asks = vec![(
         ResourceAttributes {
             verb: Some("impersonate".into()),
@@ -161,25 +177,8 @@ pub async fn could_act_as(
             format!("the requester may create tokens for ServiceAccount {ns}/{name}"),
         ));
     }
-    let api: Api<SubjectAccessReview> = Api::all(client.clone());
     for (attributes, why) in asks {
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: user.username.clone(),
-                uid: user.uid.clone(),
-                groups: user.groups.clone(),
-                extra: user.extra.clone(),
-                resource_attributes: Some(attributes),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        if api
-            .create(&Default::default(), &review)
-            .await?
-            .status
-            .is_some_and(|s| s.allowed)
-        {
+        if allowed(client, &user, attributes).await? {
             return Ok(Some(why));
         }
     }

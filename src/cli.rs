@@ -54,7 +54,7 @@ pub enum Command {
         #[arg(
             long,
             env = "KUBE_PIM_OPERATOR_USERNAME",
-            default_value = "system:serviceaccount:kube-pim-system:kube-pim"
+            default_value = crate::policies::DEFAULT_OPERATOR_USERNAME
         )]
         operator_username: String,
         /// The operator's namespace (where it keeps the standing-access ConfigMap).
@@ -80,7 +80,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "KUBE_PIM_OPERATOR_USERNAME",
-        default_value = "system:serviceaccount:kube-pim-system:kube-pim"
+        default_value = crate::policies::DEFAULT_OPERATOR_USERNAME
     )]
     operator_username: String,
     /// The operator's own namespace (its Lease, the standing-access ConfigMap, Secrets it

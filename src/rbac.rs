@@ -232,23 +232,7 @@ pub fn cluster_role_binding(role: &str, username: &str) -> ClusterRoleBinding {
 
 /// Binds [`operator_cluster_role`] to the operator's user name.
 pub fn operator_cluster_role_binding(username: &str) -> ClusterRoleBinding {
-    ClusterRoleBinding {
-        metadata: ObjectMeta {
-            name: Some(OPERATOR_CLUSTER_ROLE.into()),
-            ..Default::default()
-        },
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: OPERATOR_CLUSTER_ROLE.into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "User".into(),
-            name: username.into(),
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            ..Default::default()
-        }]),
-    }
+    cluster_role_binding(OPERATOR_CLUSTER_ROLE, username)
 }
 
 #[cfg(test)]

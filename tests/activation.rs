@@ -282,11 +282,7 @@ async fn approval_with_plain_kubectl_patch_exactly_as_the_spec_shows() {
 }
 
 async fn approval_world(prefix: &str, min: i32) -> World {
-    let w = World::new(prefix, json!({})).await;
-    apply(&admin().await, &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": w.rs},
-        "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
-                 "approval": {"required": true, "minApprovals": min, "approvers": [{"kind": "Group", "name": w.leads}]}}}), None).await;
-    w
+    World::with_group_approval(prefix, min).await
 }
 
 async fn pending(w: &World) -> ActivationRequest {

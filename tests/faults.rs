@@ -202,19 +202,7 @@ async fn a_crash_right_after_any_write_of_an_approved_activation_changes_nothing
     stop_the_first_operator();
     let setup = start_operator(operated(), "kube-pim-setup", &[]);
     common::wait_operator_ready(operated()).await;
-    let w = World::new(
-        "crash",
-        json!({"approval": {"required": true, "approvers": [{"kind": "Group", "name": "placeholder"}]}}),
-    )
-    .await;
-    apply(
-        &admin().await,
-        &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": w.rs},
-            "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
-                     "approval": {"required": true, "approvers": [{"kind": "Group", "name": w.leads}]}}}),
-        None,
-    )
-    .await;
+    let w = World::with_group_approval("crash", 1).await;
     drop(setup);
     // Crash after the 1st, 2nd, ... write until a whole lifecycle runs without one.
     let mut n = 1;

@@ -583,20 +583,10 @@ async fn grant_cluster(user: &str, rules: serde_json::Value) {
 #[tokio::test]
 async fn self_approval_directly_through_a_group_or_by_impersonation_never_counts() {
     env();
-    let w = World::new(
-        "selfappr",
-        json!({"approval": {"required": true, "approvers": [{"kind": "User", "name": "placeholder"}]}}),
-    )
-    .await;
-    apply(
-        &admin().await,
-        &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": w.rs},
-            "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
-                     "approval": {"required": true, "approvers": [
-                        {"kind": "User", "name": w.bob}, {"kind": "Group", "name": w.leads}]}}}),
-        None,
-    )
-    .await;
+    let w = World::new("selfappr", json!({})).await;
+    w.set_role_setting(json!({"approval": {"required": true, "approvers": [
+        {"kind": "User", "name": w.bob}, {"kind": "Group", "name": w.leads}]}}))
+        .await;
     let alice = w.alice().await;
     let ar = w.ask(alice.clone(), json!({})).await.unwrap();
     let name = ar.metadata.name.clone().unwrap();
@@ -975,20 +965,7 @@ async fn an_active_request_cannot_be_stripped_deleted_adopted_or_rewritten() {
 #[tokio::test]
 async fn a_request_recreated_with_the_same_name_starts_without_the_old_approvals() {
     env();
-    let w = World::new(
-        "rename",
-        json!({"approval": {"required": true, "minApprovals": 2, "approvers": [{"kind": "Group", "name": "placeholder"}]}}),
-    )
-    .await;
-    apply(
-        &admin().await,
-        &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": w.rs},
-            "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
-                     "approval": {"required": true, "minApprovals": 2,
-                                  "approvers": [{"kind": "Group", "name": w.leads}]}}}),
-        None,
-    )
-    .await;
+    let w = World::with_group_approval("rename", 2).await;
     let alice = w.alice().await;
     let named = |n: &str| -> kube_pim::api::ActivationRequest {
         serde_json::from_value(
@@ -1134,19 +1111,7 @@ async fn ending_one_of_two_overlapping_activations_keeps_the_others_access() {
 #[tokio::test]
 async fn a_dry_run_approval_changes_nothing() {
     env();
-    let w = World::new(
-        "dryappr",
-        json!({"approval": {"required": true, "approvers": [{"kind": "Group", "name": "placeholder"}]}}),
-    )
-    .await;
-    apply(
-        &admin().await,
-        &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": w.rs},
-            "spec": {"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true,
-                     "approval": {"required": true, "approvers": [{"kind": "Group", "name": w.leads}]}}}),
-        None,
-    )
-    .await;
+    let w = World::with_group_approval("dryappr", 1).await;
     let alice = w.alice().await;
     let ar = w.ask(alice.clone(), json!({})).await.unwrap();
     let name = ar.metadata.name.clone().unwrap();

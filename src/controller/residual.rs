@@ -13,10 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::future::join_all;
-use k8s_openapi::api::{
-    authorization::v1::{SubjectAccessReview, SubjectAccessReviewSpec},
-    rbac::v1::Subject,
-};
+use k8s_openapi::api::rbac::v1::Subject;
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -168,26 +165,16 @@ async fn probe(ar: &ActivationRequest, ctx: &Context, now: DateTime<Utc>) -> Res
     }
     let probes = residual::probes(&rules, namespace.as_deref());
     let r = &ar.spec.requester;
-    let api: Api<SubjectAccessReview> = Api::all(ctx.client.clone());
-    let asks = probes.iter().map(|p| {
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(r.username.clone()),
-                uid: r.uid.clone(),
-                groups: Some(r.groups.clone()),
-                extra: Some(r.extra.clone()),
-                resource_attributes: Some(p.clone()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let api = api.clone();
-        async move { api.create(&Default::default(), &review).await }
-    });
-    let answers = join_all(asks).await;
+    let user = crate::authz::requester_info(r);
+    let answers = join_all(
+        probes
+            .iter()
+            .map(|p| crate::authz::allowed(&ctx.client, &user, p.clone())),
+    )
+    .await;
     let mut still = None;
     for (p, a) in probes.iter().zip(answers) {
-        if a?.status.is_some_and(|s| s.allowed) {
+        if a? {
             still = Some(residual::describe(p));
             break;
         }

@@ -210,6 +210,28 @@ pub fn actions(ar: &ActivationRequest) -> Vec<HistoryAction> {
 }
 
 impl World {
+    /// A world whose RoleSetting needs `min` approvals from the world's `leads` group.
+    pub async fn with_group_approval(prefix: &str, min: i32) -> Self {
+        let w = World::new(prefix, json!({})).await;
+        w.set_role_setting(json!({"approval": {"required": true, "minApprovals": min,
+            "approvers": [{"kind": "Group", "name": w.leads}]}}))
+            .await;
+        w
+    }
+
+    /// Re-applies the world's RoleSetting: `spec` merged over `admin`, acknowledged.
+    pub async fn set_role_setting(&self, spec: Value) {
+        let mut full = json!({"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true});
+        merge(&mut full, spec);
+        apply(
+            &admin().await,
+            &json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting",
+                "metadata": {"name": self.rs}, "spec": full}),
+            None,
+        )
+        .await;
+    }
+
     /// Waits until `name` has ended and its whole history is on the audit stream: every entry
     /// by its idempotency key (`uid/seq`), `auditedThrough` at the end, the finalizer gone.
     pub async fn audit_intact(&self, name: &str) -> ActivationRequest {
