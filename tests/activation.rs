@@ -528,14 +528,7 @@ async fn cancel_before_access_and_deactivate_during_it() {
         "protected from the first write on"
     );
     // An approver withdraws it: the record names the approver, not the requester.
-    w.requests(w.approver(&w.bob).await)
-        .patch(
-            &ar.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"deactivate": true}})),
-        )
-        .await
-        .unwrap();
+    w.deactivate(w.approver(&w.bob).await, &ar.name_any()).await;
     let canceled = w.wait_phase(&ar.name_any(), RequestPhase::Canceled).await;
     let last = canceled
         .status
@@ -566,14 +559,7 @@ async fn cancel_before_access_and_deactivate_during_it() {
             .await,
     );
     assert!(msg.contains("only the requester"), "{msg}");
-    w.requests(alice.clone())
-        .patch(
-            &ar.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"deactivate": true}})),
-        )
-        .await
-        .unwrap();
+    w.deactivate(alice.clone(), &ar.name_any()).await;
     w.wait_phase(&ar.name_any(), RequestPhase::Deactivated)
         .await;
     w.access(&alice, false).await;
@@ -592,14 +578,7 @@ async fn open_requests_cannot_be_deleted_ended_ones_can() {
     );
     assert_eq!(code, 403);
     assert!(msg.contains("end it with spec.deactivate: true"), "{msg}");
-    w.requests(w.alice().await)
-        .patch(
-            &ar.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"deactivate": true}})),
-        )
-        .await
-        .unwrap();
+    w.deactivate(w.alice().await, &ar.name_any()).await;
     w.wait(&ar.name_any(), "ended and released", |ar| {
         phase_of(ar) == Some(RequestPhase::Deactivated) && ar.finalizers().is_empty()
     })

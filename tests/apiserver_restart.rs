@@ -27,17 +27,10 @@ async fn an_activation_survives_an_apiserver_restart_and_ends_on_time() {
     w.access(&alice, true).await;
 
     // SIGKILL the apiserver, and start it again exactly as before (etcd keeps the data).
-    let pid: i32 = std::fs::read_to_string(env.dir().join("pids"))
-        .unwrap()
-        .lines()
-        .find(|l| l.ends_with(" kube-apiserver"))
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    common::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    common::signal(
+        common::pid_of(env, "kube-apiserver"),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let how: serde_json::Value =
         serde_json::from_slice(&std::fs::read(env.dir().join("apiserver.json")).unwrap()).unwrap();
     let args: Vec<String> = serde_json::from_value(how["args"].clone()).unwrap();

@@ -13,10 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{admin, operated, operator_pid, start_operator, start_operator_with_env, world::*};
 use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
-use kube::{
-    Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
-};
+use kube::{Api, ResourceExt, api::ListParams};
 use kube_pim::api::{ActivationRequest, HistoryAction, RequestPhase};
 use serde_json::json;
 use tokio::process::Child;
@@ -287,14 +284,7 @@ async fn revocation_retries_through_real_403s_until_the_permission_is_back() {
     w.access(&alice, true).await;
 
     operator_may_delete_role_bindings(false).await;
-    w.requests(alice.clone())
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"deactivate": true}})),
-        )
-        .await
-        .unwrap();
+    w.deactivate(alice.clone(), &name).await;
     let log = env.dir().join("logs/kube-pim-perm.log");
     eventually!(
         Duration::from_secs(30),

@@ -14,10 +14,7 @@ use std::time::Duration;
 
 use common::{admin, operated_with, operator_pid, signal, start_operator, world::*};
 use k8s_openapi::api::{coordination::v1::Lease, rbac::v1::RoleBinding};
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
+use kube::Api;
 use kube_pim::api::RequestPhase;
 use nix::sys::signal::Signal;
 use serde_json::json;
@@ -105,14 +102,7 @@ async fn a_follower_takes_over_and_a_paused_leader_that_lost_its_lease_makes_no_
     );
 
     // alice ends her activation: replica b revokes it.
-    w.requests(alice.clone())
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"deactivate": true}})),
-        )
-        .await
-        .unwrap();
+    w.deactivate(alice.clone(), &name).await;
     w.wait_phase(&name, RequestPhase::Deactivated).await;
     let rbs: Api<RoleBinding> = Api::namespaced(admin().await, &w.ns);
     assert!(rbs.get_opt(&binding).await.unwrap().is_none());

@@ -279,18 +279,6 @@ fn admin_binding(name: &str, user: &str) -> RoleBinding {
     binding_of("admin", name, user)
 }
 
-fn condition(
-    ar: &kube_pim::api::ActivationRequest,
-    type_: &str,
-) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    ar.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .cloned()
-}
-
 /// A role that can write bindings needs acknowledgePersistenceRisk; with standingAccess: Deny
 /// nobody but the operator and the break-glass group binds it directly, not even an activated
 /// requester or a cluster administrator; after deactivation the access is checked and gone.
@@ -433,20 +421,8 @@ async fn standing_access_deny_refuses_direct_bindings_of_a_governed_role() {
         .expect("the break-glass group may bind a governed role");
 
     // Deactivated: access is gone, and the check says so.
-    w.requests(alice.clone())
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"deactivate": true}})),
-        )
-        .await
-        .unwrap();
-    let ended = w
-        .wait(&name, "checked for residual access", |ar| {
-            condition(ar, "ResidualAccess").is_some()
-        })
-        .await;
-    let c = condition(&ended, "ResidualAccess").unwrap();
+    w.deactivate(alice.clone(), &name).await;
+    let c = w.residual_access(&name).await;
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("False", "AccessRemoved"),
@@ -493,12 +469,7 @@ async fn standing_access_audit_reports_residual_access_and_discovers_the_binding
         .expect("Audit mode lets the activated requester bind admin");
 
     w.wait_phase(&name, RequestPhase::Expired).await;
-    let ended = w
-        .wait(&name, "checked for residual access", |ar| {
-            condition(ar, "ResidualAccess").is_some()
-        })
-        .await;
-    let c = condition(&ended, "ResidualAccess").unwrap();
+    let c = w.residual_access(&name).await;
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("True", "ResidualAccess"),
@@ -525,7 +496,7 @@ async fn standing_access_audit_reports_residual_access_and_discovers_the_binding
         "no ResidualAccess Event"
     );
     let log = std::fs::read_to_string(common::operated().dir().join("audit.log")).unwrap();
-    let uid = ended.metadata.uid.clone().unwrap();
+    let uid = ar.metadata.uid.clone().unwrap();
     assert!(
         log.lines()
             .any(|l| l.contains("\"kind\":\"ResidualAccess\"") && l.contains(&uid)),
@@ -760,14 +731,7 @@ async fn one_requester_cannot_keep_more_than_the_cap_of_open_requests() {
         "{msg}"
     );
     // Ending one makes room.
-    w.requests(alice.clone())
-        .patch(
-            &names[0],
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"deactivate": true}})),
-        )
-        .await
-        .unwrap();
+    w.deactivate(alice.clone(), &names[0]).await;
     w.wait_phase(&names[0], RequestPhase::Canceled).await;
     eventually!(
         Duration::from_secs(30),
@@ -1071,12 +1035,7 @@ async fn ending_one_of_two_overlapping_activations_keeps_the_others_access() {
         }
     };
     end(one.clone()).await;
-    let ended = w
-        .wait(&one, "checked for residual access", |ar| {
-            condition(ar, "ResidualAccess").is_some()
-        })
-        .await;
-    let c = condition(&ended, "ResidualAccess").unwrap();
+    let c = w.residual_access(&one).await;
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("False", "StillActivated"),
@@ -1090,12 +1049,7 @@ async fn ending_one_of_two_overlapping_activations_keeps_the_others_access() {
         two
     );
     end(two.clone()).await;
-    let ended = w
-        .wait(&two, "checked for residual access", |ar| {
-            condition(ar, "ResidualAccess").is_some()
-        })
-        .await;
-    let c = condition(&ended, "ResidualAccess").unwrap();
+    let c = w.residual_access(&two).await;
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("False", "AccessRemoved"),

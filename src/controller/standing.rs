@@ -172,6 +172,28 @@ fn unmanaged(
     })
 }
 
+/// What `keep` keeps of every object of a kind, listed in pages of 500 (only the kept
+/// parts stay in memory, not the whole kind).
+async fn list_keeping<K, T>(
+    client: &kube::Client,
+    mut keep: impl FnMut(&K) -> Option<T>,
+) -> Result<Vec<T>, Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let mut lp = ListParams::default().limit(500);
+    let mut kept = Vec::new();
+    loop {
+        let page = api.list(&lp).await?;
+        kept.extend(page.items.iter().filter_map(&mut keep));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => lp = lp.continue_token(&c),
+            None => return Ok(kept),
+        }
+    }
+}
+
 /// Every binding of a governed role that kube-pim did not make, in the cluster now.
 pub async fn list_unmanaged(
     client: &kube::Client,
@@ -181,12 +203,9 @@ pub async fn list_unmanaged(
     if governed.is_empty() {
         return Ok(found);
     }
-    let rb: Api<RoleBinding> = Api::all(client.clone());
-    let mut lp = ListParams::default().limit(500);
-    loop {
-        let page = rb.list(&lp).await?;
-        for b in &page.items {
-            found.extend(unmanaged(
+    found.extend(
+        list_keeping(client, |b: &RoleBinding| {
+            unmanaged(
                 "RoleBinding",
                 b.namespace(),
                 b.name_any(),
@@ -194,19 +213,13 @@ pub async fn list_unmanaged(
                 &b.role_ref,
                 b.subjects.as_deref().unwrap_or_default(),
                 governed,
-            ));
-        }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(c) => lp = lp.continue_token(&c),
-            None => break,
-        }
-    }
-    let crb: Api<ClusterRoleBinding> = Api::all(client.clone());
-    let mut lp = ListParams::default().limit(500);
-    loop {
-        let page = crb.list(&lp).await?;
-        for b in &page.items {
-            found.extend(unmanaged(
+            )
+        })
+        .await?,
+    );
+    found.extend(
+        list_keeping(client, |b: &ClusterRoleBinding| {
+            unmanaged(
                 "ClusterRoleBinding",
                 None,
                 b.name_any(),
@@ -214,13 +227,10 @@ pub async fn list_unmanaged(
                 &b.role_ref,
                 b.subjects.as_deref().unwrap_or_default(),
                 governed,
-            ));
-        }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(c) => lp = lp.continue_token(&c),
-            None => break,
-        }
-    }
+            )
+        })
+        .await?,
+    );
     Ok(found)
 }
 

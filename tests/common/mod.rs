@@ -230,11 +230,16 @@ pub async fn http_get(addr: &str, path: &str) -> String {
 
 /// The pid of the operator the test environment started (from DIR/pids).
 pub fn operator_pid(env: &TestEnv) -> i32 {
+    pid_of(env, "kube-pim")
+}
+
+/// The pid of the process `name` the test environment started (from DIR/pids).
+pub fn pid_of(env: &TestEnv, name: &str) -> i32 {
     std::fs::read_to_string(env.dir().join("pids"))
         .unwrap()
         .lines()
-        .find(|l| l.ends_with(" kube-pim"))
-        .expect("an operator in DIR/pids")
+        .find(|l| l.ends_with(&format!(" {name}")))
+        .unwrap_or_else(|| panic!("no {name} in DIR/pids"))
         .split(' ')
         .next()
         .unwrap()

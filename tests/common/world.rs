@@ -219,6 +219,38 @@ impl World {
         w
     }
 
+    /// Ends request `name` as `client`'s user (`spec.deactivate: true`).
+    pub async fn deactivate(&self, client: Client, name: &str) {
+        self.requests(client)
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"deactivate": true}})),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the residual-access check of `name` is recorded; its `ResidualAccess`
+    /// condition.
+    pub async fn residual_access(
+        &self,
+        name: &str,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        let find = |ar: &ActivationRequest| {
+            ar.status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "ResidualAccess")
+                .cloned()
+        };
+        let ended = self
+            .wait(name, "checked for residual access", |ar| find(ar).is_some())
+            .await;
+        find(&ended).unwrap()
+    }
+
     /// Re-applies the world's RoleSetting: `spec` merged over `admin`, acknowledged.
     pub async fn set_role_setting(&self, spec: Value) {
         let mut full = json!({"roleRefs": [{"name": "admin"}], "acknowledgePersistenceRisk": true});
