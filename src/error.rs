@@ -29,6 +29,14 @@ pub enum Error {
     #[error("test control plane: {0}")]
     TestEnv(String),
 
+    /// A `kubectl pim` command could not do what was asked (the message says what to do).
+    #[error("{0}")]
+    Plugin(String),
+
+    /// Standard output was closed (e.g. `kubectl pim audit | head`): a clean end, not a failure.
+    #[error("output closed")]
+    OutputClosed,
+
     /// Generating or parsing a certificate failed.
     #[error("certificate: {0}")]
     Certificate(#[from] rcgen::Error),

@@ -5,7 +5,7 @@
 //! per-role policy (`RoleSetting`), and the operator creates and removes the bindings.
 //!
 //! Modules: [`api`] (the CRD types, pure data), [`authz`] (who may bind what), [`crdgen`] (CRD YAML), [`operator`] (the
-//! long-running process), [`policies`] (the in-apiserver guards), [`sweep`] (the independent reaper), [`testenv`] (a real local
+//! long-running process), [`plugin`] (`kubectl pim`), [`policies`] (the in-apiserver guards), [`sweep`] (the independent reaper), [`testenv`] (a real local
 //! control plane for tests and demos),
 //! [`time`] (chrono <-> Kubernetes time), [`error`].
 
@@ -19,6 +19,7 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod plugin;
 pub mod policies;
 pub mod rbac;
 pub mod sweep;

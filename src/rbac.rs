@@ -209,6 +209,38 @@ pub fn sweeper_cluster_role() -> ClusterRole {
     }
 }
 
+/// Reads RoleSettings, which are cluster-scoped: the persona roles, bound per namespace with
+/// RoleBindings, cannot grant that. Bound to `system:authenticated` by the test environment
+/// (the chart makes the group a value) so that everyone can see the policy they would activate
+/// under and `kubectl pim eligible` and `pending` can show it.
+pub const POLICY_READER_CLUSTER_ROLE: &str = "kube-pim-policy-reader";
+
+/// [`POLICY_READER_CLUSTER_ROLE`].
+pub fn policy_reader_cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: ObjectMeta {
+            name: Some(POLICY_READER_CLUSTER_ROLE.into()),
+            labels: Some([("app.kubernetes.io/name".to_string(), "kube-pim".to_string())].into()),
+            ..Default::default()
+        },
+        rules: Some(vec![rule(
+            &["kubepim.io"],
+            &["rolesettings"],
+            &["get", "list", "watch"],
+        )]),
+        ..Default::default()
+    }
+}
+
+/// Binds [`POLICY_READER_CLUSTER_ROLE`] to `group` (e.g. `system:authenticated`).
+pub fn policy_reader_binding(group: &str) -> ClusterRoleBinding {
+    let mut b = cluster_role_binding(POLICY_READER_CLUSTER_ROLE, group);
+    if let Some(s) = b.subjects.as_mut() {
+        s[0].kind = "Group".into();
+    }
+    b
+}
+
 /// Binds `role` to the user name `username` cluster-wide.
 pub fn cluster_role_binding(role: &str, username: &str) -> ClusterRoleBinding {
     ClusterRoleBinding {

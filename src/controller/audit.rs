@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::{
     Error, Result,
-    api::{ActivationRequest, HistoryEntry, RequestPhase},
+    api::{ActivationRequest, HistoryAction, HistoryEntry, RequestPhase},
 };
 
 /// The versioned record type of an audit line.
@@ -41,11 +41,63 @@ pub struct Record<'a> {
     pub scope: crate::api::Scope,
     /// Who asked.
     pub requester: &'a str,
-    /// The phase after this transition (as of the write that committed it).
+    /// The phase this transition leaves the request in, replayed from its history (so the
+    /// stream and `kubectl pim audit` agree whenever either is produced).
     pub phase: Option<RequestPhase>,
     /// The history entry itself.
     #[serde(flatten)]
     pub entry: &'a HistoryEntry,
+}
+
+/// The phase a request is in after `action`, given the phase before it (`None`: unchanged).
+fn phase_after(action: HistoryAction) -> Option<RequestPhase> {
+    use HistoryAction as A;
+    use RequestPhase as P;
+    match action {
+        A::Requested => Some(P::Pending),
+        // The decision is committed before bindings exist: still Pending until Activated.
+        A::Approved | A::AssignmentSwitched => None,
+        A::Denied => Some(P::Denied),
+        A::Scheduled => Some(P::Scheduled),
+        A::Activated => Some(P::Active),
+        A::Expired => Some(P::Expired),
+        A::TimedOut => Some(P::TimedOut),
+        A::Canceled => Some(P::Canceled),
+        A::Deactivated => Some(P::Deactivated),
+        A::Revoked => Some(P::Revoked),
+        A::Superseded => Some(P::Superseded),
+        A::Failed => Some(P::Failed),
+    }
+}
+
+/// One record per history entry of `req`, in order: what the audit stream carries and what
+/// `kubectl pim audit` exports. Pure, so both produce the same record for the same entry.
+pub fn transition_records(req: &ActivationRequest) -> Vec<Record<'_>> {
+    let Some(status) = req.status.as_ref() else {
+        return Vec::new();
+    };
+    let uid = req.metadata.uid.as_deref().unwrap_or_default();
+    let mut phase = None;
+    status
+        .history
+        .iter()
+        .map(|entry| {
+            phase = phase_after(entry.action).or(phase);
+            Record {
+                api_version: AUDIT_API_VERSION,
+                kind: "ActivationRequestTransition",
+                id: format!("{uid}/{}", entry.seq),
+                namespace: req.metadata.namespace.as_deref().unwrap_or_default(),
+                name: req.metadata.name.as_deref().unwrap_or_default(),
+                uid,
+                role_setting: &req.spec.role_setting,
+                scope: req.spec.scope,
+                requester: &req.spec.requester.username,
+                phase,
+                entry,
+            }
+        })
+        .collect()
 }
 
 /// Where audit lines go: a file (appended) or standard output.
@@ -121,20 +173,7 @@ impl AuditLog {
             .max(written.get(uid).copied().unwrap_or(0))
             .min(status.history.len());
         let mut out = self.out.lock().expect("audit writer not poisoned");
-        for entry in &status.history[start..] {
-            let rec = Record {
-                api_version: AUDIT_API_VERSION,
-                kind: "ActivationRequestTransition",
-                id: format!("{uid}/{}", entry.seq),
-                namespace: req.metadata.namespace.as_deref().unwrap_or_default(),
-                name: req.metadata.name.as_deref().unwrap_or_default(),
-                uid,
-                role_setting: &req.spec.role_setting,
-                scope: req.spec.scope,
-                requester: &req.spec.requester.username,
-                phase: status.phase,
-                entry,
-            };
+        for rec in &transition_records(req)[start..] {
             let line = serde_json::to_string(&rec).expect("audit records serialize");
             writeln!(out, "{line}").map_err(Error::io("write audit log", "audit"))?;
         }
@@ -166,6 +205,47 @@ mod tests {
         api::{ActivationRequestStatus, HistoryAction},
         decide::test_fixtures::*,
     };
+
+    #[test]
+    fn each_record_carries_the_phase_its_transition_left_the_request_in() {
+        let mut req = request("r", "payments", "ns-admin", requester("alice", &[]));
+        let actions = [
+            HistoryAction::Requested,
+            HistoryAction::Approved,
+            HistoryAction::Activated,
+            HistoryAction::AssignmentSwitched,
+            HistoryAction::Deactivated,
+        ];
+        req.status = Some(ActivationRequestStatus {
+            // The current phase must not leak into earlier records.
+            phase: Some(RequestPhase::Deactivated),
+            history: actions
+                .iter()
+                .enumerate()
+                .map(|(i, a)| HistoryEntry {
+                    seq: i as i64 + 1,
+                    time: t0(),
+                    actor: "alice".into(),
+                    action: *a,
+                    message: None,
+                })
+                .collect(),
+            ..Default::default()
+        });
+        let phases: Vec<Option<RequestPhase>> =
+            transition_records(&req).iter().map(|r| r.phase).collect();
+        use RequestPhase::*;
+        assert_eq!(
+            phases,
+            [
+                Some(Pending),
+                Some(Pending),
+                Some(Active),
+                Some(Active),
+                Some(Deactivated)
+            ]
+        );
+    }
 
     #[test]
     fn writes_each_pending_entry_once_as_a_json_line() {

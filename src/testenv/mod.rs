@@ -498,6 +498,20 @@ impl ControlPlane {
                 .patch(&name, &pp, &Patch::Apply(&role))
                 .await?;
         }
+        Api::<ClusterRole>::all(admin.clone())
+            .patch(
+                rbac::POLICY_READER_CLUSTER_ROLE,
+                &pp,
+                &Patch::Apply(&rbac::policy_reader_cluster_role()),
+            )
+            .await?;
+        Api::<ClusterRoleBinding>::all(admin.clone())
+            .patch(
+                rbac::POLICY_READER_CLUSTER_ROLE,
+                &pp,
+                &Patch::Apply(&rbac::policy_reader_binding("system:authenticated")),
+            )
+            .await?;
         for u in &opts.users {
             cp.env.write_kubeconfig(
                 &dir.join(format!("{}.kubeconfig", u.name)),
