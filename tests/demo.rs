@@ -1,6 +1,8 @@
 //! `make demo` must keep working: run its walkthrough non-interactively and check that each
-//! step shows what it claims (the forged requester replaced, the bystander refused, access
-//! granted after approval and gone after deactivation and expiry, the audit trail).
+//! step shows what it claims, through `kubectl pim` (the plugin found by kubectl on PATH): the
+//! policy shown, the over-long request refused, the bystander refused, access granted after
+//! approval and gone after deactivation and expiry, the forged requester replaced, the audit
+//! export and stream.
 
 use std::process::Command;
 
@@ -13,31 +15,42 @@ fn the_demo_walks_through_the_whole_flow() {
         .arg(&dir)
         .env("DEMO_NONINTERACTIVE", "1")
         .env("KUBE_PIM_TESTENV", env!("CARGO_BIN_EXE_kube-pim-testenv"))
+        .env("KUBECTL_PIM", env!("CARGO_BIN_EXE_kubectl-pim"))
         .output()
         .unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{text}");
     for expected in [
-        "alice-",                                                            // the request
+        "[alice]$ kubectl pim whoami",          // through kubectl
+        "[team-payments system:authenticated]", // whoami
+        "1 of Group:sre-leads, User:bob",       // eligible, policy
         "duration 3h exceeds maxDuration 2h of RoleSetting namespace-admin", // refused at once
-        "mallory is not an approver of RoleSetting namespace-admin",         // bystander refused
-        "Approved by bob",                                                   // decision recorded
-        "No resources found in payments namespace.",                         // access while Active
-        "4 Deactivated by alice",                                            // history
-        "Expired",                                                           // the 10s activation
-        "\"kind\":\"PolicyWrite\"",                                          // audit stream
+        "activationrequest payments/alice-",    // created
+        "mallory is not an approver of RoleSetting namespace-admin", // bystander refused
+        " approved\n",                          // bob's decision
+        "No resources found in payments namespace.", // access while Active
+        ": Deactivated: alice ended the activation early", // deactivate --wait
+        "alice-peek   alice",                   // forged requester
+        "Expired",                              // the 10s activation
+        "id,time,namespace,name,uid,roleSetting", // audit CSV
+        "\"kind\":\"PolicyWrite\"",             // audit stream
     ] {
         assert!(
             text.contains(expected),
             "the demo output lacks {expected:?}:\n{text}"
         );
     }
-    // alice's secrets are forbidden before approval and after deactivation.
+    // alice's secrets are forbidden before approval and after deactivation, and the pods
+    // after expiry.
     assert!(
         text.matches("User \"alice\" cannot list resource \"secrets\"")
             .count()
             >= 3,
+        "{text}"
+    );
+    assert!(
+        text.contains("User \"alice\" cannot list resource \"pods\""),
         "{text}"
     );
     let _ = std::fs::remove_dir_all(&dir);

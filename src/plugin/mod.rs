@@ -735,14 +735,13 @@ async fn list(s: &Session) -> Result<()> {
     let rows: Vec<Vec<String>> = mine
         .iter()
         .map(|r| {
-            let st = r.status.as_ref();
             vec![
                 r.namespace().unwrap_or_default(),
                 r.name_any(),
                 r.spec.role_setting.clone(),
                 format!("{:?}", r.spec.scope),
                 view::phase_text(r),
-                view::relative(st.and_then(|s| s.expiration_time), now),
+                view::expires_text(r, now),
                 view::age(view::created(r), now),
                 r.spec.justification.clone().unwrap_or_default(),
             ]

@@ -292,6 +292,22 @@ pub fn relative(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     }
 }
 
+/// When a request's access ends (`in 43m`), or when it ended (`ended 2m ago`, from its last
+/// transition: a deactivated request ended before its expirationTime).
+pub fn expires_text(req: &ActivationRequest, now: DateTime<Utc>) -> String {
+    let Some(st) = req.status.as_ref() else {
+        return "-".into();
+    };
+    match st.phase {
+        Some(p) if is_terminal(p) => st
+            .history
+            .last()
+            .map(|h| format!("ended {}", relative(Some(h.time), now)))
+            .unwrap_or_else(|| "ended".into()),
+        _ => relative(st.expiration_time, now),
+    }
+}
+
 /// The age of an object, like kubectl's AGE column (`5m`, `2h3m`).
 pub fn age(req_created: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     req_created
@@ -683,6 +699,22 @@ mod tests {
             "2h ago"
         );
         assert_eq!(relative(None, now), "-");
+        let mut req = request("r", "payments", "x", requester("alice", &[]));
+        req.status = Some(ActivationRequestStatus {
+            phase: Some(RequestPhase::Deactivated),
+            expiration_time: Some(now + chrono::TimeDelta::hours(1)),
+            history: vec![HistoryEntry {
+                seq: 4,
+                time: now - chrono::TimeDelta::minutes(2),
+                actor: "alice".into(),
+                action: HistoryAction::Deactivated,
+                message: None,
+            }],
+            ..Default::default()
+        });
+        assert_eq!(expires_text(&req, now), "ended 2m ago");
+        req.status.as_mut().unwrap().phase = Some(RequestPhase::Active);
+        assert_eq!(expires_text(&req, now), "in 1h");
         assert_eq!(short("abcdef", 4), "abc…");
     }
 }
