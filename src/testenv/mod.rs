@@ -9,7 +9,8 @@
 //!   get a `kube::Client` for any user: the CA key in `DIR/pki` mints client certificates.
 //!
 //! Besides the CRDs it installs the persona ClusterRoles (`kube-pim-requester`,
-//! `kube-pim-approver`, `kube-pim-admin`) so tests and the demo can bind them.
+//! `kube-pim-approver`, `kube-pim-admin`) so tests and the demo can bind them, and binds
+//! `kube-pim-policy-reader` to `system:authenticated` (as the chart does by default).
 //!
 //! Layout of DIR: `env.json` (how to connect), `pki/`, `logs/<process>.log`,
 //! `admin.kubeconfig`, `<user>.kubeconfig`, `bin/kubectl`, `pids`, and `ready` once serving.
