@@ -657,7 +657,16 @@ async fn create_and_follow(
         ));
         return Ok(());
     }
-    let done = follow(&api, ns, &name, timeout, view::wait_is_over).await?;
+    let done = follow(
+        &api,
+        ns,
+        &name,
+        timeout,
+        view::wait_is_over,
+        // With -o json/yaml, stdout carries only the document.
+        s.output != Output::Table,
+    )
+    .await?;
     match done.status.as_ref().and_then(|st| st.phase) {
         Some(RequestPhase::Active) => Ok(()),
         phase => Err(Error::Plugin(format!(
@@ -674,6 +683,7 @@ async fn follow(
     name: &str,
     timeout: Option<Duration>,
     over: fn(Option<RequestPhase>) -> bool,
+    progress_to_stderr: bool,
 ) -> Result<ActivationRequest> {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher(api.clone(), config).boxed();
@@ -707,7 +717,12 @@ async fn follow(
         };
         let line = view::progress(&ar);
         if line != last {
-            emit(&format!("{ns}/{name}: {line}\n"))?;
+            let line = format!("{ns}/{name}: {line}");
+            if progress_to_stderr {
+                note(&line);
+            } else {
+                emit(&format!("{line}\n"))?;
+            }
             last = line;
         }
         if over(ar.status.as_ref().and_then(|st| st.phase)) {
@@ -928,7 +943,7 @@ async fn deactivate(s: &Session, names: &[String], wait: bool) -> Result<()> {
                 if wait {
                     let over: fn(Option<RequestPhase>) -> bool =
                         |p| p.is_some_and(crate::decide::request::is_terminal);
-                    follow(&api, ns, name, None, over).await?;
+                    follow(&api, ns, name, None, over, s.output != Output::Table).await?;
                 }
             }
             Err(e) => {
