@@ -102,8 +102,8 @@ fn respond(
     let base = AdmissionResponse::from(req);
     let resp = match verdict {
         Verdict::Allow => base,
-        Verdict::Deny(msg) => {
-            tracing::info!(user = ?req.user_info.username, kind = %req.kind.kind, name = %req.name, operation = ?req.operation, reason = %msg, "admission denied");
+        Verdict::Deny(code, msg) => {
+            tracing::info!(user = req.user_info.username.as_deref().unwrap_or_default(), kind = %req.kind.kind, name = %req.name, operation = ?req.operation, code = code.as_str(), reason = %msg, "admission denied");
             let mut r = base.deny(msg);
             // A policy refusal is a 403 Forbidden, as for RBAC (kube's default is 400).
             r.result.code = 403;
@@ -186,7 +186,7 @@ async fn validate(
         return bad_request("not an AdmissionReview request");
     };
     let verdict = decide(&s, &req).await;
-    if !matches!(verdict, Verdict::Deny(_)) && !req.dry_run {
+    if !matches!(verdict, Verdict::Deny(..)) && !req.dry_run {
         audit_policy_write(&s.ctx, &req);
     }
     respond(&req, verdict)
@@ -196,8 +196,12 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
     let user = &req.user_info;
     let now = Utc::now();
     let ns = req.namespace.clone().unwrap_or_default();
-    let malformed =
-        || Verdict::Deny("kube-pim could not read the object: it does not match the schema".into());
+    let malformed = || {
+        Verdict::Deny(
+            review::Reason::Malformed,
+            "kube-pim could not read the object: it does not match the schema".into(),
+        )
+    };
     match (
         req.resource.resource.as_str(),
         req.sub_resource.as_deref(),
@@ -289,7 +293,7 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
                 return malformed();
             };
             let Some(new) = typed::<ActivationRequest>(req.object.as_ref()) else {
-                return Verdict::Deny("status.approvals entries need a decision (Approved or Denied); approver and time are filled in by kube-pim".into());
+                return Verdict::Deny(review::Reason::Malformed, "status.approvals entries need a decision (Approved or Denied); approver and time are filled in by kube-pim".into());
             };
             let rs = role_setting(&s.ctx, &old.spec.role_setting).await;
             review::validate_decision(&old, &new, user, rs.as_ref(), now)
@@ -464,9 +468,10 @@ fn role_names(rs: &RoleSetting) -> Vec<String> {
 /// Fail closed when the apiserver does not answer a SubjectAccessReview.
 fn unanswered(e: &Error) -> Verdict {
     tracing::warn!(error = %e, "SubjectAccessReview failed; refusing");
-    Verdict::Deny(format!(
-        "kube-pim could not check your bind permission ({e}): try again in a moment"
-    ))
+    Verdict::Deny(
+        review::Reason::AuthorizationCheckFailed,
+        format!("kube-pim could not check your bind permission ({e}): try again in a moment"),
+    )
 }
 
 /// A RoleSetting from the cache, or read live when the cache does not have it (yet).
