@@ -49,8 +49,14 @@ struct Shared {
     settings: Settings,
 }
 
-/// Serves the webhook until the process ends.
-pub async fn serve(listen: Listen, ctx: Arc<Context>, settings: Settings) -> Result<(), Error> {
+/// Serves the webhook until the process ends; `on_listening` is called once the HTTPS listener
+/// is bound (readiness).
+pub async fn serve(
+    listen: Listen,
+    ctx: Arc<Context>,
+    settings: Settings,
+    on_listening: impl FnOnce() + Send + 'static,
+) -> Result<(), Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls =
         axum_server::tls_rustls::RustlsConfig::from_pem_file(&listen.cert_file, &listen.key_file)
@@ -62,8 +68,16 @@ pub async fn serve(listen: Listen, ctx: Arc<Context>, settings: Settings) -> Res
         listen.key_file.clone(),
     ));
     let app = router(ctx, settings);
-    tracing::info!(addr = %listen.addr, "serving the admission webhook");
+    let handle = axum_server::Handle::new();
+    let bound = handle.clone();
+    tokio::spawn(async move {
+        if let Some(addr) = bound.listening().await {
+            tracing::info!(%addr, "serving the admission webhook");
+            on_listening();
+        }
+    });
     axum_server::bind_rustls(listen.addr, tls)
+        .handle(handle)
         .serve(app.into_make_service())
         .await
         .map_err(Error::io("serve the webhook on", listen.addr.to_string()))
