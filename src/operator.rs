@@ -4,8 +4,8 @@
 //!
 //! Readiness ([`Readiness`]) means every watch cache has synced (so nothing is decided or
 //! admitted from a partial view) and, when this process serves the admission webhook, that its
-//! listener is up. Leadership plays no part: a follower watches and serves the webhook, which
-//! is why it runs (docs/observability.md).
+//! listener is up. Leadership plays no part: a follower watches and serves the webhook, so it
+//! is ready once its caches have synced (docs/observability.md, *Readiness*).
 
 use std::{
     net::SocketAddr,
@@ -243,8 +243,8 @@ impl Readiness {
     }
 }
 
-/// `/healthz` (the process answers), `/readyz` ([`Readiness`]) and `/metrics` (Prometheus text;
-/// empty until the controllers have started).
+/// `/healthz` (the process answers), `/readyz` ([`Readiness`]) and `/metrics` (Prometheus text,
+/// computed from the caches when scraped; empty until the controllers have started).
 pub fn health_router(
     ready: Arc<Readiness>,
     context: Arc<std::sync::OnceLock<Arc<controller::Context>>>,
@@ -257,10 +257,7 @@ pub fn health_router(
                 let context = context.clone();
                 async move {
                     let body = match context.get() {
-                        Some(ctx) => {
-                            ctx.refresh_gauges();
-                            ctx.metrics.encode()
-                        }
+                        Some(ctx) => ctx.scrape(),
                         None => "# EOF\n".to_string(),
                     };
                     (

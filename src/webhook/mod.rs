@@ -7,6 +7,10 @@
 //!
 //! TLS: the certificate and key are read from files and re-read when they change (mounted
 //! Secrets rotate in place); the test environment issues them from its CA for 127.0.0.1.
+//!
+//! Every request is timed and every refusal counted by its stable reason code
+//! ([`review::Reason`]) in [`crate::metrics::Metrics`]: the messages are for people and may be
+//! reworded, the codes are for alerts and dashboards.
 
 pub mod config;
 pub mod review;
@@ -109,27 +113,57 @@ async fn reload_on_change(tls: axum_server::tls_rustls::RustlsConfig, cert: Path
     }
 }
 
+/// The `operation` label of a webhook request.
+fn operation_name(op: &Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
+/// The answer to the apiserver, with the request's latency (since `started`) and, for a
+/// refusal, its reason code recorded.
 fn respond(
+    s: &Shared,
+    webhook: &'static str,
+    started: std::time::Instant,
     req: &AdmissionRequest<DynamicObject>,
     verdict: Verdict,
 ) -> Json<AdmissionReview<DynamicObject>> {
+    let metrics = &s.ctx.metrics;
+    let resource =
+        crate::metrics::webhook_resource(&req.resource.resource, req.sub_resource.as_deref());
     let base = AdmissionResponse::from(req);
-    let resp = match verdict {
-        Verdict::Allow => base,
+    let (resp, refused) = match verdict {
+        Verdict::Allow => (base, None),
         Verdict::Deny(code, msg) => {
             tracing::info!(user = req.user_info.username.as_deref().unwrap_or_default(), kind = %req.kind.kind, name = %req.name, operation = ?req.operation, code = code.as_str(), reason = %msg, "admission denied");
             let mut r = base.deny(msg);
             // A policy refusal is a 403 Forbidden, as for RBAC (kube's default is 400).
             r.result.code = 403;
             r.result.reason = "Forbidden".into();
-            r
+            (r, Some(code))
         }
         Verdict::Patch(p) => match base.with_patch(p) {
-            Ok(r) => r,
-            Err(e) => AdmissionResponse::from(req)
-                .deny(format!("kube-pim could not build its patch: {e}")),
+            Ok(r) => (r, None),
+            Err(e) => (
+                AdmissionResponse::from(req)
+                    .deny(format!("kube-pim could not build its patch: {e}")),
+                Some(review::Reason::Internal),
+            ),
         },
     };
+    if let Some(code) = refused {
+        metrics.webhook_denied(resource, code.as_str());
+    }
+    metrics.webhook_request(
+        webhook,
+        resource,
+        operation_name(&req.operation),
+        started.elapsed().as_secs_f64(),
+    );
     Json(resp.into_review())
 }
 
@@ -151,6 +185,7 @@ async fn mutate(
     State(s): State<Arc<Shared>>,
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
+    let started = std::time::Instant::now();
     let Ok(req): Result<AdmissionRequest<DynamicObject>, _> = review.try_into() else {
         return bad_request("not an AdmissionReview request");
     };
@@ -189,13 +224,14 @@ async fn mutate(
         }
         _ => Verdict::Allow,
     };
-    respond(&req, verdict)
+    respond(&s, "mutate", started, &req, verdict)
 }
 
 async fn validate(
     State(s): State<Arc<Shared>>,
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
+    let started = std::time::Instant::now();
     let Ok(req): Result<AdmissionRequest<DynamicObject>, _> = review.try_into() else {
         return bad_request("not an AdmissionReview request");
     };
@@ -203,7 +239,7 @@ async fn validate(
     if !matches!(verdict, Verdict::Deny(..)) && !req.dry_run {
         audit_policy_write(&s.ctx, &req);
     }
-    respond(&req, verdict)
+    respond(&s, "validate", started, &req, verdict)
 }
 
 async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
