@@ -73,7 +73,8 @@ pub enum Command {
 /// Flags of `kube-pim run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Address of the plain-HTTP health endpoints (/healthz, /readyz).
+    /// Address of the plain-HTTP endpoints /healthz, /readyz and /metrics (apart from the
+    /// webhook's TLS port; docs/observability.md).
     #[arg(long, env = "KUBE_PIM_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
     health_addr: SocketAddr,
     /// The operator's own user name: the only exemption in every admission guard.
@@ -145,16 +146,23 @@ pub struct RunArgs {
     leader_election_identity: Option<String>,
 }
 
-/// Sets up logging to stderr.
+/// Sets up logging to stderr (audit lines have their own stream, `--audit-log`). A filter
+/// that does not parse falls back to `info`, with a warning that names it: a typo in a flag
+/// must not silence the operator's logs.
 pub fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (parsed, invalid) = match tracing_subscriber::EnvFilter::try_new(filter) {
+        Ok(f) => (f, None),
+        Err(e) => (tracing_subscriber::EnvFilter::new("info"), Some(e)),
+    };
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(parsed)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+    if let Some(e) = invalid {
+        tracing::warn!(filter, error = %e, "invalid --log-level / KUBE_PIM_LOG; logging at info");
     }
 }
 

@@ -2,8 +2,10 @@
 //! identity, serves `/healthz`, `/readyz` and `/metrics` on a plain-HTTP port, and runs until
 //! SIGTERM.
 //!
-//! Readiness means every watch cache of the controllers has synced (so nothing is decided from
-//! a partial view). The admission webhook joins this process with the activation-flow work.
+//! Readiness ([`Readiness`]) means every watch cache has synced (so nothing is decided or
+//! admitted from a partial view) and, when this process serves the admission webhook, that its
+//! listener is up. Leadership plays no part: a follower watches and serves the webhook, so it
+//! is ready once its caches have synced (docs/observability.md, *Readiness*).
 
 use std::{
     net::SocketAddr,
@@ -58,7 +60,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             std::process::exit(1);
         });
     }
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Readiness::new(settings.webhook.is_some()));
     let listener = tokio::net::TcpListener::bind(settings.health_addr)
         .await
         .map_err(Error::io("listen on", settings.health_addr.to_string()))?;
@@ -78,8 +80,11 @@ pub async fn run(settings: Settings) -> Result<()> {
     let on_ready = {
         let ready = ready.clone();
         move || {
-            ready.store(true, Ordering::SeqCst);
-            tracing::info!("ready");
+            ready.caches_synced();
+            match ready.check() {
+                Ok(()) => tracing::info!("ready"),
+                Err(why) => tracing::info!(%why, "caches synced; not ready yet"),
+            }
         }
     };
     let (ctx, controllers) =
@@ -87,8 +92,16 @@ pub async fn run(settings: Settings) -> Result<()> {
     let _ = context.set(ctx.clone());
     if let Some((listen, wsettings)) = settings.webhook {
         let ctx = ctx.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
-            if let Err(e) = webhook::serve(listen, ctx, wsettings).await {
+            let listening = {
+                let ready = ready.clone();
+                move || ready.set_webhook_serving(true)
+            };
+            let r = webhook::serve(listen, ctx, wsettings, listening).await;
+            // Not ready any more: the Service sends admission requests to other replicas.
+            ready.set_webhook_serving(false);
+            if let Err(e) = r {
                 // Fail closed: without the webhook, the apiserver refuses requests and decisions.
                 tracing::error!(error = %e, "the admission webhook stopped");
             }
@@ -184,8 +197,56 @@ where
     }
 }
 
-fn health_router(
-    ready: Arc<AtomicBool>,
+/// What `/readyz` reports: ready once every watch cache has synced and, when this process
+/// serves the admission webhook, while its HTTPS listener is up. Leadership is not part of it:
+/// a follower is ready (it serves the webhook, and its caches make its gauges exact), and one
+/// that loses its Lease exits instead of turning unready.
+#[derive(Debug)]
+pub struct Readiness {
+    caches_synced: AtomicBool,
+    webhook_serving: AtomicBool,
+}
+
+impl Readiness {
+    /// Not ready yet; `webhook`: this process serves the admission webhook.
+    pub fn new(webhook: bool) -> Self {
+        Self {
+            caches_synced: AtomicBool::new(false),
+            webhook_serving: AtomicBool::new(!webhook),
+        }
+    }
+
+    /// Every watch cache has listed its objects.
+    pub fn caches_synced(&self) {
+        self.caches_synced.store(true, Ordering::SeqCst);
+    }
+
+    /// The webhook's listener is up (`true`) or has stopped (`false`).
+    pub fn set_webhook_serving(&self, serving: bool) {
+        self.webhook_serving.store(serving, Ordering::SeqCst);
+    }
+
+    /// `Ok` when ready, else what is missing.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let mut missing = Vec::new();
+        if !self.caches_synced.load(Ordering::SeqCst) {
+            missing.push("watch caches not synced");
+        }
+        if !self.webhook_serving.load(Ordering::SeqCst) {
+            missing.push("admission webhook not serving");
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing.join("; "))
+        }
+    }
+}
+
+/// `/healthz` (the process answers), `/readyz` ([`Readiness`]) and `/metrics` (Prometheus text,
+/// computed from the caches when scraped; empty until the controllers have started).
+pub fn health_router(
+    ready: Arc<Readiness>,
     context: Arc<std::sync::OnceLock<Arc<controller::Context>>>,
 ) -> Router {
     Router::new()
@@ -196,10 +257,7 @@ fn health_router(
                 let context = context.clone();
                 async move {
                     let body = match context.get() {
-                        Some(ctx) => {
-                            ctx.refresh_gauges();
-                            ctx.metrics.encode()
-                        }
+                        Some(ctx) => ctx.scrape(),
                         None => "# EOF\n".to_string(),
                     };
                     (
@@ -217,10 +275,9 @@ fn health_router(
             get(move || {
                 let ready = ready.clone();
                 async move {
-                    if ready.load(Ordering::SeqCst) {
-                        (StatusCode::OK, "ok")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    match ready.check() {
+                        Ok(()) => (StatusCode::OK, "ok".to_string()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
                     }
                 }
             }),
@@ -234,5 +291,71 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    async fn get(app: &Router, path: &str) -> (StatusCode, String) {
+        let resp = app
+            .clone()
+            .oneshot(
+                http::Request::get(path)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn ready_only_once_the_caches_synced_and_the_webhook_listens() {
+        let ready = Arc::new(Readiness::new(true));
+        let app = health_router(ready.clone(), Arc::default());
+        assert_eq!(get(&app, "/healthz").await, (StatusCode::OK, "ok".into()));
+        assert_eq!(
+            get(&app, "/readyz").await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: watch caches not synced; admission webhook not serving".into()
+            )
+        );
+        ready.caches_synced();
+        assert_eq!(
+            get(&app, "/readyz").await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: admission webhook not serving".into()
+            )
+        );
+        ready.set_webhook_serving(true);
+        assert_eq!(get(&app, "/readyz").await, (StatusCode::OK, "ok".into()));
+        // The webhook stopped: no longer ready.
+        ready.set_webhook_serving(false);
+        assert_eq!(
+            get(&app, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // Before the controllers start, /metrics is a valid, empty exposition.
+        assert_eq!(
+            get(&app, "/metrics").await,
+            (StatusCode::OK, "# EOF\n".into())
+        );
+    }
+
+    #[test]
+    fn without_a_webhook_the_caches_alone_decide() {
+        let ready = Readiness::new(false);
+        assert!(ready.check().is_err());
+        ready.caches_synced();
+        assert_eq!(ready.check(), Ok(()));
     }
 }

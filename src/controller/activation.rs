@@ -6,6 +6,11 @@
 //! (eligibility and policy are re-validated continuously); and the bindings it made (drift: an
 //! edited or deleted binding is restored, a stray one removed). Expiry, scheduled starts and
 //! approval timeouts are requeues at exactly the time the plan names.
+//!
+//! Metrics: a status write's new history entries (and the durations they complete) are
+//! recorded right after the apiserver accepts it ([`crate::metrics::observations`]), so a
+//! conflict-and-retry counts nothing twice; the time bindings were deleted is noted when this
+//! process deletes them and observed as revocation lag when the ending transition commits.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -107,7 +112,8 @@ fn owner_ref(labels: &BTreeMap<String, String>) -> Option<ObjectRef<ActivationRe
     bindings::owner_of(labels).map(|(ns, name, _)| ObjectRef::new(&name).within(&ns))
 }
 
-fn error_policy(ar: Arc<ActivationRequest>, e: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(ar: Arc<ActivationRequest>, e: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error("activation", e);
     let conflict = matches!(e, Error::Kube(kube::Error::Api(s)) if s.code == 409);
     if conflict {
         // Someone (an approver, the requester) wrote first: re-read and decide again.
@@ -310,10 +316,22 @@ async fn apply(ar: &ActivationRequest, plan: &Plan, ctx: &Context) -> Result<(),
             } else {
                 Vec::new()
             };
-            rbac_writes::remove(ctx, &[], &request_binding(ar), &by_name).await?
+            let deleted = rbac_writes::remove(ctx, &[], &request_binding(ar), &by_name).await?;
+            if plan.status.as_ref().is_some_and(crate::metrics::ends) {
+                note_revoked(ar, deleted, ctx);
+            }
         }
     }
     write_status(ar, plan.status.as_ref(), plan.initialize_approvals, ctx).await
+}
+
+/// Remembers when this process revoked `ar`'s access (if it deleted anything), for the
+/// revocation-lag metric observed when the ending transition commits.
+fn note_revoked(ar: &ActivationRequest, deleted: usize, ctx: &Context) {
+    if deleted > 0 {
+        ctx.metrics
+            .note_revoked(&ar.uid().unwrap_or_default(), Utc::now());
+    }
 }
 
 /// Writes `status` (if any) together with the audit outbox: history entries already committed
@@ -361,6 +379,20 @@ async fn write_status(
         &Patch::Merge(&patch),
     )
     .await?;
+    if status.is_some() {
+        // Committed: count its transitions here, once, in the process that made them
+        // (a write refused for a conflict returned above and counts nothing).
+        let revoked_at = crate::metrics::ends(&next)
+            .then(|| ctx.metrics.take_revoked(&ar.uid().unwrap_or_default()))
+            .flatten();
+        let seen = crate::metrics::observations(&crate::metrics::Committed {
+            request: ar,
+            status: &next,
+            at: Utc::now(),
+            revoked_at,
+        });
+        ctx.metrics.record(&ar.spec.role_setting, &seen);
+    }
     Ok(())
 }
 
@@ -404,9 +436,12 @@ async fn finalize(
     if !ar.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    rbac_writes::remove(ctx, &[], &request_binding(ar), &status_refs(ar)).await?;
+    let deleted = rbac_writes::remove(ctx, &[], &request_binding(ar), &status_refs(ar)).await?;
     let phase = ar.status.as_ref().and_then(|s| s.phase);
     let open = phase.is_some_and(|p| !request::is_terminal(p));
+    if open {
+        note_revoked(ar, deleted, ctx);
+    }
     let audited = ar
         .status
         .as_ref()

@@ -76,7 +76,8 @@ pub async fn controller(ctx: Arc<Context>, t: Triggers) {
         .await;
 }
 
-fn error_policy(ea: Arc<EligibleAssignment>, e: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(ea: Arc<EligibleAssignment>, e: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error("assignment", e);
     tracing::warn!(assignment = %ea.name_any(), error = %e, "assignment reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
@@ -124,7 +125,9 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
             let roles: Vec<String> = rs.spec.role_refs.iter().map(|r| r.name.clone()).collect();
             rbac_writes::ensure(&ctx, &bindings::for_assignment(&ea, &roles), &mine).await?;
         }
-        _ => rbac_writes::remove(&ctx, &[], &mine, &[]).await?,
+        _ => {
+            rbac_writes::remove(&ctx, &[], &mine, &[]).await?;
+        }
     }
     if !holds && has_finalizer {
         rbac_writes::remove_finalizer(&api, ea.as_ref()).await?;

@@ -94,8 +94,14 @@ pub struct Context {
 }
 
 impl Context {
-    /// Brings the cache-derived gauges up to date (called when `/metrics` is scraped).
-    pub fn refresh_gauges(&self) {
+    /// The `/metrics` exposition, with the cache-derived gauges brought up to date first
+    /// (from the watch caches only: a scrape makes no API call).
+    pub fn scrape(&self) -> String {
+        self.metrics.encode_after(|m| self.refresh_gauges(m))
+    }
+
+    /// Brings the cache-derived gauges up to date.
+    fn refresh_gauges(&self, metrics: &crate::metrics::Metrics) {
         // A second's grace: a binding at its expiry is being revoked, not left behind.
         let now = chrono::Utc::now() - TimeDelta::seconds(1);
         let past = crate::sweep::count_past_expiry(
@@ -108,12 +114,21 @@ impl Context {
                 .map(|b| b.as_ref()),
             now,
         );
-        self.metrics
+        metrics
             .bindings_past_expiry
             .set(i64::try_from(past).unwrap_or(i64::MAX));
-        self.metrics
+        metrics
             .unmanaged_bindings
             .set(i64::try_from(self.standing.total()).unwrap_or(i64::MAX));
+        let role_settings = self.role_settings.state();
+        let requests = self.requests.state();
+        metrics.set_requests_by_phase(crate::metrics::requests_by_phase(
+            role_settings
+                .iter()
+                .filter_map(|rs| rs.metadata.name.as_deref()),
+            requests.iter().map(|ar| ar.as_ref()),
+        ));
+        metrics.leader.set(i64::from(self.leader.is_leader()));
     }
 }
 

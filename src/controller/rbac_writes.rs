@@ -46,7 +46,7 @@ pub async fn ensure(
         }
     }
     let keep: Vec<String> = desired.iter().map(|b| b.reference().name).collect();
-    remove(ctx, &keep, mine, &[]).await
+    remove(ctx, &keep, mine, &[]).await.map(|_| ())
 }
 
 /// Server-side applies a binding; if one by that name exists with another roleRef (which is
@@ -96,13 +96,14 @@ fn same_crb(have: &ClusterRoleBinding, want: &ClusterRoleBinding) -> bool {
 }
 
 /// Deletes every binding of an owner (those `mine` accepts in the caches, and those `also`
-/// names) except those named in `keep`.
+/// names) except those named in `keep`. Returns how many this call deleted (those already gone
+/// do not count: the revocation-lag metric is observed only for deletions this process made).
 pub async fn remove(
     ctx: &Context,
     keep: &[String],
     mine: &(dyn Fn(&BTreeMap<String, String>) -> bool + Sync),
     also: &[BindingRef],
-) -> Result<(), Error> {
+) -> Result<usize, Error> {
     let mut rbs: Vec<(String, String)> = ctx
         .role_bindings
         .state()
@@ -133,21 +134,22 @@ pub async fn remove(
         propagation_policy: Some(PropagationPolicy::Background),
         ..Default::default()
     };
+    let mut deleted = 0;
     for (ns, name) in rbs.into_iter().filter(|(_, n)| !keep.contains(n)) {
-        Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
+        deleted += Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
             .delete(&name, &dp)
             .await
-            .map(|_| ())
-            .or_else(ignore_not_found)?;
+            .map(|_| 1)
+            .or_else(|e| ignore_not_found(e).map(|()| 0))?;
     }
     for name in crbs.into_iter().filter(|n| !keep.contains(n)) {
-        Api::<ClusterRoleBinding>::all(ctx.client.clone())
+        deleted += Api::<ClusterRoleBinding>::all(ctx.client.clone())
             .delete(&name, &dp)
             .await
-            .map(|_| ())
-            .or_else(ignore_not_found)?;
+            .map(|_| 1)
+            .or_else(|e| ignore_not_found(e).map(|()| 0))?;
     }
-    Ok(())
+    Ok(deleted)
 }
 
 pub fn ignore_not_found(e: kube::Error) -> Result<(), Error> {

@@ -65,7 +65,8 @@ pub async fn controller(ctx: Arc<Context>, t: Triggers) {
         .await;
 }
 
-fn error_policy(rs: Arc<RoleSetting>, e: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(rs: Arc<RoleSetting>, e: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error("role_setting", e);
     tracing::warn!(role_setting = %rs.name_any(), error = %e, "role setting reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }

@@ -37,6 +37,11 @@ fn offline_client() -> kube::Client {
 /// A webhook whose caches hold RoleSetting `rs` (approval by Group sre-leads or User bob) and
 /// alice's assignment in `payments`.
 fn app() -> axum::Router {
+    app_with_context().0
+}
+
+/// [`app`], and the context it serves from (its metrics).
+fn app_with_context() -> (axum::Router, Arc<Context>) {
     let client = offline_client();
     let (role_settings, mut rsw) = store::<RoleSetting>();
     rsw.apply_watcher_event(&Event::Apply(with_approval(
@@ -86,7 +91,7 @@ fn app() -> axum::Router {
         break_glass_group: None,
         max_open_requests: 10,
     };
-    router(ctx, settings)
+    (router(ctx.clone(), settings), ctx)
 }
 
 fn review(
@@ -112,11 +117,15 @@ fn review(
 }
 
 async fn post(path: &str, body: Value) -> Value {
+    post_to(app(), path, body).await
+}
+
+async fn post_to(app: axum::Router, path: &str, body: Value) -> Value {
     let req = Request::post(path)
         .header("content-type", "application/json")
         .body(Body::from(body.to_string()))
         .unwrap();
-    let resp = app().oneshot(req).await.unwrap();
+    let resp = app.oneshot(req).await.unwrap();
     assert_eq!(
         resp.status(),
         200,
@@ -290,5 +299,49 @@ async fn not_an_admission_review_is_a_clear_failure() {
             .as_str()
             .unwrap()
             .contains("not an AdmissionReview request")
+    );
+}
+
+#[tokio::test]
+async fn every_answer_is_timed_and_every_refusal_counted_by_its_code() {
+    let (app, ctx) = app_with_context();
+    let stamped = |d: &str| {
+        let mut o = request_object("alice", d);
+        o["spec"]["requester"] =
+            json!({"username": "alice", "uid": "uid-alice", "groups": ["team"], "extra": {}});
+        o
+    };
+    let create = |d: &str| review("CREATE", None, "alice", &["team"], stamped(d), Value::Null);
+    post_to(app.clone(), "/mutate", create("30m")).await;
+    post_to(app.clone(), "/validate", create("30m")).await;
+    post_to(app.clone(), "/validate", create("3h")).await;
+    post_to(app.clone(), "/validate", create("4h")).await;
+    // A self-approval, on the status subresource.
+    let mut old = stamped("30m");
+    old["status"] = json!({"phase": "Pending", "approvals": []});
+    let mut new = old.clone();
+    new["status"]["approvals"] = json!([{"decision": "Approved", "reason": "ok",
+        "approver": {"username": "alice", "uid": "uid-alice"}, "time": "2026-01-01T00:00:00Z"}]);
+    post_to(
+        app,
+        "/validate",
+        review("UPDATE", Some("status"), "alice", &["sre-leads"], new, old),
+    )
+    .await;
+
+    let text = ctx.metrics.encode();
+    for line in [
+        "kube_pim_webhook_denials_total{resource=\"activationrequests\",reason=\"duration_too_long\"} 2",
+        "kube_pim_webhook_denials_total{resource=\"activationrequests/status\",reason=\"self_approval\"} 1",
+        "kube_pim_webhook_request_duration_seconds_count{webhook=\"validate\",resource=\"activationrequests\",operation=\"CREATE\"} 3",
+        "kube_pim_webhook_request_duration_seconds_count{webhook=\"mutate\",resource=\"activationrequests\",operation=\"CREATE\"} 1",
+        "kube_pim_webhook_request_duration_seconds_count{webhook=\"validate\",resource=\"activationrequests/status\",operation=\"UPDATE\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert_eq!(
+        text.matches("kube_pim_webhook_denials_total{").count(),
+        2,
+        "allowed requests are not denials:\n{text}"
     );
 }

@@ -7,6 +7,10 @@
 //!
 //! TLS: the certificate and key are read from files and re-read when they change (mounted
 //! Secrets rotate in place); the test environment issues them from its CA for 127.0.0.1.
+//!
+//! Every request is timed and every refusal counted by its stable reason code
+//! ([`review::Reason`]) in [`crate::metrics::Metrics`]: the messages are for people and may be
+//! reworded, the codes are for alerts and dashboards.
 
 pub mod config;
 pub mod review;
@@ -49,8 +53,14 @@ struct Shared {
     settings: Settings,
 }
 
-/// Serves the webhook until the process ends.
-pub async fn serve(listen: Listen, ctx: Arc<Context>, settings: Settings) -> Result<(), Error> {
+/// Serves the webhook until the process ends; `on_listening` is called once the HTTPS listener
+/// is bound (readiness).
+pub async fn serve(
+    listen: Listen,
+    ctx: Arc<Context>,
+    settings: Settings,
+    on_listening: impl FnOnce() + Send + 'static,
+) -> Result<(), Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls =
         axum_server::tls_rustls::RustlsConfig::from_pem_file(&listen.cert_file, &listen.key_file)
@@ -62,8 +72,16 @@ pub async fn serve(listen: Listen, ctx: Arc<Context>, settings: Settings) -> Res
         listen.key_file.clone(),
     ));
     let app = router(ctx, settings);
-    tracing::info!(addr = %listen.addr, "serving the admission webhook");
+    let handle = axum_server::Handle::new();
+    let bound = handle.clone();
+    tokio::spawn(async move {
+        if let Some(addr) = bound.listening().await {
+            tracing::info!(%addr, "serving the admission webhook");
+            on_listening();
+        }
+    });
     axum_server::bind_rustls(listen.addr, tls)
+        .handle(handle)
         .serve(app.into_make_service())
         .await
         .map_err(Error::io("serve the webhook on", listen.addr.to_string()))
@@ -95,27 +113,57 @@ async fn reload_on_change(tls: axum_server::tls_rustls::RustlsConfig, cert: Path
     }
 }
 
+/// The `operation` label of a webhook request.
+fn operation_name(op: &Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
+/// The answer to the apiserver, with the request's latency (since `started`) and, for a
+/// refusal, its reason code recorded.
 fn respond(
+    s: &Shared,
+    webhook: &'static str,
+    started: std::time::Instant,
     req: &AdmissionRequest<DynamicObject>,
     verdict: Verdict,
 ) -> Json<AdmissionReview<DynamicObject>> {
+    let metrics = &s.ctx.metrics;
+    let resource =
+        crate::metrics::webhook_resource(&req.resource.resource, req.sub_resource.as_deref());
     let base = AdmissionResponse::from(req);
-    let resp = match verdict {
-        Verdict::Allow => base,
-        Verdict::Deny(msg) => {
-            tracing::info!(user = ?req.user_info.username, kind = %req.kind.kind, name = %req.name, operation = ?req.operation, reason = %msg, "admission denied");
+    let (resp, refused) = match verdict {
+        Verdict::Allow => (base, None),
+        Verdict::Deny(code, msg) => {
+            tracing::info!(user = req.user_info.username.as_deref().unwrap_or_default(), kind = %req.kind.kind, name = %req.name, operation = ?req.operation, code = code.as_str(), reason = %msg, "admission denied");
             let mut r = base.deny(msg);
             // A policy refusal is a 403 Forbidden, as for RBAC (kube's default is 400).
             r.result.code = 403;
             r.result.reason = "Forbidden".into();
-            r
+            (r, Some(code))
         }
         Verdict::Patch(p) => match base.with_patch(p) {
-            Ok(r) => r,
-            Err(e) => AdmissionResponse::from(req)
-                .deny(format!("kube-pim could not build its patch: {e}")),
+            Ok(r) => (r, None),
+            Err(e) => (
+                AdmissionResponse::from(req)
+                    .deny(format!("kube-pim could not build its patch: {e}")),
+                Some(review::Reason::Internal),
+            ),
         },
     };
+    if let Some(code) = refused {
+        metrics.webhook_denied(resource, code.as_str());
+    }
+    metrics.webhook_request(
+        webhook,
+        resource,
+        operation_name(&req.operation),
+        started.elapsed().as_secs_f64(),
+    );
     Json(resp.into_review())
 }
 
@@ -137,6 +185,7 @@ async fn mutate(
     State(s): State<Arc<Shared>>,
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
+    let started = std::time::Instant::now();
     let Ok(req): Result<AdmissionRequest<DynamicObject>, _> = review.try_into() else {
         return bad_request("not an AdmissionReview request");
     };
@@ -175,29 +224,34 @@ async fn mutate(
         }
         _ => Verdict::Allow,
     };
-    respond(&req, verdict)
+    respond(&s, "mutate", started, &req, verdict)
 }
 
 async fn validate(
     State(s): State<Arc<Shared>>,
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
+    let started = std::time::Instant::now();
     let Ok(req): Result<AdmissionRequest<DynamicObject>, _> = review.try_into() else {
         return bad_request("not an AdmissionReview request");
     };
     let verdict = decide(&s, &req).await;
-    if !matches!(verdict, Verdict::Deny(_)) && !req.dry_run {
+    if !matches!(verdict, Verdict::Deny(..)) && !req.dry_run {
         audit_policy_write(&s.ctx, &req);
     }
-    respond(&req, verdict)
+    respond(&s, "validate", started, &req, verdict)
 }
 
 async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
     let user = &req.user_info;
     let now = Utc::now();
     let ns = req.namespace.clone().unwrap_or_default();
-    let malformed =
-        || Verdict::Deny("kube-pim could not read the object: it does not match the schema".into());
+    let malformed = || {
+        Verdict::Deny(
+            review::Reason::Malformed,
+            "kube-pim could not read the object: it does not match the schema".into(),
+        )
+    };
     match (
         req.resource.resource.as_str(),
         req.sub_resource.as_deref(),
@@ -289,7 +343,7 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
                 return malformed();
             };
             let Some(new) = typed::<ActivationRequest>(req.object.as_ref()) else {
-                return Verdict::Deny("status.approvals entries need a decision (Approved or Denied); approver and time are filled in by kube-pim".into());
+                return Verdict::Deny(review::Reason::Malformed, "status.approvals entries need a decision (Approved or Denied); approver and time are filled in by kube-pim".into());
             };
             let rs = role_setting(&s.ctx, &old.spec.role_setting).await;
             review::validate_decision(&old, &new, user, rs.as_ref(), now)
@@ -464,9 +518,10 @@ fn role_names(rs: &RoleSetting) -> Vec<String> {
 /// Fail closed when the apiserver does not answer a SubjectAccessReview.
 fn unanswered(e: &Error) -> Verdict {
     tracing::warn!(error = %e, "SubjectAccessReview failed; refusing");
-    Verdict::Deny(format!(
-        "kube-pim could not check your bind permission ({e}): try again in a moment"
-    ))
+    Verdict::Deny(
+        review::Reason::AuthorizationCheckFailed,
+        format!("kube-pim could not check your bind permission ({e}): try again in a moment"),
+    )
 }
 
 /// A RoleSetting from the cache, or read live when the cache does not have it (yet).

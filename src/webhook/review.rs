@@ -34,8 +34,190 @@ pub enum Verdict {
     Allow,
     /// Let it through with this JSON patch applied.
     Patch(Patch),
-    /// Refuse, with this message.
-    Deny(String),
+    /// Refuse, for this reason, with this message.
+    Deny(Reason, String),
+}
+
+/// Why admission refused, as a stable code: the label of `kube_pim_webhook_denials_total` and
+/// the `code` field of the "admission denied" log line. Messages are for people and may be
+/// reworded; these codes are for alerts and dashboards and do not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The object does not match the schema kube-pim reads it with.
+    Malformed,
+    /// `spec.requester` is not the caller as authenticated (invariant 1).
+    RequesterMismatch,
+    /// kube-pim's finalizer, owner references, `kubepim.io/*` labels or annotations, or the
+    /// authorized-by stamp changed by someone else (invariant 2).
+    ProtectedMetadata,
+    /// The requester already has the most open requests allowed.
+    TooManyOpenRequests,
+    /// The RoleSetting named does not exist (any more).
+    RoleSettingNotFound,
+    /// The RoleSetting's roles can create their own persistence and it is not acknowledged.
+    PersistenceRiskUnacknowledged,
+    /// The RoleSetting does not allow the scope.
+    ScopeNotAllowed,
+    /// Cluster scope outside the cluster-scope namespace.
+    WrongNamespaceForClusterScope,
+    /// The duration exceeds the RoleSetting's maxDuration.
+    DurationTooLong,
+    /// startTime is more than maxScheduleAhead ahead.
+    StartTooFarAhead,
+    /// The RoleSetting requires a justification.
+    JustificationRequired,
+    /// The RoleSetting requires a ticket.
+    TicketRequired,
+    /// The ticket does not match the RoleSetting's ticketPattern.
+    TicketMismatch,
+    /// The RoleSetting's ticketPattern is not a valid regular expression.
+    InvalidTicketPattern,
+    /// The RoleSetting requires MFA and the requester's login carries none.
+    MfaRequired,
+    /// No EligibleAssignment makes the requester eligible.
+    NotEligible,
+    /// The request extended already has an open extension.
+    ExtensionAlreadyOpen,
+    /// `extends` names no Active or Scheduled request of the requester's own.
+    ExtensionInvalid,
+    /// The spec changed other than `deactivate` false -> true.
+    ImmutableSpec,
+    /// The caller may not deactivate this request.
+    DeactivateNotAllowed,
+    /// A status write that changes more than appending one approval (or drops status).
+    ForbiddenStatusChange,
+    /// A decision on a request that is not (yet) Pending with approvals initialised.
+    NotPending,
+    /// The approval names someone other than the caller.
+    ApproverMismatch,
+    /// The requester deciding on their own request.
+    SelfApproval,
+    /// The caller is not an approver of the RoleSetting.
+    NotApprover,
+    /// A decision after the approval timeout.
+    ApprovalTimeout,
+    /// A second decision by the same approver.
+    AlreadyDecided,
+    /// A Deny, or a RoleSetting with requireReason, without a reason.
+    ReasonRequired,
+    /// Deleting an ended request whose last transition is not on the audit stream yet.
+    NotYetAudited,
+    /// Deleting an open request without break glass (invariant 7).
+    OpenRequestDelete,
+    /// The writer may not bind the roles where the object grants them (invariant 3).
+    BindNotAllowed,
+    /// An EligibleAssignment the RoleSetting's assignment policy forbids.
+    AssignmentPolicy,
+    /// Deleting the last assignment of a RoleSetting with protectLastAssignment.
+    LastAssignment,
+    /// A SubjectAccessReview kube-pim needed was not answered (fail closed).
+    AuthorizationCheckFailed,
+    /// kube-pim could not build its own answer (fail closed).
+    Internal,
+    /// A refusal without a more specific code.
+    Other,
+}
+
+impl Reason {
+    /// Every reason code.
+    pub const ALL: [Reason; 36] = [
+        Reason::Malformed,
+        Reason::RequesterMismatch,
+        Reason::ProtectedMetadata,
+        Reason::TooManyOpenRequests,
+        Reason::RoleSettingNotFound,
+        Reason::PersistenceRiskUnacknowledged,
+        Reason::ScopeNotAllowed,
+        Reason::WrongNamespaceForClusterScope,
+        Reason::DurationTooLong,
+        Reason::StartTooFarAhead,
+        Reason::JustificationRequired,
+        Reason::TicketRequired,
+        Reason::TicketMismatch,
+        Reason::InvalidTicketPattern,
+        Reason::MfaRequired,
+        Reason::NotEligible,
+        Reason::ExtensionAlreadyOpen,
+        Reason::ExtensionInvalid,
+        Reason::ImmutableSpec,
+        Reason::DeactivateNotAllowed,
+        Reason::ForbiddenStatusChange,
+        Reason::NotPending,
+        Reason::ApproverMismatch,
+        Reason::SelfApproval,
+        Reason::NotApprover,
+        Reason::ApprovalTimeout,
+        Reason::AlreadyDecided,
+        Reason::ReasonRequired,
+        Reason::NotYetAudited,
+        Reason::OpenRequestDelete,
+        Reason::BindNotAllowed,
+        Reason::AssignmentPolicy,
+        Reason::LastAssignment,
+        Reason::AuthorizationCheckFailed,
+        Reason::Internal,
+        Reason::Other,
+    ];
+
+    /// The code (snake_case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::RequesterMismatch => "requester_mismatch",
+            Reason::ProtectedMetadata => "protected_metadata",
+            Reason::TooManyOpenRequests => "too_many_open_requests",
+            Reason::RoleSettingNotFound => "role_setting_not_found",
+            Reason::PersistenceRiskUnacknowledged => "persistence_risk_unacknowledged",
+            Reason::ScopeNotAllowed => "scope_not_allowed",
+            Reason::WrongNamespaceForClusterScope => "wrong_namespace_for_cluster_scope",
+            Reason::DurationTooLong => "duration_too_long",
+            Reason::StartTooFarAhead => "start_too_far_ahead",
+            Reason::JustificationRequired => "justification_required",
+            Reason::TicketRequired => "ticket_required",
+            Reason::TicketMismatch => "ticket_mismatch",
+            Reason::InvalidTicketPattern => "invalid_ticket_pattern",
+            Reason::MfaRequired => "mfa_required",
+            Reason::NotEligible => "not_eligible",
+            Reason::ExtensionAlreadyOpen => "extension_already_open",
+            Reason::ExtensionInvalid => "extension_invalid",
+            Reason::ImmutableSpec => "immutable_spec",
+            Reason::DeactivateNotAllowed => "deactivate_not_allowed",
+            Reason::ForbiddenStatusChange => "forbidden_status_change",
+            Reason::NotPending => "not_pending",
+            Reason::ApproverMismatch => "approver_mismatch",
+            Reason::SelfApproval => "self_approval",
+            Reason::NotApprover => "not_approver",
+            Reason::ApprovalTimeout => "approval_timeout",
+            Reason::AlreadyDecided => "already_decided",
+            Reason::ReasonRequired => "reason_required",
+            Reason::NotYetAudited => "not_yet_audited",
+            Reason::OpenRequestDelete => "open_request_delete",
+            Reason::BindNotAllowed => "bind_not_allowed",
+            Reason::AssignmentPolicy => "assignment_policy",
+            Reason::LastAssignment => "last_assignment",
+            Reason::AuthorizationCheckFailed => "authorization_check_failed",
+            Reason::Internal => "internal",
+            Reason::Other => "other",
+        }
+    }
+
+    /// The code of a policy [`crate::decide::Violation`] (its CamelCase reason, as in the
+    /// conditions of a request the controller fails); [`Reason::Other`] for one not known here.
+    pub fn of_violation(reason: &str) -> Self {
+        match reason {
+            "ScopeNotAllowed" => Reason::ScopeNotAllowed,
+            "WrongNamespaceForClusterScope" => Reason::WrongNamespaceForClusterScope,
+            "DurationTooLong" => Reason::DurationTooLong,
+            "StartTooFarAhead" => Reason::StartTooFarAhead,
+            "JustificationRequired" => Reason::JustificationRequired,
+            "TicketRequired" => Reason::TicketRequired,
+            "TicketMismatch" => Reason::TicketMismatch,
+            "InvalidTicketPattern" => Reason::InvalidTicketPattern,
+            "MFARequired" => Reason::MfaRequired,
+            "PolicyViolation" => Reason::AssignmentPolicy,
+            _ => Reason::Other,
+        }
+    }
 }
 
 /// The webhook's settings.
@@ -245,6 +427,7 @@ pub fn validate_request_create(
     // (another mutating webhook, say): groups and extra decide eligibility and MFA.
     if serde_json::to_value(&ar.spec.requester).ok() != Some(identity(user)) {
         return Verdict::Deny(
+            Reason::RequesterMismatch,
             "spec.requester must be the caller exactly as authenticated: it is set by kube-pim, leave it out".into(),
         );
     }
@@ -253,25 +436,34 @@ pub fn validate_request_create(
     if let Some(msg) =
         protected_metadata(&Default::default(), &ar.metadata, "ActivationRequest", None)
     {
-        return Verdict::Deny(msg);
+        return Verdict::Deny(Reason::ProtectedMetadata, msg);
     }
     if open_by_requester >= s.max_open_requests {
-        return Verdict::Deny(format!(
-            "{} already has {open_by_requester} open ActivationRequests, the most one person may have: end some (spec.deactivate: true) or wait for them to be decided",
-            ar.spec.requester.username
-        ));
+        return Verdict::Deny(
+            Reason::TooManyOpenRequests,
+            format!(
+                "{} already has {open_by_requester} open ActivationRequests, the most one person may have: end some (spec.deactivate: true) or wait for them to be decided",
+                ar.spec.requester.username
+            ),
+        );
     }
     let Some(rs) = rs else {
-        return Verdict::Deny(format!(
-            "RoleSetting {} does not exist: check the name (kubectl get rolesettings)",
-            ar.spec.role_setting
-        ));
+        return Verdict::Deny(
+            Reason::RoleSettingNotFound,
+            format!(
+                "RoleSetting {} does not exist: check the name (kubectl get rolesettings)",
+                ar.spec.role_setting
+            ),
+        );
     };
     if let Some(msg) = crate::decide::unacknowledged_persistence(rs, role_risks) {
-        return Verdict::Deny(format!(
-            "RoleSetting {} cannot be activated until an administrator acknowledges its risk: {msg}",
-            ar.spec.role_setting
-        ));
+        return Verdict::Deny(
+            Reason::PersistenceRiskUnacknowledged,
+            format!(
+                "RoleSetting {} cannot be activated until an administrator acknowledges its risk: {msg}",
+                ar.spec.role_setting
+            ),
+        );
     }
     let pctx = policy::Context {
         namespace: ns,
@@ -282,6 +474,7 @@ pub fn validate_request_create(
     let violations = policy::request_violations(rs, &ar.spec, &pctx);
     if !violations.is_empty() {
         return Verdict::Deny(
+            Reason::of_violation(violations[0].reason),
             violations
                 .iter()
                 .map(|v| v.message.as_str())
@@ -298,10 +491,13 @@ pub fn validate_request_create(
     )
     .is_none()
     {
-        return Verdict::Deny(format!(
-            "{} is not eligible for RoleSetting {} ({:?} scope) in namespace {ns} now: no EligibleAssignment matches (see kubectl get eligibleassignments -n {ns}); ask an administrator for one",
-            ar.spec.requester.username, ar.spec.role_setting, ar.spec.scope
-        ));
+        return Verdict::Deny(
+            Reason::NotEligible,
+            format!(
+                "{} is not eligible for RoleSetting {} ({:?} scope) in namespace {ns} now: no EligibleAssignment matches (see kubectl get eligibleassignments -n {ns}); ask an administrator for one",
+                ar.spec.requester.username, ar.spec.role_setting, ar.spec.scope
+            ),
+        );
     }
     if let Some(target) = &ar.spec.extends {
         let own_open = requests
@@ -327,16 +523,22 @@ pub fn validate_request_create(
             .filter(open)
             .find(|r| r.spec.extends.as_deref() == Some(target.as_str()))
         {
-            return Verdict::Deny(format!(
-                "{target} already has an open extension, {}: wait for it to be decided, or deactivate it first",
-                other.metadata.name.as_deref().unwrap_or_default()
-            ));
+            return Verdict::Deny(
+                Reason::ExtensionAlreadyOpen,
+                format!(
+                    "{target} already has an open extension, {}: wait for it to be decided, or deactivate it first",
+                    other.metadata.name.as_deref().unwrap_or_default()
+                ),
+            );
         }
         if own_open.is_none() {
-            return Verdict::Deny(format!(
-                "extends: {target} is not your own Active or Scheduled request for {} ({:?} scope) in {ns}: name one of yours (kubectl get ar -n {ns})",
-                ar.spec.role_setting, ar.spec.scope
-            ));
+            return Verdict::Deny(
+                Reason::ExtensionInvalid,
+                format!(
+                    "extends: {target} is not your own Active or Scheduled request for {} ({:?} scope) in {ns}: name one of yours (kubectl get ar -n {ns})",
+                    ar.spec.role_setting, ar.spec.scope
+                ),
+            );
         }
     }
     Verdict::Allow
@@ -467,15 +669,16 @@ pub fn validate_request_update(
     let stamp = deactivating.then(|| username(user));
     if let Some(msg) = protected_metadata(&old.metadata, &new.metadata, "ActivationRequest", stamp)
     {
-        return Verdict::Deny(msg);
+        return Verdict::Deny(Reason::ProtectedMetadata, msg);
     }
     let mut a = old.spec.clone();
     a.deactivate = new.spec.deactivate;
     if a != new.spec {
-        return Verdict::Deny("spec is immutable except deactivate (false -> true): create a new ActivationRequest instead of editing this one".into());
+        return Verdict::Deny(Reason::ImmutableSpec, "spec is immutable except deactivate (false -> true): create a new ActivationRequest instead of editing this one".into());
     }
     match (old.spec.deactivate, new.spec.deactivate) {
         (true, false) => Verdict::Deny(
+            Reason::ImmutableSpec,
             "deactivate cannot go back to false: create a new ActivationRequest".into(),
         ),
         (false, true)
@@ -483,10 +686,13 @@ pub fn validate_request_update(
                 && !is_requester(old, user)
                 && !rs.is_some_and(|rs| is_approver(rs, user)) =>
         {
-            Verdict::Deny(format!(
-                "only the requester ({}), an approver of RoleSetting {}, or someone who may bind its roles may deactivate this request",
-                old.spec.requester.username, old.spec.role_setting
-            ))
+            Verdict::Deny(
+                Reason::DeactivateNotAllowed,
+                format!(
+                    "only the requester ({}), an approver of RoleSetting {}, or someone who may bind its roles may deactivate this request",
+                    old.spec.requester.username, old.spec.role_setting
+                ),
+            )
         }
         _ => Verdict::Allow,
     }
@@ -505,31 +711,38 @@ pub fn validate_decision(
 ) -> Verdict {
     let name = old.metadata.name.as_deref().unwrap_or_default();
     let (Some(os), Some(ns)) = (old.status.as_ref(), new.status.as_ref()) else {
-        return Verdict::Deny(format!(
-            "{name} has no status to decide on yet, or the change removes it: append one approval to status.approvals"
-        ));
+        return Verdict::Deny(
+            Reason::ForbiddenStatusChange,
+            format!(
+                "{name} has no status to decide on yet, or the change removes it: append one approval to status.approvals"
+            ),
+        );
     };
     let phase = os.phase;
     if phase != Some(RequestPhase::Pending) {
-        return Verdict::Deny(format!(
-            "{name} is {}: decisions are only taken while it is Pending",
-            phase.map_or("not yet initialised".to_string(), |p| format!("{p:?}"))
-        ));
+        return Verdict::Deny(
+            Reason::NotPending,
+            format!(
+                "{name} is {}: decisions are only taken while it is Pending",
+                phase.map_or("not yet initialised".to_string(), |p| format!("{p:?}"))
+            ),
+        );
     }
     let Some(old_list) = os.approvals.as_ref() else {
-        return Verdict::Deny(format!(
-            "{name} is not ready for decisions yet: try again in a moment"
-        ));
+        return Verdict::Deny(
+            Reason::NotPending,
+            format!("{name} is not ready for decisions yet: try again in a moment"),
+        );
     };
     let new_list = ns.approvals.clone().unwrap_or_default();
     let (mut a, mut b) = (os.clone(), ns.clone());
     a.approvals = None;
     b.approvals = None;
     if a != b {
-        return Verdict::Deny("approvers may only append one entry to status.approvals; nothing else in status may change".into());
+        return Verdict::Deny(Reason::ForbiddenStatusChange, "approvers may only append one entry to status.approvals; nothing else in status may change".into());
     }
     if new_list.len() != old_list.len() + 1 || new_list[..old_list.len()] != old_list[..] {
-        return Verdict::Deny("append exactly one approval at the end (op add, path /status/approvals/-); existing decisions cannot change".into());
+        return Verdict::Deny(Reason::ForbiddenStatusChange, "append exactly one approval at the end (op add, path /status/approvals/-); existing decisions cannot change".into());
     }
     let d = &new_list[old_list.len()];
     let in_group = d
@@ -539,32 +752,39 @@ pub fn validate_decision(
         .is_none_or(|g| user.groups.iter().flatten().any(|x| x == g));
     if d.approver.username != username(user) || !in_group {
         return Verdict::Deny(
+            Reason::ApproverMismatch,
             "an approval is recorded for the caller only: leave approver out, kube-pim fills it in"
                 .into(),
         );
     }
     let Some(rs) = rs else {
-        return Verdict::Deny(format!(
-            "RoleSetting {} no longer exists: nothing to decide",
-            old.spec.role_setting
-        ));
+        return Verdict::Deny(
+            Reason::RoleSettingNotFound,
+            format!(
+                "RoleSetting {} no longer exists: nothing to decide",
+                old.spec.role_setting
+            ),
+        );
     };
     if is_requester(old, user) {
-        return Verdict::Deny("you cannot decide your own request: ask another approver (to withdraw it, set spec.deactivate: true)".into());
+        return Verdict::Deny(Reason::SelfApproval, "you cannot decide your own request: ask another approver (to withdraw it, set spec.deactivate: true)".into());
     }
     if !is_approver(rs, user) {
-        return Verdict::Deny(format!(
-            "{} is not an approver of RoleSetting {}: its approvers are {}",
-            username(user),
-            old.spec.role_setting,
-            rs.spec
-                .approval
-                .approvers
-                .iter()
-                .map(|s| format!("{:?} {}", s.kind, s.name))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        return Verdict::Deny(
+            Reason::NotApprover,
+            format!(
+                "{} is not an approver of RoleSetting {}: its approvers are {}",
+                username(user),
+                old.spec.role_setting,
+                rs.spec
+                    .approval
+                    .approvers
+                    .iter()
+                    .map(|s| format!("{:?} {}", s.kind, s.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
     }
     let created = old
         .metadata
@@ -572,28 +792,38 @@ pub fn validate_decision(
         .as_ref()
         .map(crate::time::from_k8s);
     if created.is_some_and(|c| now >= c + rs.spec.approval.timeout.as_delta()) {
-        return Verdict::Deny(format!(
-            "the approval timeout ({}) of RoleSetting {} has passed: this request times out; the requester can ask again",
-            rs.spec.approval.timeout, old.spec.role_setting
-        ));
+        return Verdict::Deny(
+            Reason::ApprovalTimeout,
+            format!(
+                "the approval timeout ({}) of RoleSetting {} has passed: this request times out; the requester can ask again",
+                rs.spec.approval.timeout, old.spec.role_setting
+            ),
+        );
     }
     if old_list
         .iter()
         .any(|p| p.approver.username == d.approver.username)
     {
         return Verdict::Deny(
+            Reason::AlreadyDecided,
             "you have already decided on this request; a decision cannot be changed".into(),
         );
     }
     let no_reason = d.reason.as_deref().is_none_or(|r| r.trim().is_empty());
     if no_reason && d.decision == ApprovalDecision::Denied {
-        return Verdict::Deny("a Deny needs a reason: add \"reason\" to the approval".into());
+        return Verdict::Deny(
+            Reason::ReasonRequired,
+            "a Deny needs a reason: add \"reason\" to the approval".into(),
+        );
     }
     if no_reason && rs.spec.approval.require_reason {
-        return Verdict::Deny(format!(
-            "RoleSetting {} requires a reason for every decision: add \"reason\" to the approval",
-            old.spec.role_setting
-        ));
+        return Verdict::Deny(
+            Reason::ReasonRequired,
+            format!(
+                "RoleSetting {} requires a reason for every decision: add \"reason\" to the approval",
+                old.spec.role_setting
+            ),
+        );
     }
     // The separation-of-duties checks that need the apiserver (impersonation, token minting)
     // are made by the controller, which re-verifies every approval it counts.
@@ -619,18 +849,24 @@ pub fn validate_request_delete(
         .as_ref()
         .is_none_or(|st| usize::try_from(st.audited_through).unwrap_or(0) >= st.history.len());
     if !open && !recorded && !namespace_terminating {
-        return Verdict::Deny(format!(
-            "{} has ended but its last transition is still being recorded: delete it in a moment",
-            old.metadata.name.as_deref().unwrap_or_default()
-        ));
+        return Verdict::Deny(
+            Reason::NotYetAudited,
+            format!(
+                "{} has ended but its last transition is still being recorded: delete it in a moment",
+                old.metadata.name.as_deref().unwrap_or_default()
+            ),
+        );
     }
     if open && !break_glass && !namespace_terminating {
-        return Verdict::Deny(format!(
-            "{} is {} and is the audit record of that access: end it with spec.deactivate: true (kubectl pim deactivate {}); ended requests can be deleted",
-            old.metadata.name.as_deref().unwrap_or_default(),
-            phase.map_or("new".to_string(), |p| format!("{p:?}")),
-            old.metadata.name.as_deref().unwrap_or_default()
-        ));
+        return Verdict::Deny(
+            Reason::OpenRequestDelete,
+            format!(
+                "{} is {} and is the audit record of that access: end it with spec.deactivate: true (kubectl pim deactivate {}); ended requests can be deleted",
+                old.metadata.name.as_deref().unwrap_or_default(),
+                phase.map_or("new".to_string(), |p| format!("{p:?}")),
+                old.metadata.name.as_deref().unwrap_or_default()
+            ),
+        );
     }
     Verdict::Allow
 }
@@ -667,7 +903,7 @@ pub fn validate_assignment(
         "EligibleAssignment",
         None,
     ) {
-        return Verdict::Deny(msg);
+        return Verdict::Deny(Reason::ProtectedMetadata, msg);
     }
     let stamped = ea
         .metadata
@@ -675,15 +911,21 @@ pub fn validate_assignment(
         .as_ref()
         .and_then(|a| a.get(AUTHORIZED_BY));
     if stamped.map(String::as_str) != Some(identity(user).to_string().as_str()) {
-        return Verdict::Deny(format!(
-            "the {AUTHORIZED_BY} annotation is set by kube-pim: remove it from your change"
-        ));
+        return Verdict::Deny(
+            Reason::ProtectedMetadata,
+            format!(
+                "the {AUTHORIZED_BY} annotation is set by kube-pim: remove it from your change"
+            ),
+        );
     }
     if ea.spec.scope == crate::api::Scope::Cluster && ns != s.cluster_scope_namespace {
-        return Verdict::Deny(format!(
-            "Cluster-scope assignments live only in namespace {}: create it there, or use scope Namespace",
-            s.cluster_scope_namespace
-        ));
+        return Verdict::Deny(
+            Reason::WrongNamespaceForClusterScope,
+            format!(
+                "Cluster-scope assignments live only in namespace {}: create it there, or use scope Namespace",
+                s.cluster_scope_namespace
+            ),
+        );
     }
     if let Some(role) = unbindable {
         let at = match ea.spec.scope {
@@ -694,16 +936,20 @@ pub fn validate_assignment(
             crate::api::Scope::Namespace => format!(" -n {ns}"),
             crate::api::Scope::Cluster => String::new(),
         };
-        return Verdict::Deny(format!(
-            "{} may not bind ClusterRole {role} {at}, so cannot make anyone eligible for RoleSetting {} there (kube-pim never grants more than its writer could): ask someone who may (kubectl auth can-i bind clusterroles/{role}{flag})",
-            username(user),
-            ea.spec.role_setting
-        ));
+        return Verdict::Deny(
+            Reason::BindNotAllowed,
+            format!(
+                "{} may not bind ClusterRole {role} {at}, so cannot make anyone eligible for RoleSetting {} there (kube-pim never grants more than its writer could): ask someone who may (kubectl auth can-i bind clusterroles/{role}{flag})",
+                username(user),
+                ea.spec.role_setting
+            ),
+        );
     }
     if let Some(rs) = rs {
         let v = policy::assignment_violations(rs, ea, ns, &s.cluster_scope_namespace, now);
         if !v.is_empty() {
             return Verdict::Deny(
+                Reason::of_violation(v[0].reason),
                 v.iter()
                     .map(|x| x.message.as_str())
                     .collect::<Vec<_>>()
@@ -724,11 +970,14 @@ pub fn validate_assignment_delete(
 ) -> Verdict {
     if rs.is_some_and(|rs| rs.spec.protect_last_assignment) && others == 0 && !namespace_terminating
     {
-        return Verdict::Deny(format!(
-            "{} is the last EligibleAssignment of RoleSetting {}, which sets protectLastAssignment: create another one first, or turn protectLastAssignment off",
-            old.metadata.name.as_deref().unwrap_or_default(),
-            old.spec.role_setting
-        ));
+        return Verdict::Deny(
+            Reason::LastAssignment,
+            format!(
+                "{} is the last EligibleAssignment of RoleSetting {}, which sets protectLastAssignment: create another one first, or turn protectLastAssignment off",
+                old.metadata.name.as_deref().unwrap_or_default(),
+                old.spec.role_setting
+            ),
+        );
     }
     Verdict::Allow
 }
@@ -746,21 +995,27 @@ pub fn validate_role_setting(
     risks: &[(String, Vec<String>)],
 ) -> Verdict {
     if let Some(role) = unbindable {
-        return Verdict::Deny(format!(
-            "{} may not bind ClusterRole {role} cluster-wide, so cannot write RoleSetting {} that governs it (kube-pim never grants more than its writer could): ask someone who may (kubectl auth can-i bind clusterroles/{role})",
-            username(user),
-            rs.metadata.name.as_deref().unwrap_or_default()
-        ));
+        return Verdict::Deny(
+            Reason::BindNotAllowed,
+            format!(
+                "{} may not bind ClusterRole {role} cluster-wide, so cannot write RoleSetting {} that governs it (kube-pim never grants more than its writer could): ask someone who may (kubectl auth can-i bind clusterroles/{role})",
+                username(user),
+                rs.metadata.name.as_deref().unwrap_or_default()
+            ),
+        );
     }
     if let Some(msg) = crate::decide::unacknowledged_persistence(rs, risks) {
-        return Verdict::Deny(msg);
+        return Verdict::Deny(Reason::PersistenceRiskUnacknowledged, msg);
     }
     if let Some(p) = &rs.spec.activation.ticket_pattern
         && let Err(e) = regex::Regex::new(p)
     {
-        return Verdict::Deny(format!(
-            "activation.ticketPattern {p:?} is not a valid regular expression ({e}): fix the pattern"
-        ));
+        return Verdict::Deny(
+            Reason::InvalidTicketPattern,
+            format!(
+                "activation.ticketPattern {p:?} is not a valid regular expression ({e}): fix the pattern"
+            ),
+        );
     }
     Verdict::Allow
 }

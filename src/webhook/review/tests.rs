@@ -29,7 +29,7 @@ fn settings() -> Settings {
 
 fn denied(v: Verdict) -> String {
     match v {
-        Verdict::Deny(m) => m,
+        Verdict::Deny(_, m) => m,
         other => panic!("expected a denial, got {other:?}"),
     }
 }
@@ -314,7 +314,7 @@ fn only_ones_own_open_request_may_be_extended_once() {
             &settings(),
             t0()
         ),
-        Verdict::Deny(_)
+        Verdict::Deny(..)
     ));
     let mut open_ext = request("ext1", "payments", "rs", requester("alice", &["team"]));
     open_ext.spec.extends = Some("mine".into());
@@ -353,7 +353,7 @@ fn spec_changes_other_than_deactivating_are_refused() {
     new.spec.ticket = Some("INC-1".into());
     assert!(matches!(
         validate_request_update(&old, &new, &alice, None, false),
-        Verdict::Deny(_)
+        Verdict::Deny(..)
     ));
     let mut new = old.clone();
     new.spec.deactivate = true;
@@ -472,7 +472,7 @@ fn kube_pims_metadata_is_kube_pims() {
         change(&|n| {
             n.metadata.annotations = Some([("kubepim.io/y".to_string(), "z".to_string())].into());
         }),
-        Verdict::Deny(_)
+        Verdict::Deny(..)
     ));
     assert_eq!(
         change(&|n| {
@@ -488,7 +488,7 @@ fn kube_pims_metadata_is_kube_pims() {
         change(&|n| {
             n.metadata.owner_references = Some(vec![Default::default()]);
         }),
-        Verdict::Deny(_)
+        Verdict::Deny(..)
     ));
     let mut bare = alice_request();
     bare.metadata.finalizers = None;
@@ -653,7 +653,7 @@ fn decisions_that_are_refused() {
     audited.status.as_mut().unwrap().audited_through = 99;
     assert!(matches!(
         validate_decision(&old, &audited, &bob, Some(&rs), t0()),
-        Verdict::Deny(_)
+        Verdict::Deny(..)
     ));
     // Dropping status.
     let mut dropped = old.clone();
@@ -739,7 +739,7 @@ fn open_requests_are_kept_unless_break_glass_or_the_namespace_goes() {
     assert!(
         matches!(
             validate_request_delete(&new, &caller("alice", &[]), &settings(), false),
-            Verdict::Deny(_)
+            Verdict::Deny(..)
         ),
         "a request not yet seen by the operator is open"
     );
@@ -1028,13 +1028,13 @@ fn deactivation_records_who_did_it_and_only_that() {
     // ...but not in someone else's name, nor without deactivating.
     assert!(matches!(
         validate_request_update(&o, &n, &caller("dave", &["sre-leads"]), Some(&rs), false),
-        Verdict::Deny(_)
+        Verdict::Deny(..)
     ));
     let mut plain = o.clone();
     plain.metadata.annotations = n.metadata.annotations.clone();
     assert!(matches!(
         validate_request_update(&o, &plain, &caller("bob", &[]), Some(&rs), false),
-        Verdict::Deny(_)
+        Verdict::Deny(..)
     ));
 }
 
@@ -1123,7 +1123,7 @@ fn an_assignments_finalizer_and_kube_pim_metadata_are_kube_pims() {
     created.metadata.owner_references = Some(vec![Default::default()]);
     assert!(matches!(
         validate_assignment(None, &created, &admin, None, None, &settings(), t0()),
-        Verdict::Deny(_)
+        Verdict::Deny(..)
     ));
 }
 
@@ -1207,5 +1207,162 @@ fn one_requester_has_a_bounded_number_of_open_requests() {
     assert!(
         msg.contains("already has 3 open ActivationRequests"),
         "{msg}"
+    );
+}
+
+// --- reason codes ---------------------------------------------------------------------------
+
+fn code(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Deny(r, _) => r.as_str(),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[test]
+fn reason_codes_are_unique_snake_case_words() {
+    let codes: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    let mut unique = codes.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), codes.len(), "{codes:?}");
+    for c in codes {
+        assert!(
+            !c.is_empty() && c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'),
+            "{c}"
+        );
+    }
+}
+
+/// Every reason the policy checks can give has its own code: a new check added to
+/// `decide/policy.rs` without one would be counted as `other`.
+#[test]
+fn every_policy_violation_reason_has_a_code() {
+    let source = include_str!("../../decide/policy.rs");
+    let reasons: Vec<&str> = source
+        .split("Violation::new(")
+        .skip(1)
+        .filter_map(|rest| rest.trim_start().strip_prefix('"'))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(reasons.len() >= 9, "{reasons:?}");
+    for r in reasons {
+        assert_ne!(Reason::of_violation(r), Reason::Other, "{r}");
+    }
+}
+
+#[test]
+fn refusals_carry_the_code_of_the_rule_that_refused() {
+    let alice = caller("alice", &["team"]);
+    let ea = assignment("a", "payments", "rs", user("alice"));
+    let rs = role_setting("rs");
+    fn create(
+        ar: &ActivationRequest,
+        who: &UserInfo,
+        rs: Option<&RoleSetting>,
+        eas: &[&EligibleAssignment],
+    ) -> &'static str {
+        let facts = RequestFacts {
+            role_setting: rs,
+            assignments: eas,
+            requests: &[],
+            role_risks: &[],
+            open_by_requester: 0,
+        };
+        code(validate_request_create(ar, who, &facts, &settings(), t0()))
+    }
+    // Requests: policy, eligibility, existence, identity.
+    let mut long = alice_request();
+    long.spec.duration = Some("5h".parse().unwrap());
+    assert_eq!(
+        create(&long, &alice, Some(&rs), &[&ea]),
+        "duration_too_long"
+    );
+    assert_eq!(
+        create(&alice_request(), &alice, Some(&rs), &[]),
+        "not_eligible"
+    );
+    assert_eq!(
+        create(&alice_request(), &alice, None, &[&ea]),
+        "role_setting_not_found"
+    );
+    assert_eq!(
+        create(&alice_request(), &caller("bob", &[]), Some(&rs), &[&ea]),
+        "requester_mismatch"
+    );
+    let mut strict = rs.clone();
+    strict.spec.activation.require_ticket = true;
+    assert_eq!(
+        create(&alice_request(), &alice, Some(&strict), &[&ea]),
+        "ticket_required"
+    );
+
+    // Decisions.
+    let rs = approval_rs();
+    let old = pending_request();
+    let decide = |new: &ActivationRequest, who: &UserInfo| {
+        code(validate_decision(&old, new, who, Some(&rs), t0()))
+    };
+    assert_eq!(
+        decide(
+            &decided(&old, "alice", Approved, None),
+            &caller("alice", &["sre-leads"])
+        ),
+        "self_approval"
+    );
+    assert_eq!(
+        decide(
+            &decided(&old, "mallory", Approved, None),
+            &caller("mallory", &[])
+        ),
+        "not_approver"
+    );
+    assert_eq!(
+        decide(&decided(&old, "carol", Approved, None), &caller("bob", &[])),
+        "approver_mismatch"
+    );
+    assert_eq!(
+        decide(&decided(&old, "bob", Denied, None), &caller("bob", &[])),
+        "reason_required"
+    );
+    let mut phase = decided(&old, "bob", Approved, None);
+    phase.status.as_mut().unwrap().phase = Some(RequestPhase::Active);
+    assert_eq!(
+        decide(&phase, &caller("bob", &[])),
+        "forbidden_status_change"
+    );
+
+    // Spec and deletion.
+    let mut edited = old.clone();
+    edited.spec.duration = Some("5m".parse().unwrap());
+    assert_eq!(
+        code(validate_request_update(
+            &old,
+            &edited,
+            &alice,
+            Some(&rs),
+            false
+        )),
+        "immutable_spec"
+    );
+    assert_eq!(
+        code(validate_request_delete(&old, &alice, &settings(), false)),
+        "open_request_delete"
+    );
+    // Writers who may not bind; the last protected assignment.
+    assert_eq!(
+        code(validate_role_setting(
+            &rs,
+            &caller("carol", &[]),
+            Some("admin"),
+            &[]
+        )),
+        "bind_not_allowed"
+    );
+    let mut protected = rs.clone();
+    protected.spec.protect_last_assignment = true;
+    assert_eq!(
+        code(validate_assignment_delete(&ea, Some(&protected), 0, false)),
+        "last_assignment"
     );
 }
