@@ -9,7 +9,8 @@
 //!   get a `kube::Client` for any user: the CA key in `DIR/pki` mints client certificates.
 //!
 //! Besides the CRDs it installs the persona ClusterRoles (`kube-pim-requester`,
-//! `kube-pim-approver`, `kube-pim-admin`) so tests and the demo can bind them.
+//! `kube-pim-approver`, `kube-pim-admin`) so tests and the demo can bind them; a bare control
+//! plane ([`Options::bare`]) installs neither, like a new cluster (the Helm chart's test).
 //!
 //! Layout of DIR: `env.json` (how to connect), `pki/`, `logs/<process>.log`,
 //! `admin.kubeconfig`, `<user>.kubeconfig`, `bin/kubectl`, `pids`, and `ready` once serving.
@@ -289,6 +290,9 @@ pub struct Options {
     pub operator_args: Vec<String>,
     /// Where the control-plane binaries are; `None` runs `hack/testbin.sh` to find or build them.
     pub bin_dir: Option<PathBuf>,
+    /// Install nothing of kube-pim's (no CRDs, no persona ClusterRoles): the Helm chart's test
+    /// installs them itself, and Helm refuses to adopt objects it did not create.
+    pub bare: bool,
 }
 
 /// A running control plane; dropping it kills every process it started.
@@ -335,8 +339,9 @@ pub async fn ensure_binaries() -> Result<PathBuf> {
 }
 
 impl ControlPlane {
-    /// Starts etcd, kube-apiserver and kube-controller-manager, installs the CRDs, writes the
-    /// kubeconfigs, optionally starts the operator, and creates `DIR/ready`.
+    /// Starts etcd, kube-apiserver and kube-controller-manager, installs the CRDs (unless
+    /// [`Options::bare`]), writes the kubeconfigs, optionally starts the operator, and creates
+    /// `DIR/ready`.
     pub async fn start(opts: Options) -> Result<Self> {
         let bin_dir = match &opts.bin_dir {
             Some(d) => d.clone(),
@@ -490,13 +495,15 @@ impl ControlPlane {
         cp.processes.push(kcm);
         cp.write_pids()?;
 
-        install_crds(&admin).await?;
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
-        for role in rbac::persona_cluster_roles() {
-            let name = role.metadata.name.clone().expect("named");
-            Api::<ClusterRole>::all(admin.clone())
-                .patch(&name, &pp, &Patch::Apply(&role))
-                .await?;
+        if !opts.bare {
+            install_crds(&admin).await?;
+            let pp = PatchParams::apply(FIELD_MANAGER).force();
+            for role in rbac::persona_cluster_roles() {
+                let name = role.metadata.name.clone().expect("named");
+                Api::<ClusterRole>::all(admin.clone())
+                    .patch(&name, &pp, &Patch::Apply(&role))
+                    .await?;
+            }
         }
         for u in &opts.users {
             cp.env.write_kubeconfig(
