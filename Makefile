@@ -44,5 +44,5 @@ build: ## Build the binaries (debug).
 	$(CARGO) build --bins
 
 .PHONY: crds
-crds: ## Regenerate crds/*.yaml (CRDs and default policies) from the Rust code (a test fails when they drift).
-	$(CARGO) run -q --bin kube-pim -- crds --dir crds
+crds: ## Regenerate crds/*.yaml (CRDs and default policies) and the chart's generated files from the Rust code (a test fails when they drift).
+	$(CARGO) run -q --bin kube-pim -- crds --dir crds --chart-dir charts/kube-pim
