@@ -33,6 +33,10 @@ lint: ## cargo fmt --check and clippy with warnings as errors.
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+.PHONY: chart-lint
+chart-lint: testbin ## helm lint --strict the chart (the full chart tests: cargo test --test chart).
+	"$$(bash hack/testbin.sh 2>/dev/null | tail -1)/helm" lint --strict charts/kube-pim
+
 .PHONY: testbin
 testbin: ## Build (once, cached in ~/.cache/kube-pim) kube-apiserver, etcd, kube-controller-manager, kubectl, helm from source.
 	bash hack/testbin.sh >/dev/null
@@ -44,5 +48,5 @@ build: ## Build the binaries (debug).
 	$(CARGO) build --bins
 
 .PHONY: crds
-crds: ## Regenerate crds/*.yaml (CRDs and default policies) from the Rust code (a test fails when they drift).
-	$(CARGO) run -q --bin kube-pim -- crds --dir crds
+crds: ## Regenerate crds/*.yaml (CRDs and default policies) and the chart's generated files from the Rust code (a test fails when they drift).
+	$(CARGO) run -q --bin kube-pim -- crds --dir crds --chart-dir charts/kube-pim

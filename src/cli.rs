@@ -40,6 +40,10 @@ pub enum Command {
         /// Write `<group>_<plural>.yaml` files into this directory instead of printing.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Also write the Helm chart's generated files (its CRDs, and the templates of the
+        /// RBAC, policies and webhook configurations) into this chart directory.
+        #[arg(long, requires = "dir")]
+        chart_dir: Option<PathBuf>,
     },
     /// Revoke every kube-pim binding past its expiry (the independent reaper; run it as a
     /// CronJob with its own identity: list and delete RoleBindings and ClusterRoleBindings).
@@ -171,11 +175,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     let result = match cli.command {
-        Command::Crds { dir: None } => {
+        Command::Crds { dir: None, .. } => {
             print!("{}", crdgen::all_yaml());
             Ok(())
         }
-        Command::Crds { dir: Some(dir) } => write_crds(&dir),
+        Command::Crds {
+            dir: Some(dir),
+            chart_dir,
+        } => write_crds(&dir).and_then(|()| chart_dir.map_or(Ok(()), |c| write_chart(&c))),
         Command::Policies {
             operator_username,
             namespace,
@@ -323,6 +330,18 @@ fn write_crds(dir: &std::path::Path) -> crate::Result<()> {
     let path = dir.join(crdgen::POLICIES_FILE);
     std::fs::write(&path, crdgen::policies_yaml()).map_err(crate::Error::io("write", &path))?;
     println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn write_chart(dir: &std::path::Path) -> crate::Result<()> {
+    for (name, contents) in crdgen::chart::files() {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(crate::Error::io("create", parent))?;
+        }
+        std::fs::write(&path, contents).map_err(crate::Error::io("write", &path))?;
+        println!("wrote {}", path.display());
+    }
     Ok(())
 }
 

@@ -1,6 +1,9 @@
 //! The CRDs as generated from the API types: what `kube-pim crds` prints, what `make crds`
-//! writes to `crds/`, and what the test environment installs. A unit test fails when the
-//! committed files drift from the types.
+//! writes to `crds/` (and, with the Helm chart's other generated files, to
+//! `charts/kube-pim`: [`chart`]), and what the test environment installs. A unit test fails
+//! when the committed files drift from the types.
+
+pub mod chart;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -35,6 +35,10 @@ enum Cmd {
         /// Also run the kube-pim operator, as its own user with the operator's ClusterRole.
         #[arg(long)]
         operator: bool,
+        /// Install nothing of kube-pim's (no CRDs, no persona ClusterRoles), like a new
+        /// cluster: for installing the Helm chart.
+        #[arg(long, conflicts_with = "operator")]
+        bare: bool,
         /// The kube-pim binary for --operator (default: next to this binary).
         #[arg(long)]
         operator_bin: Option<PathBuf>,
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         dir,
         users,
         operator,
+        bare,
         operator_bin,
         operator_args,
         watch_stdin,
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
             operator_bin,
             operator_args,
             bin_dir: None,
+            bare,
         };
         let cp = tokio::select! {
             r = ControlPlane::start(opts) => r,

@@ -10,7 +10,9 @@
 //!
 //! Besides the CRDs it installs the persona ClusterRoles (`kube-pim-requester`,
 //! `kube-pim-approver`, `kube-pim-admin`) so tests and the demo can bind them, and binds
-//! `kube-pim-policy-reader` to `system:authenticated` (as the chart does by default).
+//! `kube-pim-policy-reader` to `system:authenticated` (as the chart does by default); a bare
+//! control plane ([`Options::bare`]) installs none of it, like a new cluster (the Helm
+//! chart's test).
 //!
 //! Layout of DIR: `env.json` (how to connect), `pki/`, `logs/<process>.log`,
 //! `admin.kubeconfig`, `<user>.kubeconfig`, `bin/kubectl`, `pids`, and `ready` once serving.
@@ -290,6 +292,9 @@ pub struct Options {
     pub operator_args: Vec<String>,
     /// Where the control-plane binaries are; `None` runs `hack/testbin.sh` to find or build them.
     pub bin_dir: Option<PathBuf>,
+    /// Install nothing of kube-pim's (no CRDs, no persona ClusterRoles): the Helm chart's test
+    /// installs them itself, and Helm refuses to adopt objects it did not create.
+    pub bare: bool,
 }
 
 /// A running control plane; dropping it kills every process it started.
@@ -336,8 +341,9 @@ pub async fn ensure_binaries() -> Result<PathBuf> {
 }
 
 impl ControlPlane {
-    /// Starts etcd, kube-apiserver and kube-controller-manager, installs the CRDs, writes the
-    /// kubeconfigs, optionally starts the operator, and creates `DIR/ready`.
+    /// Starts etcd, kube-apiserver and kube-controller-manager, installs the CRDs (unless
+    /// [`Options::bare`]), writes the kubeconfigs, optionally starts the operator, and creates
+    /// `DIR/ready`.
     pub async fn start(opts: Options) -> Result<Self> {
         let bin_dir = match &opts.bin_dir {
             Some(d) => d.clone(),
@@ -491,28 +497,26 @@ impl ControlPlane {
         cp.processes.push(kcm);
         cp.write_pids()?;
 
-        install_crds(&admin).await?;
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
-        for role in rbac::persona_cluster_roles() {
-            let name = role.metadata.name.clone().expect("named");
-            Api::<ClusterRole>::all(admin.clone())
-                .patch(&name, &pp, &Patch::Apply(&role))
+        if !opts.bare {
+            install_crds(&admin).await?;
+            let pp = PatchParams::apply(FIELD_MANAGER).force();
+            for role in rbac::persona_cluster_roles()
+                .into_iter()
+                .chain([rbac::policy_reader_cluster_role()])
+            {
+                let name = role.metadata.name.clone().expect("named");
+                Api::<ClusterRole>::all(admin.clone())
+                    .patch(&name, &pp, &Patch::Apply(&role))
+                    .await?;
+            }
+            Api::<ClusterRoleBinding>::all(admin.clone())
+                .patch(
+                    rbac::POLICY_READER_CLUSTER_ROLE,
+                    &pp,
+                    &Patch::Apply(&rbac::policy_reader_binding("system:authenticated")),
+                )
                 .await?;
         }
-        Api::<ClusterRole>::all(admin.clone())
-            .patch(
-                rbac::POLICY_READER_CLUSTER_ROLE,
-                &pp,
-                &Patch::Apply(&rbac::policy_reader_cluster_role()),
-            )
-            .await?;
-        Api::<ClusterRoleBinding>::all(admin.clone())
-            .patch(
-                rbac::POLICY_READER_CLUSTER_ROLE,
-                &pp,
-                &Patch::Apply(&rbac::policy_reader_binding("system:authenticated")),
-            )
-            .await?;
         for u in &opts.users {
             cp.env.write_kubeconfig(
                 &dir.join(format!("{}.kubeconfig", u.name)),
