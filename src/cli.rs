@@ -129,6 +129,22 @@ pub struct RunArgs {
     /// The most open (not yet ended) ActivationRequests one requester may have at a time.
     #[arg(long, env = "KUBE_PIM_MAX_OPEN_REQUESTS", default_value_t = 10)]
     max_open_requests: usize,
+    /// Allow notification webhooks over plain http:// (local testing only: receivers see who
+    /// activated what).
+    #[arg(long, env = "KUBE_PIM_NOTIFICATION_ALLOW_HTTP")]
+    notification_allow_http: bool,
+    /// Allow notification targets in this CIDR although it is internal (loopback, private,
+    /// link-local), e.g. the address of an in-cluster receiver (repeatable).
+    #[arg(
+        long = "notification-allow-cidr",
+        env = "KUBE_PIM_NOTIFICATION_ALLOW_CIDRS",
+        value_delimiter = ','
+    )]
+    notification_allow_cidrs: Vec<ipnet::IpNet>,
+    /// Allow cluster-internal host names (`*.svc`, `*.cluster.local`, single-label names) as
+    /// notification targets.
+    #[arg(long, env = "KUBE_PIM_NOTIFICATION_ALLOW_CLUSTER_NAMES")]
+    notification_allow_cluster_names: bool,
     /// The longest an object goes without a reconcile (a safety net; expiries are scheduled
     /// to the millisecond, not found by this).
     #[arg(long, env = "KUBE_PIM_RESYNC", default_value = "5m")]
@@ -231,6 +247,9 @@ fn run(args: RunArgs) -> crate::Result<()> {
         webhook_key_file,
         break_glass_group,
         max_open_requests,
+        notification_allow_http,
+        notification_allow_cidrs,
+        notification_allow_cluster_names,
         leader_election,
         leader_election_lease_duration,
         leader_election_identity,
@@ -250,6 +269,11 @@ fn run(args: RunArgs) -> crate::Result<()> {
             .unwrap_or(std::time::Duration::from_secs(15)),
     });
     let cluster_scope_namespace = cluster_scope_namespace.unwrap_or_else(|| namespace.clone());
+    let notification_targets = crate::notify::TargetPolicy {
+        allow_http: notification_allow_http,
+        allow_cidrs: notification_allow_cidrs,
+        allow_cluster_names: notification_allow_cluster_names,
+    };
     let mfa = crate::decide::policy::MfaConfig {
         key: mfa_extra_key,
         values: mfa_values,
@@ -266,6 +290,7 @@ fn run(args: RunArgs) -> crate::Result<()> {
                 mfa: mfa.clone(),
                 break_glass_group,
                 max_open_requests,
+                notification_targets: notification_targets.clone(),
             },
         )),
         (None, _, _) => None,
@@ -286,6 +311,7 @@ fn run(args: RunArgs) -> crate::Result<()> {
             cluster_scope_namespace,
             mfa,
             retention: retention.as_delta(),
+            notification_targets,
             resync: resync
                 .as_delta()
                 .to_std()

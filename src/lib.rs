@@ -18,6 +18,7 @@ pub mod decide;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod notify;
 pub mod operator;
 pub mod plugin;
 pub mod policies;

@@ -170,6 +170,34 @@ pub struct ReconcileErrorLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Labels of dropped notifications.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `queue_full` (the receiver's queue was at its bound), `expired` (not delivered within
+    /// the maximum age), `refused` (the target is not allowed).
+    pub reason: &'static str,
+}
+
+/// The notifier's metrics (cheap to clone: the handles share their values).
+#[derive(Clone, Default)]
+pub struct NotificationMetrics {
+    /// Notifications a receiver accepted (2xx).
+    pub sent: Counter<u64, AtomicU64>,
+    /// Delivery attempts that failed (each retry counts).
+    pub failed: Counter<u64, AtomicU64>,
+    /// Notifications given up on, by reason.
+    pub dropped: Family<DropLabels, Counter<u64, AtomicU64>>,
+    /// Notifications waiting for delivery, over all receivers.
+    pub queued: Gauge<i64, AtomicI64>,
+}
+
+impl NotificationMetrics {
+    /// One notification dropped for `reason`.
+    pub fn dropped(&self, reason: &'static str) {
+        self.dropped.get_or_create(&DropLabels { reason }).inc();
+    }
+}
+
 /// kube-pim's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -207,6 +235,8 @@ pub struct Metrics {
     pub reconcile_errors: Family<ReconcileErrorLabels, Counter<u64, AtomicU64>>,
     /// 1 while this replica holds the leader Lease (or runs without election).
     pub leader: Gauge<i64, AtomicI64>,
+    /// Notification delivery.
+    pub notifications: NotificationMetrics,
 }
 
 fn histogram<const N: usize>(buckets: &'static [f64; N]) -> Histogram {
@@ -299,7 +329,28 @@ impl Default for Metrics {
         registry.register(
             "leader",
             "1 while this replica leads (reconciles and writes), 0 while it only watches and serves the webhook",
-            leader.clone(),
+                        leader.clone(),
+        );
+        let notifications = NotificationMetrics::default();
+        registry.register(
+            "notifications_sent",
+            "Notifications a receiver accepted (2xx)",
+            notifications.sent.clone(),
+        );
+        registry.register(
+            "notifications_failed",
+            "Notification delivery attempts that failed (each retry counts)",
+            notifications.failed.clone(),
+        );
+        registry.register(
+            "notifications_dropped",
+            "Notifications given up on, by reason (queue_full, expired, refused)",
+            notifications.dropped.clone(),
+        );
+        registry.register(
+            "notifications_queued",
+            "Notifications waiting for delivery, over all receivers",
+            notifications.queued.clone(),
         );
         Self {
             registry,
@@ -318,6 +369,7 @@ impl Default for Metrics {
             webhook_denials,
             reconcile_errors,
             leader,
+            notifications,
         }
     }
 }
@@ -892,6 +944,7 @@ mod tests {
         m.webhook_request("validate", "activationrequests", "CREATE", 0.004);
         m.reconcile_error("activation", &Error::Config("x".into()));
         m.set_requests_by_phase(requests_by_phase(["rs"], std::iter::empty()));
+        m.notifications.dropped("queue_full");
         m
     }
 
@@ -938,7 +991,7 @@ mod tests {
             .filter_map(|l| l.split(' ').next())
             .collect();
         assert_eq!(types, helps);
-        assert_eq!(types.len(), 13, "{types:?}");
+        assert_eq!(types.len(), 16, "{types:?}");
     }
 
     /// docs/observability.md describes every metric /metrics exposes.
@@ -946,7 +999,7 @@ mod tests {
     fn every_metric_is_documented() {
         let docs = include_str!("../docs/observability.md");
         let text = populated().encode();
-        assert_eq!(text.matches("# TYPE ").count(), 13);
+        assert_eq!(text.matches("# TYPE ").count(), 17);
         for name in text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

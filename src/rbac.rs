@@ -142,7 +142,9 @@ pub fn persona_cluster_roles() -> Vec<ClusterRole> {
 }
 
 /// What the operator may do in its own namespace only: keep the standing-access ConfigMap
-/// (the parameter of the in-apiserver policy) and hold its leader-election Lease.
+/// (the parameter of the in-apiserver policy), hold its leader-election Lease, and read the
+/// Secrets that hold notification signing keys (`get` only: it cannot list them, and reads no
+/// Secret anywhere else).
 pub fn operator_namespace_role(namespace: &str) -> Role {
     Role {
         metadata: ObjectMeta {
@@ -162,6 +164,7 @@ pub fn operator_namespace_role(namespace: &str) -> Role {
                 &["leases"],
                 &["get", "create", "update"],
             ),
+            rule(&[""], &["secrets"], &["get"]),
         ]),
     }
 }

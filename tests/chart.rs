@@ -973,8 +973,14 @@ async fn helm_installs_upgrades_and_uninstalls_on_a_real_apiserver() {
             .await,
         "the chart's bindings never granted the operator and the sweeper their roles"
     );
+    // Signing keys of notifications: get, in its own namespace only.
+    assert!(
+        allowed(&admin, &operator, "get", "secrets", "", NS).await,
+        "the operator reads notification signing keys in its namespace"
+    );
     for (user, verb, what, ns) in [
-        (&operator, "get", "secrets", NS),
+        (&operator, "get", "secrets", "default"),
+        (&operator, "list", "secrets", NS),
         (&operator, "list", "secrets", ""),
         (&operator, "update", "coordination.k8s.io/leases", "default"),
         (&operator, "impersonate", "users", ""),

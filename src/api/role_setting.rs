@@ -259,13 +259,17 @@ pub enum StandingAccess {
 }
 
 /// Where a RoleSetting's events are announced.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Notifications {
     /// HTTP endpoints that receive events, asynchronously and with retries.
     #[serde(default)]
     #[schemars(length(max = 8))]
     pub webhooks: Vec<NotificationWebhook>,
+    /// How long before an activation's expirationTime the Expiring event is sent (once; at
+    /// activation if the activation is shorter).
+    #[serde(default = "default_expiring_before")]
+    pub expiring_before: Duration,
 }
 
 /// One notification endpoint.
@@ -387,6 +391,19 @@ fn default_max_duration() -> Duration {
 
 fn default_max_schedule_ahead() -> Duration {
     "24h".parse().expect("valid literal")
+}
+
+impl Default for Notifications {
+    fn default() -> Self {
+        Self {
+            webhooks: Vec::new(),
+            expiring_before: default_expiring_before(),
+        }
+    }
+}
+
+fn default_expiring_before() -> Duration {
+    "10m".parse().expect("valid literal")
 }
 
 fn default_approval_timeout() -> Duration {

@@ -148,6 +148,22 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
     if ar.meta().deletion_timestamp.is_some() {
         return finalize(&ar, &api, &ctx, &pctx).await;
     }
+    // The Expiring notification follows the request's current state (timers are per process,
+    // so a restarted operator re-arms them here). Armed once Activated has been announced (the
+    // history fully audited), so receivers see Activated before Expiring.
+    let announced = ar
+        .status
+        .as_ref()
+        .is_some_and(|s| usize::try_from(s.audited_through).unwrap_or(0) >= s.history.len());
+    match (ar.status.as_ref().and_then(|s| s.phase), rs.as_deref()) {
+        (Some(crate::api::RequestPhase::Active), Some(rs)) if announced => {
+            ctx.notifier.schedule_expiring(rs, &ar)
+        }
+        (Some(crate::api::RequestPhase::Active), Some(_)) => {}
+        _ => ctx
+            .notifier
+            .cancel_expiring(ar.metadata.uid.as_deref().unwrap_or_default()),
+    }
     let wanted = Wanted::of(&ar);
     // Only assignments whose writer may bind the roles back anything (SPEC invariant 3; the
     // answers are cached, so this costs no API call per activation). Ended requests need none.
@@ -402,7 +418,7 @@ async fn emit_events(ar: &ActivationRequest, range: std::ops::Range<usize>, ctx:
         return;
     };
     let reference = ar.object_ref(&());
-    for h in &status.history[range] {
+    for h in &status.history[range.clone()] {
         let warning = matches!(
             h.action,
             crate::api::HistoryAction::Denied
@@ -423,6 +439,19 @@ async fn emit_events(ar: &ActivationRequest, range: std::ops::Range<usize>, ctx:
         };
         if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
             tracing::warn!(error = %e, request = %ar.name_any(), "could not record an Event (the audit stream has the transition)");
+        }
+    }
+    // Notifications, queued only (delivery never holds up this reconcile).
+    if let Some(rs) = ctx
+        .role_settings
+        .get(&ObjectRef::new(&ar.spec.role_setting))
+    {
+        for h in &status.history[range] {
+            if let Some(n) =
+                crate::notify::message::from_transition(ar, h, rs.spec.approval.required)
+            {
+                ctx.notifier.send(&rs, &n);
+            }
         }
     }
 }

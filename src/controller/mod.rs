@@ -59,6 +59,8 @@ pub struct Settings {
     /// The longest a healthy object goes without a reconcile (a safety net; expiries are
     /// scheduled precisely, not found by this).
     pub resync: Duration,
+    /// Where RoleSettings' notification webhooks may point.
+    pub notification_targets: crate::notify::TargetPolicy,
 }
 
 /// What every reconciler shares: the client, the caches and the sinks.
@@ -89,6 +91,8 @@ pub struct Context {
     pub standing: standing::Standing,
     /// Prometheus metrics.
     pub metrics: crate::metrics::Metrics,
+    /// RoleSettings' notification webhooks.
+    pub notifier: crate::notify::Notifier,
     /// Whether this replica leads (only the leader reconciles and writes).
     pub leader: Arc<crate::leader::Leadership>,
 }
@@ -354,11 +358,18 @@ pub fn start(
         controller: "kube-pim".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let metrics = crate::metrics::Metrics::default();
+    let notifier = crate::notify::Notifier::new(
+        crate::notify::Settings::new(settings.notification_targets.clone(), &settings.namespace),
+        client.clone(),
+        metrics.notifications.clone(),
+    );
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         authz: crate::authz::Authorizer::new(client.clone(), settings.resync),
         standing: Default::default(),
-        metrics: Default::default(),
+        metrics,
+        notifier,
         leader,
         client,
         settings,

@@ -110,6 +110,15 @@ pub async fn check(ar: &ActivationRequest, ctx: &Context) -> Result<Option<Durat
             "message": message,
         });
         ctx.audit.write_record(&record)?;
+        if let Some(rs) = ctx
+            .role_settings
+            .get(&kube::runtime::reflector::ObjectRef::new(
+                &ar.spec.role_setting,
+            ))
+        {
+            ctx.notifier
+                .send(&rs, &crate::notify::message::residual(ar, &message, now));
+        }
         let ev = Event {
             type_: EventType::Warning,
             reason: "ResidualAccess".into(),

@@ -612,6 +612,9 @@ impl ControlPlane {
             format!("--operator-username={OPERATOR_USER}"),
             format!("--namespace={CLUSTER_SCOPE_NAMESPACE}"),
             format!("--break-glass-group={BREAK_GLASS_GROUP}"),
+            // Notification receivers in tests and the demo listen on loopback over http.
+            "--notification-allow-http".into(),
+            "--notification-allow-cidr=127.0.0.0/8".into(),
             // One logical replica: a restart (same identity) takes its Lease back at once.
             "--leader-election-identity=testenv-operator".into(),
             format!("--audit-log={}", self.env.dir.join("audit.log").display()),

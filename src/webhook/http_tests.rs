@@ -66,6 +66,11 @@ fn app_with_context() -> (axum::Router, Arc<Context>) {
             },
         ),
         authz: crate::authz::Authorizer::new(client.clone(), std::time::Duration::from_secs(300)),
+        notifier: crate::notify::Notifier::new(
+            crate::notify::Settings::new(Default::default(), "kube-pim-system"),
+            client.clone(),
+            Default::default(),
+        ),
         client,
         standing: Default::default(),
         metrics: Default::default(),
@@ -76,6 +81,7 @@ fn app_with_context() -> (axum::Router, Arc<Context>) {
             mfa: MfaConfig::default(),
             retention: chrono::TimeDelta::days(30),
             resync: std::time::Duration::from_secs(300),
+            notification_targets: Default::default(),
         },
         role_settings,
         assignments,
@@ -90,6 +96,7 @@ fn app_with_context() -> (axum::Router, Arc<Context>) {
         mfa: MfaConfig::default(),
         break_glass_group: None,
         max_open_requests: 10,
+        notification_targets: Default::default(),
     };
     (router(ctx.clone(), settings), ctx)
 }

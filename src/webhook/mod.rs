@@ -429,7 +429,13 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
                     Err(e) => return unanswered(&e),
                 };
             let risks = role_risks(&s.ctx, &rs).await;
-            review::validate_role_setting(&rs, user, unbindable.as_deref(), &risks)
+            review::validate_role_setting(
+                &rs,
+                user,
+                unbindable.as_deref(),
+                &risks,
+                &s.settings.notification_targets,
+            )
         }
         _ => Verdict::Allow,
     }

@@ -72,6 +72,8 @@ pub enum Reason {
     TicketMismatch,
     /// The RoleSetting's ticketPattern is not a valid regular expression.
     InvalidTicketPattern,
+    /// A notification webhook's URL is not an allowed target.
+    NotificationTargetRefused,
     /// The RoleSetting requires MFA and the requester's login carries none.
     MfaRequired,
     /// No EligibleAssignment makes the requester eligible.
@@ -120,7 +122,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason code.
-    pub const ALL: [Reason; 36] = [
+    pub const ALL: [Reason; 37] = [
         Reason::Malformed,
         Reason::RequesterMismatch,
         Reason::ProtectedMetadata,
@@ -135,6 +137,7 @@ impl Reason {
         Reason::TicketRequired,
         Reason::TicketMismatch,
         Reason::InvalidTicketPattern,
+        Reason::NotificationTargetRefused,
         Reason::MfaRequired,
         Reason::NotEligible,
         Reason::ExtensionAlreadyOpen,
@@ -176,6 +179,7 @@ impl Reason {
             Reason::TicketRequired => "ticket_required",
             Reason::TicketMismatch => "ticket_mismatch",
             Reason::InvalidTicketPattern => "invalid_ticket_pattern",
+            Reason::NotificationTargetRefused => "notification_target_refused",
             Reason::MfaRequired => "mfa_required",
             Reason::NotEligible => "not_eligible",
             Reason::ExtensionAlreadyOpen => "extension_already_open",
@@ -231,6 +235,8 @@ pub struct Settings {
     pub break_glass_group: Option<String>,
     /// The most open (not yet ended) requests one requester may have at a time.
     pub max_open_requests: usize,
+    /// Where RoleSettings' notification webhooks may point.
+    pub notification_targets: crate::notify::TargetPolicy,
 }
 
 fn op_add(path: &str, value: Value) -> PatchOperation {
@@ -993,6 +999,7 @@ pub fn validate_role_setting(
     user: &UserInfo,
     unbindable: Option<&str>,
     risks: &[(String, Vec<String>)],
+    targets: &crate::notify::TargetPolicy,
 ) -> Verdict {
     if let Some(role) = unbindable {
         return Verdict::Deny(
@@ -1016,6 +1023,11 @@ pub fn validate_role_setting(
                 "activation.ticketPattern {p:?} is not a valid regular expression ({e}): fix the pattern"
             ),
         );
+    }
+    for hook in rs.spec.notifications.iter().flat_map(|n| &n.webhooks) {
+        if let Err(e) = targets.check_url(&hook.url) {
+            return Verdict::Deny(Reason::NotificationTargetRefused, e);
+        }
     }
     Verdict::Allow
 }

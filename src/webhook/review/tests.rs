@@ -24,6 +24,7 @@ fn settings() -> Settings {
         mfa: policy::MfaConfig::default(),
         break_glass_group: Some("breakglass".into()),
         max_open_requests: 3,
+        notification_targets: Default::default(),
     }
 }
 
@@ -840,13 +841,19 @@ fn a_ticket_pattern_must_compile() {
     let mut rs = role_setting("rs");
     let admin = caller("admin", &[]);
     assert_eq!(
-        validate_role_setting(&rs, &admin, None, &[]),
+        validate_role_setting(&rs, &admin, None, &[], &Default::default()),
         Verdict::Allow
     );
     rs.spec.activation.ticket_pattern = Some("([".into());
     assert!(
-        denied(validate_role_setting(&rs, &admin, None, &[]))
-            .contains("is not a valid regular expression")
+        denied(validate_role_setting(
+            &rs,
+            &admin,
+            None,
+            &[],
+            &Default::default()
+        ))
+        .contains("is not a valid regular expression")
     );
 }
 
@@ -854,7 +861,13 @@ fn a_ticket_pattern_must_compile() {
 fn writers_who_may_not_bind_the_roles_are_refused_with_the_command_to_check() {
     let carol = caller("carol", &["team"]);
     let rs = role_setting("rs");
-    let msg = denied(validate_role_setting(&rs, &carol, Some("admin"), &[]));
+    let msg = denied(validate_role_setting(
+        &rs,
+        &carol,
+        Some("admin"),
+        &[],
+        &Default::default(),
+    ));
     assert!(
         msg.contains("carol may not bind ClusterRole admin cluster-wide"),
         "{msg}"
@@ -1142,7 +1155,13 @@ fn roles_that_can_create_their_own_persistence_need_an_acknowledgement() {
             ],
         ),
     ];
-    let msg = denied(validate_role_setting(&rs, &admin, None, &risky));
+    let msg = denied(validate_role_setting(
+        &rs,
+        &admin,
+        None,
+        &risky,
+        &Default::default(),
+    ));
     assert!(
         msg.contains("ClusterRole admin can write Roles or bindings, can impersonate"),
         "{msg}"
@@ -1151,7 +1170,7 @@ fn roles_that_can_create_their_own_persistence_need_an_acknowledgement() {
     assert!(!msg.contains("view"), "{msg}");
     let safe = vec![("view".to_string(), vec![])];
     assert_eq!(
-        validate_role_setting(&rs, &admin, None, &safe),
+        validate_role_setting(&rs, &admin, None, &safe, &Default::default()),
         Verdict::Allow
     );
     // Requests for an unacknowledged risky RoleSetting (a role that gained rules later) are
@@ -1175,7 +1194,7 @@ fn roles_that_can_create_their_own_persistence_need_an_acknowledgement() {
     assert!(msg.contains("until an administrator acknowledges"), "{msg}");
     rs.spec.acknowledge_persistence_risk = true;
     assert_eq!(
-        validate_role_setting(&rs, &admin, None, &risky),
+        validate_role_setting(&rs, &admin, None, &risky, &Default::default()),
         Verdict::Allow
     );
 }
@@ -1355,7 +1374,8 @@ fn refusals_carry_the_code_of_the_rule_that_refused() {
             &rs,
             &caller("carol", &[]),
             Some("admin"),
-            &[]
+            &[],
+            &Default::default()
         )),
         "bind_not_allowed"
     );
@@ -1364,5 +1384,43 @@ fn refusals_carry_the_code_of_the_rule_that_refused() {
     assert_eq!(
         code(validate_assignment_delete(&ea, Some(&protected), 0, false)),
         "last_assignment"
+    );
+}
+
+#[test]
+fn role_settings_notify_only_allowed_targets() {
+    let admin = caller("admin", &[]);
+    let mut rs = role_setting("rs");
+    rs.spec.notifications = Some(crate::api::Notifications {
+        webhooks: vec![crate::api::NotificationWebhook {
+            url: "https://kubernetes.default.svc/api".into(),
+            format: Default::default(),
+            events: vec![crate::api::NotificationEvent::Activated],
+            secret_key_ref: None,
+        }],
+        ..Default::default()
+    });
+    let msg = denied(validate_role_setting(
+        &rs,
+        &admin,
+        None,
+        &[],
+        &Default::default(),
+    ));
+    assert!(msg.contains("cluster-internal"), "{msg}");
+    assert_eq!(
+        code(validate_role_setting(
+            &rs,
+            &admin,
+            None,
+            &[],
+            &Default::default()
+        )),
+        "notification_target_refused"
+    );
+    rs.spec.notifications.as_mut().unwrap().webhooks[0].url = "https://hooks.example.com/x".into();
+    assert_eq!(
+        validate_role_setting(&rs, &admin, None, &[], &Default::default()),
+        Verdict::Allow
     );
 }
