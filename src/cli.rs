@@ -52,6 +52,9 @@ pub enum Command {
         #[arg(long)]
         interval: Option<crate::api::Duration>,
     },
+    /// Work with the audit stream.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Print the ValidatingAdmissionPolicies and bindings (YAML): the in-apiserver guards.
     Policies {
         /// The operator's user name (the only exemption; the same as `run --operator-username`).
@@ -71,6 +74,19 @@ pub enum Command {
         /// token (a token minted outside its pod is then not exempt).
         #[arg(long)]
         require_pod_bound_token: bool,
+    },
+}
+
+/// `kube-pim audit ...`.
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the hash chain of audit files: every line must follow the one before it, so an
+    /// edited, removed, inserted or reordered line is found. Give rotated files oldest first,
+    /// then the current one (e.g. `audit.log.* audit.log`). Exit 0 when intact, 1 when not.
+    Verify {
+        /// The files, in stream order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -99,6 +115,13 @@ pub struct RunArgs {
     /// Where audit lines (one JSON object per transition) go: a file, or `-` for stdout.
     #[arg(long, env = "KUBE_PIM_AUDIT_LOG", default_value = "-")]
     audit_log: String,
+    /// Rotate the audit file once it is this many MiB (the chain continues into the next
+    /// file).
+    #[arg(long, env = "KUBE_PIM_AUDIT_LOG_MAX_MB", default_value_t = 100)]
+    audit_log_max_mb: u64,
+    /// Rotated audit files to keep (FILE.<n of its last line>; the oldest are deleted).
+    #[arg(long, env = "KUBE_PIM_AUDIT_LOG_MAX_FILES", default_value_t = 10)]
+    audit_log_max_files: usize,
     /// How long terminal, fully audited ActivationRequests are kept (Go duration).
     #[arg(long, env = "KUBE_PIM_RETENTION", default_value = "720h")]
     retention: crate::api::Duration,
@@ -219,6 +242,7 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Command::Run(args) => run(*args),
+        Command::Audit(AuditCommand::Verify { files }) => verify_audit(&files),
         Command::Sweep { interval } => runtime().block_on(sweep(interval)),
     };
     match result {
@@ -231,6 +255,44 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `kube-pim audit verify`: prints what it checked, fails on the first break.
+fn verify_audit(files: &[PathBuf]) -> crate::Result<()> {
+    let mut texts = Vec::new();
+    for f in files {
+        texts.push((
+            f.display().to_string(),
+            std::fs::read_to_string(f).map_err(crate::Error::io("read", f))?,
+        ));
+    }
+    let report = crate::controller::audit::chain::verify(
+        texts.iter().map(|(n, t)| (n.as_str(), t.as_str())),
+    );
+    match report.broken {
+        None => {
+            let starts: Vec<String> = report
+                .starts
+                .iter()
+                .map(|(f, l)| format!("{f}:{l}"))
+                .collect();
+            let from = match report.continues_from {
+                Some(n) => format!(
+                    "continues an older chain from n={n} (its earlier files were rotated away or not given)"
+                ),
+                None => format!("the chain starts at {}", starts.join(", ")),
+            };
+            println!(
+                "intact: {} lines in {} files; {from}",
+                report.lines,
+                files.len()
+            );
+            Ok(())
+        }
+        Some((file, line, why)) => Err(crate::Error::Audit(format!(
+            "audit chain broken at {file} line {line}: {why}"
+        ))),
+    }
+}
+
 fn run(args: RunArgs) -> crate::Result<()> {
     let RunArgs {
         health_addr,
@@ -238,6 +300,8 @@ fn run(args: RunArgs) -> crate::Result<()> {
         namespace,
         cluster_scope_namespace,
         audit_log,
+        audit_log_max_mb,
+        audit_log_max_files,
         retention,
         mfa_extra_key,
         mfa_values,
@@ -304,6 +368,10 @@ fn run(args: RunArgs) -> crate::Result<()> {
         health_addr,
         operator_username,
         audit_log,
+        audit_rotation: crate::controller::audit::Rotation {
+            max_bytes: audit_log_max_mb.saturating_mul(1024 * 1024),
+            max_files: audit_log_max_files,
+        },
         webhook,
         leader_election,
         controllers: crate::controller::Settings {

@@ -33,6 +33,10 @@ pub enum Error {
     #[error("{0}")]
     Plugin(String),
 
+    /// The audit stream cannot be opened or does not verify (the message says what to do).
+    #[error("{0}")]
+    Audit(String),
+
     /// Standard output was closed (e.g. `kubectl pim audit | head`): a clean end, not a failure.
     #[error("output closed")]
     OutputClosed,

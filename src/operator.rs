@@ -30,6 +30,8 @@ pub struct Settings {
     pub operator_username: String,
     /// Where audit lines go: a file, or `-` for standard output.
     pub audit_log: String,
+    /// When the audit file is rotated.
+    pub audit_rotation: controller::audit::Rotation,
     /// The controllers' settings.
     pub controllers: controller::Settings,
     /// The admission webhook, if served by this process.
@@ -76,7 +78,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         tracing::warn!(error = %e, "kube-pim API not reachable yet; retrying");
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let audit = controller::audit::AuditLog::open(&settings.audit_log)?;
+    let audit = controller::audit::AuditLog::open(&settings.audit_log, settings.audit_rotation)?;
     let on_ready = {
         let ready = ready.clone();
         move || {

@@ -11,6 +11,8 @@ use std::{
 
 use serde::Serialize;
 
+pub mod chain;
+
 use crate::{
     Error, Result,
     api::{ActivationRequest, HistoryAction, HistoryEntry, RequestPhase},
@@ -100,7 +102,196 @@ pub fn transition_records(req: &ActivationRequest) -> Vec<Record<'_>> {
         .collect()
 }
 
-/// Where audit lines go: a file (appended) or standard output.
+/// When the audit file is rotated.
+#[derive(Clone, Copy, Debug)]
+pub struct Rotation {
+    /// Rotate once the file is this large.
+    pub max_bytes: u64,
+    /// Keep this many rotated files (the oldest beyond it are deleted).
+    pub max_files: usize,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Self {
+            max_bytes: 100 * 1024 * 1024,
+            max_files: 10,
+        }
+    }
+}
+
+/// Where the lines physically go.
+enum Sink {
+    /// Standard output, or memory in tests.
+    Stream(Box<dyn Write + Send>),
+    /// A file, appended to and rotated.
+    File {
+        path: PathBuf,
+        file: std::fs::File,
+        size: u64,
+        rotation: Rotation,
+    },
+}
+
+/// The writer: the sink and the chain's next link.
+struct Writer {
+    sink: Sink,
+    link: chain::Link,
+}
+
+impl Writer {
+    /// Writes `record` (a JSON object) as the next chained line, and flushes.
+    fn line(&mut self, record: &str) -> Result<()> {
+        let (line, next) = chain::append(record, &self.link);
+        let io = |e| Error::io("write audit log", "audit")(e);
+        // One write per line, so a crash leaves at most one torn last line (repaired at the
+        // next start: it was never acknowledged as audited).
+        let bytes = format!("{line}\n");
+        match &mut self.sink {
+            Sink::Stream(out) => {
+                out.write_all(bytes.as_bytes()).map_err(io)?;
+                out.flush().map_err(io)?;
+            }
+            Sink::File { file, size, .. } => {
+                file.write_all(bytes.as_bytes()).map_err(io)?;
+                file.flush().map_err(io)?;
+                *size += bytes.len() as u64;
+            }
+        }
+        self.link = next;
+        self.rotate_if_due()
+    }
+
+    /// Renames a full file to `FILE.<n of its last line, zero-padded>` (so names sort in
+    /// stream order) and starts an empty one; the chain goes on across files.
+    fn rotate_if_due(&mut self) -> Result<()> {
+        let Sink::File {
+            path,
+            file,
+            size,
+            rotation,
+        } = &mut self.sink
+        else {
+            return Ok(());
+        };
+        if *size < rotation.max_bytes {
+            return Ok(());
+        }
+        let last = self.link.n.saturating_sub(1);
+        let rotated = PathBuf::from(format!("{}.{last:020}", path.display()));
+        std::fs::rename(&*path, &rotated).map_err(Error::io("rotate audit log", &*path))?;
+        *file = open_append(path)?;
+        *size = 0;
+        let mut old = rotated_files(path);
+        while old.len() > rotation.max_files {
+            let oldest = old.remove(0);
+            std::fs::remove_file(&oldest).map_err(Error::io("remove old audit log", &oldest))?;
+        }
+        tracing::info!(rotated = %rotated.display(), "audit log rotated");
+        Ok(())
+    }
+}
+
+fn open_append(path: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(Error::io("open audit log", path))
+}
+
+/// The rotated files of `path`, oldest first.
+pub fn rotated_files(path: &std::path::Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .and_then(|f| f.strip_prefix(&prefix).map(str::to_string))
+                .is_some_and(|rest| rest.len() == 20 && rest.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Cuts a torn last line (no newline: the process died while writing it) off the file. Safe:
+/// a line counts as audited only after it was written whole and flushed, so the torn one is
+/// written again by the reconcile that retries it.
+fn repair_torn_tail(path: &std::path::Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("open audit log", path)(e)),
+    };
+    let len = f
+        .metadata()
+        .map_err(Error::io("read audit log", path))?
+        .len();
+    if len == 0 {
+        return Ok(());
+    }
+    let from = len.saturating_sub(1024 * 1024);
+    f.seek(SeekFrom::Start(from))
+        .map_err(Error::io("read audit log", path))?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail)
+        .map_err(Error::io("read audit log", path))?;
+    if tail.last() == Some(&b'\n') {
+        return Ok(());
+    }
+    let keep = tail
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(from, |i| from + i as u64 + 1);
+    tracing::warn!(path = %path.display(), bytes = len - keep, "cutting a torn last audit line (written whole again when its reconcile retries)");
+    f.set_len(keep).map_err(Error::io("repair audit log", path))
+}
+
+/// The last line of a file (read from its tail).
+fn last_line(path: &std::path::Path) -> Result<Option<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read audit log", path)(e)),
+    };
+    let len = f
+        .metadata()
+        .map_err(Error::io("read audit log", path))?
+        .len();
+    let from = len.saturating_sub(1024 * 1024);
+    f.seek(SeekFrom::Start(from))
+        .map_err(Error::io("read audit log", path))?;
+    let mut tail = String::new();
+    f.read_to_string(&mut tail)
+        .map_err(Error::io("read audit log", path))?;
+    Ok(tail
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::to_string))
+}
+
+/// Where audit lines go: a file (appended, rotated) or standard output; every line is
+/// chained to the one before it ([`chain`]).
 ///
 /// Delivery is at least once: a line is written before the status write that records it as
 /// audited, so a failed write repeats it later (consumers drop repeats by `id`). Within one
@@ -108,27 +299,59 @@ pub fn transition_records(req: &ActivationRequest) -> Vec<Record<'_>> {
 /// cache one event behind.
 #[derive(Clone)]
 pub struct AuditLog {
-    out: Arc<Mutex<Box<dyn Write + Send>>>,
+    out: Arc<Mutex<Writer>>,
     written: Arc<Mutex<std::collections::HashMap<String, usize>>>,
 }
 
 impl AuditLog {
-    /// `-` for standard output, else a file appended to (created if missing).
-    pub fn open(target: &str) -> Result<Self> {
-        let out: Box<dyn Write + Send> = if target == "-" {
-            Box::new(std::io::stdout())
+    /// `-` for standard output (a new chain per process), else a file appended to (created if
+    /// missing, its chain continued, rotated by `rotation`).
+    pub fn open(target: &str, rotation: Rotation) -> Result<Self> {
+        let writer = if target == "-" {
+            Writer {
+                sink: Sink::Stream(Box::new(std::io::stdout())),
+                link: chain::Link::default(),
+            }
         } else {
             let path = PathBuf::from(target);
-            Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(Error::io("open audit log", &path))?,
-            )
+            repair_torn_tail(&path)?;
+            // Continue the chain from the newest line on disk (the current file, or the last
+            // rotated one when the current file is new).
+            let newest = match last_line(&path)? {
+                Some(l) => Some(l),
+                None => match rotated_files(&path).last() {
+                    Some(p) => last_line(p)?,
+                    None => None,
+                },
+            };
+            let link = match newest {
+                None => chain::Link::default(),
+                Some(line) => chain::after(&line).ok_or_else(|| {
+                    Error::Audit(format!(
+                        "the last line of {} is not a chained audit record (written by an older kube-pim?): move the file aside so a new chain can start",
+                        path.display()
+                    ))
+                })?,
+            };
+            let file = open_append(&path)?;
+            let size = file
+                .metadata()
+                .map_err(Error::io("read audit log", &path))?
+                .len();
+            let mut w = Writer {
+                sink: Sink::File {
+                    path,
+                    file,
+                    size,
+                    rotation,
+                },
+                link,
+            };
+            w.rotate_if_due()?;
+            w
         };
         Ok(Self {
-            out: Arc::new(Mutex::new(out)),
+            out: Arc::new(Mutex::new(writer)),
             written: Default::default(),
         })
     }
@@ -149,7 +372,10 @@ impl AuditLog {
         let buf = Arc::new(Mutex::new(Vec::new()));
         (
             Self {
-                out: Arc::new(Mutex::new(Box::new(Shared(buf.clone())))),
+                out: Arc::new(Mutex::new(Writer {
+                    sink: Sink::Stream(Box::new(Shared(buf.clone()))),
+                    link: chain::Link::default(),
+                })),
                 written: Default::default(),
             },
             buf,
@@ -175,9 +401,8 @@ impl AuditLog {
         let mut out = self.out.lock().expect("audit writer not poisoned");
         for rec in &transition_records(req)[start..] {
             let line = serde_json::to_string(&rec).expect("audit records serialize");
-            writeln!(out, "{line}").map_err(Error::io("write audit log", "audit"))?;
+            out.line(&line)?;
         }
-        out.flush().map_err(Error::io("flush audit log", "audit"))?;
         written.insert(uid.to_string(), status.history.len());
         Ok((status.history.len(), start..status.history.len()))
     }
@@ -185,8 +410,7 @@ impl AuditLog {
     /// Writes one record that is not a request transition (e.g. a policy write) and flushes.
     pub fn write_record(&self, record: &serde_json::Value) -> Result<()> {
         let mut out = self.out.lock().expect("audit writer not poisoned");
-        writeln!(out, "{record}").map_err(Error::io("write audit log", "audit"))?;
-        out.flush().map_err(Error::io("flush audit log", "audit"))
+        out.line(&record.to_string())
     }
 
     /// Forgets a request's high-water mark (the request is gone).
@@ -284,7 +508,8 @@ mod tests {
                 "apiVersion": "audit.kubepim.io/v1alpha1", "kind": "ActivationRequestTransition",
                 "id": "uid-alice-x/2", "namespace": "payments", "name": "alice-x", "uid": "uid-alice-x",
                 "roleSetting": "namespace-admin", "scope": "Namespace", "requester": "alice", "phase": "Pending",
-                "seq": 2, "time": "2026-12-01T12:00:00Z", "actor": "alice", "action": "Approved", "message": "m"
+                "seq": 2, "time": "2026-12-01T12:00:00Z", "actor": "alice", "action": "Approved", "message": "m",
+                "chain": {"n": 0, "prev": chain::GENESIS}
             })
         );
         assert_eq!(log.write_pending(&req, 2).unwrap(), (2, 2..2));
@@ -302,5 +527,39 @@ mod tests {
             buf2.lock().unwrap().iter().filter(|b| **b == b'\n').count(),
             1
         );
+    }
+
+    #[test]
+    fn a_file_rotates_and_its_chain_continues_across_files_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let target = path.to_str().unwrap();
+        let rotation = Rotation {
+            max_bytes: 300,
+            max_files: 2,
+        };
+        let write = |log: &AuditLog, n: usize| {
+            for i in 0..n {
+                log.write_record(&serde_json::json!({"kind": "Test", "id": format!("r/{i}")}))
+                    .unwrap();
+            }
+        };
+        write(&AuditLog::open(target, rotation).unwrap(), 6);
+        // A restarted process continues the same chain.
+        write(&AuditLog::open(target, rotation).unwrap(), 6);
+        let rotated = rotated_files(&path);
+        assert_eq!(rotated.len(), 2, "older files beyond max_files are deleted");
+        let mut files: Vec<(String, String)> = rotated
+            .iter()
+            .chain([&path])
+            .map(|p| (p.display().to_string(), std::fs::read_to_string(p).unwrap()))
+            .collect();
+        let report = chain::verify(files.iter().map(|(n, t)| (n.as_str(), t.as_str())));
+        assert_eq!(report.broken, None, "{files:?}");
+        assert!(report.lines >= 4);
+        // An edit anywhere is found.
+        files[0].1 = files[0].1.replacen("r/", "x/", 1);
+        let report = chain::verify(files.iter().map(|(n, t)| (n.as_str(), t.as_str())));
+        assert!(report.broken.is_some());
     }
 }
