@@ -122,6 +122,10 @@ pub struct RunArgs {
     /// Rotated audit files to keep (FILE.<n of its last line>; the oldest are deleted).
     #[arg(long, env = "KUBE_PIM_AUDIT_LOG_MAX_FILES", default_value_t = 10)]
     audit_log_max_files: usize,
+    /// Ship the audit file, in order, to this HTTP(S) endpoint as CloudEvents batches; ended
+    /// requests are kept past their retention until it has them. Needs --audit-log FILE.
+    #[arg(long, env = "KUBE_PIM_AUDIT_SINK_URL")]
+    audit_sink_url: Option<String>,
     /// How long terminal, fully audited ActivationRequests are kept (Go duration).
     #[arg(long, env = "KUBE_PIM_RETENTION", default_value = "720h")]
     retention: crate::api::Duration,
@@ -302,6 +306,7 @@ fn run(args: RunArgs) -> crate::Result<()> {
         audit_log,
         audit_log_max_mb,
         audit_log_max_files,
+        audit_sink_url,
         retention,
         mfa_extra_key,
         mfa_values,
@@ -372,6 +377,7 @@ fn run(args: RunArgs) -> crate::Result<()> {
             max_bytes: audit_log_max_mb.saturating_mul(1024 * 1024),
             max_files: audit_log_max_files,
         },
+        audit_sink_url,
         webhook,
         leader_election,
         controllers: crate::controller::Settings {

@@ -237,6 +237,8 @@ pub struct Metrics {
     pub leader: Gauge<i64, AtomicI64>,
     /// Notification delivery.
     pub notifications: NotificationMetrics,
+    /// Audit lines written but not yet accepted by the audit sink.
+    pub audit_sink_lag: Gauge<i64, AtomicI64>,
 }
 
 fn histogram<const N: usize>(buckets: &'static [f64; N]) -> Histogram {
@@ -331,6 +333,12 @@ impl Default for Metrics {
             "1 while this replica leads (reconciles and writes), 0 while it only watches and serves the webhook",
                         leader.clone(),
         );
+        let audit_sink_lag = Gauge::default();
+        registry.register(
+            "audit_sink_lag_records",
+            "Audit lines written but not yet accepted by the audit sink (0 without a sink)",
+            audit_sink_lag.clone(),
+        );
         let notifications = NotificationMetrics::default();
         registry.register(
             "notifications_sent",
@@ -370,6 +378,7 @@ impl Default for Metrics {
             reconcile_errors,
             leader,
             notifications,
+            audit_sink_lag,
         }
     }
 }
@@ -991,7 +1000,7 @@ mod tests {
             .filter_map(|l| l.split(' ').next())
             .collect();
         assert_eq!(types, helps);
-        assert_eq!(types.len(), 16, "{types:?}");
+        assert_eq!(types.len(), 17, "{types:?}");
     }
 
     /// docs/observability.md describes every metric /metrics exposes.
@@ -999,7 +1008,7 @@ mod tests {
     fn every_metric_is_documented() {
         let docs = include_str!("../docs/observability.md");
         let text = populated().encode();
-        assert_eq!(text.matches("# TYPE ").count(), 17);
+        assert_eq!(text.matches("# TYPE ").count(), 18);
         for name in text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -32,6 +32,8 @@ pub struct Settings {
     pub audit_log: String,
     /// When the audit file is rotated.
     pub audit_rotation: controller::audit::Rotation,
+    /// Where the audit file is shipped (CloudEvents over HTTP), if anywhere.
+    pub audit_sink_url: Option<String>,
     /// The controllers' settings.
     pub controllers: controller::Settings,
     /// The admission webhook, if served by this process.
@@ -78,7 +80,18 @@ pub async fn run(settings: Settings) -> Result<()> {
         tracing::warn!(error = %e, "kube-pim API not reachable yet; retrying");
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let audit = controller::audit::AuditLog::open(&settings.audit_log, settings.audit_rotation)?;
+    let mut audit =
+        controller::audit::AuditLog::open(&settings.audit_log, settings.audit_rotation)?;
+    if let Some(url) = &settings.audit_sink_url {
+        audit = audit.with_sink(
+            url,
+            &crate::notify::Settings::new(Default::default(), &settings.controllers.namespace)
+                .source,
+        )?;
+        if let Some(s) = audit.sink() {
+            tokio::spawn(s.clone().run());
+        }
+    }
     let on_ready = {
         let ready = ready.clone();
         move || {

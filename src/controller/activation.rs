@@ -290,6 +290,10 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
     if terminal && has_finalizer && fully_audited(&ar) {
         rbac_writes::remove_finalizer(&api, ar.as_ref()).await?;
     }
+    if plan.delete && !ctx.audit.delivered() {
+        // The audit sink is behind: the request is the record until the sink has it.
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
     if plan.delete {
         tracing::info!(request = %ar.name_any(), namespace = %ns, "retention period over and fully audited: deleting");
         api.delete(&ar.name_any(), &DeleteParams::default())

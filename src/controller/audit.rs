@@ -12,6 +12,7 @@ use std::{
 use serde::Serialize;
 
 pub mod chain;
+pub mod ship;
 
 use crate::{
     Error, Result,
@@ -140,8 +141,10 @@ struct Writer {
 }
 
 impl Writer {
-    /// Writes `record` (a JSON object) as the next chained line, and flushes.
-    fn line(&mut self, record: &str) -> Result<()> {
+    /// Writes `record` (a JSON object) as the next chained line, and flushes; returns its
+    /// `chain.n`.
+    fn line(&mut self, record: &str) -> Result<u64> {
+        let n = self.link.n;
         let (line, next) = chain::append(record, &self.link);
         let io = |e| Error::io("write audit log", "audit")(e);
         // One write per line, so a crash leaves at most one torn last line (repaired at the
@@ -159,7 +162,8 @@ impl Writer {
             }
         }
         self.link = next;
-        self.rotate_if_due()
+        self.rotate_if_due()?;
+        Ok(n)
     }
 
     /// Renames a full file to `FILE.<n of its last line, zero-padded>` (so names sort in
@@ -301,6 +305,7 @@ fn last_line(path: &std::path::Path) -> Result<Option<String>> {
 pub struct AuditLog {
     out: Arc<Mutex<Writer>>,
     written: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    sink: Option<ship::Shipper>,
 }
 
 impl AuditLog {
@@ -353,7 +358,43 @@ impl AuditLog {
         Ok(Self {
             out: Arc::new(Mutex::new(writer)),
             written: Default::default(),
+            sink: None,
         })
+    }
+
+    /// Also ships the file to `url` ([`ship`]); needs a file, not standard output. Spawn
+    /// [`AuditLog::sink`]'s `run` to start shipping.
+    pub fn with_sink(mut self, url: &str, source: &str) -> Result<Self> {
+        let (path, written) = {
+            let w = self.out.lock().expect("audit writer not poisoned");
+            match &w.sink {
+                Sink::File { path, .. } => (path.clone(), w.link.n),
+                Sink::Stream(_) => {
+                    return Err(Error::Audit(
+                        "--audit-sink-url ships the audit file: set --audit-log to a file (on a persistent volume, so unshipped lines survive a restart)".into(),
+                    ));
+                }
+            }
+        };
+        self.sink = Some(ship::Shipper::new(url, &path, source, written)?);
+        Ok(self)
+    }
+
+    /// The shipper to the HTTP sink, if one is configured.
+    pub fn sink(&self) -> Option<&ship::Shipper> {
+        self.sink.as_ref()
+    }
+
+    /// Whether every line written so far has been delivered (always, without a sink):
+    /// retention deletes requests only then.
+    pub fn delivered(&self) -> bool {
+        self.sink.as_ref().is_none_or(ship::Shipper::caught_up)
+    }
+
+    fn shipped_after(&self, n: u64) {
+        if let Some(s) = &self.sink {
+            s.wrote(n);
+        }
     }
 
     /// An audit log that writes into memory (tests).
@@ -377,6 +418,7 @@ impl AuditLog {
                     link: chain::Link::default(),
                 })),
                 written: Default::default(),
+                sink: None,
             },
             buf,
         )
@@ -401,7 +443,8 @@ impl AuditLog {
         let mut out = self.out.lock().expect("audit writer not poisoned");
         for rec in &transition_records(req)[start..] {
             let line = serde_json::to_string(&rec).expect("audit records serialize");
-            out.line(&line)?;
+            let n = out.line(&line)?;
+            self.shipped_after(n);
         }
         written.insert(uid.to_string(), status.history.len());
         Ok((status.history.len(), start..status.history.len()))
@@ -410,7 +453,9 @@ impl AuditLog {
     /// Writes one record that is not a request transition (e.g. a policy write) and flushes.
     pub fn write_record(&self, record: &serde_json::Value) -> Result<()> {
         let mut out = self.out.lock().expect("audit writer not poisoned");
-        out.line(&record.to_string())
+        let n = out.line(&record.to_string())?;
+        self.shipped_after(n);
+        Ok(())
     }
 
     /// Forgets a request's high-water mark (the request is gone).

@@ -106,6 +106,9 @@ impl Context {
 
     /// Brings the cache-derived gauges up to date.
     fn refresh_gauges(&self, metrics: &crate::metrics::Metrics) {
+        metrics
+            .audit_sink_lag
+            .set(self.audit.sink().map_or(0, |s| s.lag()) as i64);
         // A second's grace: a binding at its expiry is being revoked, not left behind.
         let now = chrono::Utc::now() - TimeDelta::seconds(1);
         let past = crate::sweep::count_past_expiry(
