@@ -118,9 +118,14 @@ impl Receiver {
     }
 }
 
-async fn secret(name: &str, key: &[u8]) {
+async fn secret(name: &str, key: &[u8], labelled: bool) {
+    let labels = if labelled {
+        json!({kube_pim::notify::SIGNING_KEY_LABEL: "true"})
+    } else {
+        json!({})
+    };
     let s: Secret = serde_json::from_value(json!({
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": labels},
         "stringData": {"hmac": String::from_utf8(key.to_vec()).unwrap()}
     }))
     .unwrap();
@@ -137,12 +142,16 @@ async fn a_lifecycle_is_announced_signed_and_in_order() {
     let addr = serve(r.clone(), None).await;
     let w = World::with_group_approval("notify-flow", 1).await;
     let key = format!("key-{}", w.alice);
-    secret(&format!("hook-{}", w.alice), key.as_bytes()).await;
+    secret(&format!("hook-{}", w.alice), key.as_bytes(), true).await;
+    // A Secret not labelled as a signing key is never used to sign (a RoleSetting writer must
+    // not be able to put any Secret of the operator's namespace to work).
+    secret(&format!("other-{}", w.alice), b"not a key", false).await;
     w.set_role_setting(json!({
         "approval": {"required": true, "minApprovals": 1, "approvers": [{"kind": "Group", "name": w.leads}]},
         "notifications": {"expiringBefore": "5m", "webhooks": [
             {"url": format!("http://{addr}/ce"), "secretKeyRef": {"name": format!("hook-{}", w.alice), "key": "hmac"}},
             {"url": format!("http://{addr}/slack"), "format": "Slack", "events": ["Requested"]},
+            {"url": format!("http://{addr}/unlabelled"), "secretKeyRef": {"name": format!("other-{}", w.alice), "key": "hmac"}},
         ]}
     }))
     .await;
@@ -221,6 +230,10 @@ async fn a_lifecycle_is_announced_signed_and_in_order() {
             got.json()["id"].as_str().unwrap()
         );
     }
+    assert!(
+        !r.got.lock().unwrap().iter().any(|g| g.path == "unlabelled"),
+        "nothing is signed with an unlabelled Secret"
+    );
     // The Slack receiver subscribed to Requested only; it tells approvers how to decide.
     let slack: Vec<Value> = r
         .got

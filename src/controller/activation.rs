@@ -143,26 +143,27 @@ async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Acti
         now,
     };
 
-    // Being deleted: access goes first, and a request that still held or awaited it is
-    // recorded as Revoked before the finalizer lets it go (invariant 7).
-    if ar.meta().deletion_timestamp.is_some() {
-        return finalize(&ar, &api, &ctx, &pctx).await;
-    }
     // The Expiring notification follows the request's current state (timers are per process,
     // so a restarted operator re-arms them here). Armed once Activated has been announced (the
     // history fully audited), so receivers see Activated before Expiring.
+    let deleting = ar.meta().deletion_timestamp.is_some();
     let announced = ar
         .status
         .as_ref()
         .is_some_and(|s| usize::try_from(s.audited_through).unwrap_or(0) >= s.history.len());
     match (ar.status.as_ref().and_then(|s| s.phase), rs.as_deref()) {
-        (Some(crate::api::RequestPhase::Active), Some(rs)) if announced => {
+        (Some(crate::api::RequestPhase::Active), Some(rs)) if announced && !deleting => {
             ctx.notifier.schedule_expiring(rs, &ar)
         }
-        (Some(crate::api::RequestPhase::Active), Some(_)) => {}
+        (Some(crate::api::RequestPhase::Active), Some(_)) if !deleting => {}
         _ => ctx
             .notifier
             .cancel_expiring(ar.metadata.uid.as_deref().unwrap_or_default()),
+    }
+    // Being deleted: access goes first, and a request that still held or awaited it is
+    // recorded as Revoked before the finalizer lets it go (invariant 7).
+    if ar.meta().deletion_timestamp.is_some() {
+        return finalize(&ar, &api, &ctx, &pctx).await;
     }
     let wanted = Wanted::of(&ar);
     // Only assignments whose writer may bind the roles back anything (SPEC invariant 3; the

@@ -195,9 +195,22 @@ pub fn render(n: &Notification, format: NotificationFormat, source: &str) -> Val
             "data": n,
         }),
         NotificationFormat::Slack => {
-            let mut text = format!("*{:?}* {}/{}: {}", n.event, n.namespace, n.name, n.message);
+            // Requesters write the justification (and so part of the message): Slack's
+            // control sequences (<!channel>, <url|label>) are escaped as Slack documents.
+            let esc = |t: &str| {
+                t.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+            };
+            let mut text = format!(
+                "*{:?}* {}/{}: {}",
+                n.event,
+                n.namespace,
+                n.name,
+                esc(&n.message)
+            );
             if let Some(j) = &n.justification {
-                text.push_str(&format!("\n>{}", j.replace('\n', " ")));
+                text.push_str(&format!("\n>{}", esc(&j.replace('\n', " "))));
             }
             if let Some(cmd) = &n.approve_command {
                 text.push_str(&format!("\nTo decide: `{cmd}`"));
@@ -290,6 +303,19 @@ mod tests {
         );
         let n = from_transition(&req(), &entry(1, HistoryAction::Requested), false).unwrap();
         assert!(n.approve_command.is_none(), "nothing to decide");
+        // A justification cannot ping the channel or disguise a link.
+        let mut r = req();
+        r.spec.justification =
+            Some("<!channel> see <https://evil.example|the runbook> & go".into());
+        let n = from_transition(&r, &entry(1, HistoryAction::Requested), false).unwrap();
+        let text = render(&n, NotificationFormat::Slack, "/")["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("&lt;!channel&gt; see &lt;https://evil.example|the runbook&gt; &amp; go"),
+            "{text}"
+        );
     }
 
     #[test]

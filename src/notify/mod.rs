@@ -40,6 +40,9 @@ use crate::api::{ActivationRequest, NotificationFormat, NotificationWebhook, Rol
 pub use message::Notification;
 pub use target::TargetPolicy;
 
+/// The label a Secret must carry (`"true"`) to be used as a notification signing key.
+pub const SIGNING_KEY_LABEL: &str = "kubepim.io/notification-signing-key";
+
 /// How notifications are delivered.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -311,6 +314,19 @@ impl Notifier {
             .get(name)
             .await
             .map_err(|e| format!("reading signing key Secret {ns}/{name}: {e}"))?;
+        // Only Secrets meant as signing keys: a RoleSetting writer names the Secret, and must
+        // not be able to make the operator use (or probe) another Secret of its namespace.
+        let labelled = secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SIGNING_KEY_LABEL))
+            .is_some_and(|v| v == "true");
+        if !labelled {
+            return Err(format!(
+                "Secret {ns}/{name} is not labelled {SIGNING_KEY_LABEL}=true: label it to use it as a notification signing key"
+            ));
+        }
         let value = secret
             .data
             .and_then(|d| d.get(key).map(|b| b.0.clone()))

@@ -378,6 +378,13 @@ pub fn wait_is_over(phase: Option<RequestPhase>) -> bool {
 /// A plain-text table: left-aligned columns three spaces apart, like kubectl. When `width`
 /// is given (a terminal), the last column is shortened with `…` so rows fit.
 pub fn table(header: &[&str], rows: &[Vec<String>], width: Option<usize>) -> String {
+    // Cells hold what requesters wrote (justifications): control characters could move the
+    // cursor or recolour the terminal and make an approver read something else.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
+    let rows = &rows;
     let cols = header.len();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
@@ -415,6 +422,17 @@ pub fn table(header: &[&str], rows: &[Vec<String>], width: Option<usize>) -> Str
         line(r.iter().map(String::as_str).collect(), &mut out);
     }
     out
+}
+
+/// `s` with line breaks and tabs as spaces and other control characters as `?`.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\n' | '\r' | '\t' => ' ',
+            c if c.is_control() => '?',
+            c => c,
+        })
+        .collect()
 }
 
 /// RFC 4180 CSV: a header and one line per row, fields quoted when they need it.
@@ -633,6 +651,17 @@ mod tests {
             assert!(l.chars().count() <= 20, "{l:?} is wider than 20");
         }
         assert!(t.contains('…'));
+    }
+
+    #[test]
+    fn tables_show_no_terminal_control_sequences() {
+        let rows = vec![vec![
+            "r".into(),
+            "ok\u{1b}[2K\rAPPROVED by cto\nline".into(),
+        ]];
+        let t = table(&["NAME", "REASON"], &rows, None);
+        assert!(!t.contains('\u{1b}') && !t.contains('\r'), "{t:?}");
+        assert_eq!(t.lines().count(), 2, "one line per row: {t:?}");
     }
 
     #[test]
