@@ -2,6 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 DEMO_DIR ?= $(CURDIR)/.demo
+BENCH_SAMPLES ?= 200
 
 .DEFAULT_GOAL := help
 
@@ -36,6 +37,11 @@ lint: ## cargo fmt --check and clippy with warnings as errors.
 .PHONY: chart-lint
 chart-lint: testbin ## helm lint --strict the chart (the full chart tests: cargo test --test chart).
 	"$$(bash hack/testbin.sh 2>/dev/null | tail -1)/helm" lint --strict charts/kube-pim
+
+.PHONY: bench
+bench: testbin ## Benchmark the release build against a physical-limit baseline (results: target/bench/results.json).
+	$(CARGO) build --release --bins
+	./target/release/kube-pim-bench --operator-bin target/release/kube-pim --samples $(BENCH_SAMPLES)
 
 .PHONY: testbin
 testbin: ## Build (once, cached in ~/.cache/kube-pim) kube-apiserver, etcd, kube-controller-manager, kubectl, helm from source.

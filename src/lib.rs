@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod authz;
+pub mod bench;
 pub mod cli;
 pub mod controller;
 pub mod crdgen;

@@ -28,7 +28,7 @@ fn the_demo_walks_through_the_whole_flow() {
         "duration 3h exceeds maxDuration 2h of RoleSetting namespace-admin", // refused at once
         "activationrequest payments/alice-",    // created
         "mallory is not an approver of RoleSetting namespace-admin", // bystander refused
-        " approved\n",                          // bob's decision
+        " approved: alice asked for namespace-admin (Namespace scope) for 1h", // bob's decision
         "No resources found in payments namespace.", // access while Active
         ": Deactivated: alice ended the activation early", // deactivate --wait
         "alice-peek   alice",                   // forged requester

@@ -262,14 +262,40 @@ async fn requester_and_approver_work_from_the_plugin() {
     assert!(run.stderr.contains(&target), "{}", run.stderr);
     w.access(&w.alice().await, false).await;
 
+    // A uid that is not this request's (it was re-created since) is refused.
     let run = pim(
         bob,
         &leads,
-        &["approve", &target, "--reason", "INC-1 is real"],
+        &["approve", &format!("{target}@deadbeef"), "--reason", "ok"],
+    )
+    .await
+    .failed();
+    assert!(
+        run.stderr.contains("is not the request you saw"),
+        "{}",
+        run.stderr
+    );
+    let run = pim(bob, &leads, &["pending", "-n", ns]).await.ok();
+    let shown = run
+        .stdout
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert!(shown.starts_with(&format!("{target}@")), "{shown}");
+    let run = pim(
+        bob,
+        &leads,
+        &["approve", &shown, "--reason", "INC-1 is real"],
     )
     .await
     .ok();
-    assert_eq!(run.stdout, format!("{target} approved\n"));
+    let expected = format!(
+        "{target} approved: {alice} asked for {} (Namespace scope) for 10m: INC-1 from the plugin",
+        w.rs
+    );
+    assert!(run.stdout.starts_with(&expected), "{}", run.stdout);
     let out = tokio::time::timeout(Duration::from_secs(60), waiting.wait_with_output())
         .await
         .expect("activate --wait should end once approved")

@@ -131,6 +131,9 @@ enum Sink {
         file: std::fs::File,
         size: u64,
         rotation: Rotation,
+        /// With a sink: its cursor (`chain.n` + 1 of the last line it accepted). Rotated
+        /// files holding lines at or after it are kept whatever `max_files` says.
+        shipped: Option<Arc<std::sync::atomic::AtomicU64>>,
     },
 }
 
@@ -155,14 +158,54 @@ impl Writer {
                 out.write_all(bytes.as_bytes()).map_err(io)?;
                 out.flush().map_err(io)?;
             }
-            Sink::File { file, size, .. } => {
-                file.write_all(bytes.as_bytes()).map_err(io)?;
-                file.flush().map_err(io)?;
+            Sink::File {
+                path, file, size, ..
+            } => {
+                // Other processes may append to the same file (a second replica, a restarted
+                // one): an exclusive lock per line, and a look at what they wrote since, keep
+                // one chain over everything in the file.
+                let mut locked = file.try_clone().map_err(io)?;
+                locked.lock().map_err(io)?;
+                use std::os::unix::fs::MetadataExt;
+                let on_disk = std::fs::metadata(&*path).ok();
+                let ours = locked.metadata().map_err(io)?;
+                if on_disk.as_ref().is_none_or(|m| m.ino() != ours.ino()) {
+                    // Rotated by another process: write to the new file.
+                    let _ = locked.unlock();
+                    *file = open_append(path)?;
+                    locked = file.try_clone().map_err(io)?;
+                    locked.lock().map_err(io)?;
+                }
+                let len = locked.metadata().map_err(io)?.len();
+                let (line, next) = if len != *size {
+                    *size = len;
+                    self.link = link_after_newest(path)?;
+                    chain::append(record, &self.link)
+                } else {
+                    (line, next)
+                };
+                let bytes = format!("{line}\n");
+                let n = self.link.n;
+                let written = locked
+                    .write_all(bytes.as_bytes())
+                    .and_then(|()| locked.flush())
+                    // Durable before anyone is told it was audited.
+                    .and_then(|()| locked.sync_data());
+                if let Err(e) = written {
+                    // Leave no fragment for the next line to be glued to.
+                    let _ = locked.set_len(*size);
+                    let _ = locked.unlock();
+                    return Err(io(e));
+                }
                 *size += bytes.len() as u64;
+                self.link = next;
+                let rotated = self.rotate_if_due();
+                let _ = locked.unlock();
+                rotated?;
+                return Ok(n);
             }
         }
         self.link = next;
-        self.rotate_if_due()?;
         Ok(n)
     }
 
@@ -174,6 +217,7 @@ impl Writer {
             file,
             size,
             rotation,
+            shipped,
         } = &mut self.sink
         else {
             return Ok(());
@@ -189,6 +233,19 @@ impl Writer {
         let mut old = rotated_files(path);
         while old.len() > rotation.max_files {
             let oldest = old.remove(0);
+            // Its name is the n of its last line: keep it until the sink has that line.
+            let last = oldest
+                .to_string_lossy()
+                .rsplit_once('.')
+                .and_then(|(_, n)| n.parse::<u64>().ok())
+                .unwrap_or(u64::MAX);
+            if shipped
+                .as_ref()
+                .is_some_and(|s| last >= s.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                tracing::warn!(file = %oldest.display(), "keeping a rotated audit file the sink does not have yet");
+                break;
+            }
             std::fs::remove_file(&oldest).map_err(Error::io("remove old audit log", &oldest))?;
         }
         tracing::info!(rotated = %rotated.display(), "audit log rotated");
@@ -245,6 +302,8 @@ fn repair_torn_tail(path: &std::path::Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io("open audit log", path)(e)),
     };
+    // Under the writers' lock: a line another process is writing right now is not torn.
+    f.lock().map_err(Error::io("lock audit log", path))?;
     let len = f
         .metadata()
         .map_err(Error::io("read audit log", path))?
@@ -284,14 +343,37 @@ fn last_line(path: &std::path::Path) -> Result<Option<String>> {
     let from = len.saturating_sub(1024 * 1024);
     f.seek(SeekFrom::Start(from))
         .map_err(Error::io("read audit log", path))?;
-    let mut tail = String::new();
-    f.read_to_string(&mut tail)
+    // Bytes, not text: the tail may start inside a multi-byte character (requesters write
+    // justifications in any script); only the last complete line is decoded.
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail)
         .map_err(Error::io("read audit log", path))?;
     Ok(tail
-        .lines()
+        .split(|b| *b == b'\n')
         .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(str::to_string))
+        .find(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .map(|l| String::from_utf8_lossy(l).into_owned()))
+}
+
+/// The link after the newest line of the stream at `path` (the current file, or the newest
+/// rotated one when the current file is new or empty).
+fn link_after_newest(path: &std::path::Path) -> Result<chain::Link> {
+    let newest = match last_line(path)? {
+        Some(l) => Some(l),
+        None => match rotated_files(path).last() {
+            Some(p) => last_line(p)?,
+            None => None,
+        },
+    };
+    match newest {
+        None => Ok(chain::Link::default()),
+        Some(line) => chain::after(&line).ok_or_else(|| {
+            Error::Audit(format!(
+                "the last line of {} is not a chained audit record (written by an older kube-pim?): move the file aside so a new chain can start",
+                path.display()
+            ))
+        }),
+    }
 }
 
 /// Where audit lines go: a file (appended, rotated) or standard output; every line is
@@ -320,24 +402,8 @@ impl AuditLog {
         } else {
             let path = PathBuf::from(target);
             repair_torn_tail(&path)?;
-            // Continue the chain from the newest line on disk (the current file, or the last
-            // rotated one when the current file is new).
-            let newest = match last_line(&path)? {
-                Some(l) => Some(l),
-                None => match rotated_files(&path).last() {
-                    Some(p) => last_line(p)?,
-                    None => None,
-                },
-            };
-            let link = match newest {
-                None => chain::Link::default(),
-                Some(line) => chain::after(&line).ok_or_else(|| {
-                    Error::Audit(format!(
-                        "the last line of {} is not a chained audit record (written by an older kube-pim?): move the file aside so a new chain can start",
-                        path.display()
-                    ))
-                })?,
-            };
+            // Continue the chain from the newest line on disk.
+            let link = link_after_newest(&path)?;
             let file = open_append(&path)?;
             let size = file
                 .metadata()
@@ -349,6 +415,7 @@ impl AuditLog {
                     file,
                     size,
                     rotation,
+                    shipped: None,
                 },
                 link,
             };
@@ -376,7 +443,13 @@ impl AuditLog {
                 }
             }
         };
-        self.sink = Some(ship::Shipper::new(url, &path, source, written)?);
+        let shipper = ship::Shipper::new(url, &path, source, written)?;
+        if let Sink::File { shipped, .. } =
+            &mut self.out.lock().expect("audit writer not poisoned").sink
+        {
+            *shipped = Some(shipper.shipped_handle());
+        }
+        self.sink = Some(shipper);
         Ok(self)
     }
 
@@ -606,5 +679,43 @@ mod tests {
         files[0].1 = files[0].1.replacen("r/", "x/", 1);
         let report = chain::verify(files.iter().map(|(n, t)| (n.as_str(), t.as_str())));
         assert!(report.broken.is_some());
+    }
+
+    #[test]
+    fn two_writers_on_one_file_keep_one_chain_and_multibyte_tails_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let target = path.to_str().unwrap();
+        let a = AuditLog::open(target, Rotation::default()).unwrap();
+        let b = AuditLog::open(target, Rotation::default()).unwrap();
+        for i in 0..5 {
+            // Multi-byte text, so a tail read can start inside a character.
+            let text = "é".repeat(300 + i);
+            a.write_record(&serde_json::json!({"kind": "T", "id": format!("a/{i}"), "m": text}))
+                .unwrap();
+            b.write_record(&serde_json::json!({"kind": "T", "id": format!("b/{i}"), "m": text}))
+                .unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let report = chain::verify([("audit.log", text.as_str())]);
+        assert_eq!(report.broken, None);
+        assert_eq!(report.lines, 10);
+        // A third process continues it.
+        let c = AuditLog::open(target, Rotation::default()).unwrap();
+        c.write_record(&serde_json::json!({"kind": "T", "id": "c"}))
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(chain::verify([("audit.log", text.as_str())]).broken, None);
+    }
+
+    #[test]
+    fn the_last_line_is_found_even_when_the_tail_starts_inside_a_character() {
+        let dir = tempfile::tempdir().unwrap();
+        for pad in ["", "x"] {
+            let path = dir.path().join(format!("t{}.log", pad.len()));
+            let big = "é".repeat(600_000);
+            std::fs::write(&path, format!("{pad}{big}\nlast\n")).unwrap();
+            assert_eq!(last_line(&path).unwrap().as_deref(), Some("last"));
+        }
     }
 }

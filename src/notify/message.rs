@@ -129,9 +129,10 @@ pub fn from_transition(
     n.actor = Some(entry.actor.clone());
     n.message = entry.message.clone().unwrap_or_default();
     if event == NotificationEvent::Requested && approval_required {
+        // With the uid: the command approves this request, not one re-created under its name.
         n.approve_command = Some(format!(
-            "kubectl pim approve {}/{} --reason '...'",
-            n.namespace, n.name
+            "kubectl pim approve {}/{}@{} --reason '...'",
+            n.namespace, n.name, n.uid
         ));
     }
     Some(n)
@@ -207,7 +208,7 @@ pub fn render(n: &Notification, format: NotificationFormat, source: &str) -> Val
                 n.event,
                 n.namespace,
                 n.name,
-                esc(&n.message)
+                esc(&n.message.replace(['\n', '\r'], " "))
             );
             if let Some(j) = &n.justification {
                 text.push_str(&format!("\n>{}", esc(&j.replace('\n', " "))));
@@ -292,7 +293,7 @@ mod tests {
         let n = from_transition(&req(), &entry(1, HistoryAction::Requested), true).unwrap();
         assert_eq!(
             n.approve_command.as_deref(),
-            Some("kubectl pim approve payments/alice-x --reason '...'")
+            Some("kubectl pim approve payments/alice-x@u-1 --reason '...'")
         );
         let slack = render(&n, NotificationFormat::Slack, "/kube-pim");
         let text = slack["text"].as_str().unwrap();

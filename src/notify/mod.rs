@@ -54,6 +54,9 @@ pub struct Settings {
     pub source: String,
     /// The most notifications one endpoint may have waiting.
     pub queue_capacity: usize,
+    /// The most notifications waiting over all endpoints (bounds memory whatever RoleSettings
+    /// configure).
+    pub total_capacity: usize,
     /// A notification not delivered by then is dropped.
     pub max_age: Duration,
     /// One delivery attempt's time limit.
@@ -70,6 +73,7 @@ impl Settings {
             namespace: namespace.to_string(),
             source: format!("/apis/kubepim.io/v1alpha1/namespaces/{namespace}/operator"),
             queue_capacity: 1000,
+            total_capacity: 10_000,
             max_age: Duration::from_secs(3600),
             attempt_timeout: Duration::from_secs(10),
             first_retry: Duration::from_millis(500),
@@ -123,6 +127,8 @@ struct Inner {
     kube: kube::Client,
     http: HttpClient<Https, Full<Bytes>>,
     queues: Mutex<HashMap<Endpoint, Arc<Queue>>>,
+    /// Notifications waiting, over all endpoints.
+    waiting: std::sync::atomic::AtomicUsize,
     /// Signing keys by (Secret, key), with when they were read.
     keys: Mutex<HashMap<(String, String), CachedKey>>,
     /// Expiring timers by request uid, with the expiry they were armed for.
@@ -168,6 +174,7 @@ impl Notifier {
             kube,
             http,
             queues: Default::default(),
+            waiting: Default::default(),
             keys: Default::default(),
             expiring: Default::default(),
             metrics,
@@ -209,42 +216,64 @@ impl Notifier {
                 .as_ref()
                 .map(|s| (s.name.clone(), s.key.clone())),
         };
-        let queue = {
-            let mut queues = self.0.queues.lock().expect("queues lock");
-            queues
-                .entry(endpoint.clone())
-                .or_insert_with(|| {
-                    let q = Arc::new(Queue {
-                        jobs: Mutex::new(VecDeque::new()),
-                        wake: tokio::sync::Notify::new(),
-                    });
-                    tokio::spawn(self.clone().worker(endpoint, q.clone()));
-                    q
-                })
-                .clone()
-        };
+        // Pushed under the map's lock: an idle worker removes its queue under the same lock,
+        // so a job never lands in a queue whose worker has gone.
+        let mut queues = self.0.queues.lock().expect("queues lock");
+        let queue = queues
+            .entry(endpoint.clone())
+            .or_insert_with(|| {
+                let q = Arc::new(Queue {
+                    jobs: Mutex::new(VecDeque::new()),
+                    wake: tokio::sync::Notify::new(),
+                });
+                tokio::spawn(self.clone().worker(endpoint, q.clone()));
+                q
+            })
+            .clone();
         let mut jobs = queue.jobs.lock().expect("queue lock");
-        if jobs.len() >= self.0.settings.queue_capacity {
+        let waiting = self.0.waiting.load(std::sync::atomic::Ordering::SeqCst);
+        if jobs.len() >= self.0.settings.queue_capacity || waiting >= self.0.settings.total_capacity
+        {
             m.dropped("queue_full");
-            tracing::warn!(url = %hook.url, id = %n.id, "notification dropped: the receiver's queue is full");
+            tracing::warn!(url = %hook.url, id = %n.id, "notification dropped: a receiver's queue, or all of them together, is full");
             return;
         }
         jobs.push_back(job);
+        self.0
+            .waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         m.queued.inc();
         drop(jobs);
+        drop(queues);
         queue.wake.notify_one();
     }
 
-    /// Delivers one endpoint's queue in order, forever.
+    /// Delivers one endpoint's queue in order, until it has been idle for ten minutes.
     async fn worker(self, endpoint: Endpoint, queue: Arc<Queue>) {
         loop {
             let front = queue.jobs.lock().expect("queue lock").front().cloned();
             let Some(job) = front else {
-                queue.wake.notified().await;
+                // Idle for ten minutes: the worker goes (a RoleSetting may have dropped this
+                // receiver), unless something was queued meanwhile.
+                if tokio::time::timeout(Duration::from_secs(600), queue.wake.notified())
+                    .await
+                    .is_err()
+                {
+                    let mut queues = self.0.queues.lock().expect("queues lock");
+                    if queue.jobs.lock().expect("queue lock").is_empty() {
+                        queues.remove(&endpoint);
+                        return;
+                    }
+                }
                 continue;
             };
             let mut delay = self.0.settings.first_retry;
             loop {
+                if job.queued.elapsed() > self.0.settings.max_age {
+                    tracing::warn!(url = %endpoint.url, id = %job.id, "notification dropped: not delivered in time");
+                    self.0.metrics.dropped("expired");
+                    break;
+                }
                 match self.deliver(&endpoint, &job).await {
                     Ok(()) => {
                         self.0.metrics.sent.inc();
@@ -264,6 +293,9 @@ impl Notifier {
                 }
             }
             queue.jobs.lock().expect("queue lock").pop_front();
+            self.0
+                .waiting
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             self.0.metrics.queued.dec();
         }
     }

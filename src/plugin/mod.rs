@@ -238,7 +238,7 @@ fn emit(text: &str) -> Result<()> {
 
 /// A hint or note for the person at the terminal (stderr, so stdout stays parseable).
 fn note(text: &str) {
-    let _ = writeln!(std::io::stderr(), "{text}");
+    let _ = writeln!(std::io::stderr(), "{}", view::printable(text));
 }
 
 /// The terminal's width when stdout is one (tables are fitted to it).
@@ -717,7 +717,7 @@ async fn follow(
         };
         let line = view::progress(&ar);
         if line != last {
-            let line = format!("{ns}/{name}: {line}");
+            let line = view::printable(&format!("{ns}/{name}: {line}"));
             if progress_to_stderr {
                 note(&line);
             } else {
@@ -817,7 +817,7 @@ async fn pending(s: &Session) -> Result<()> {
                 (None, None) => String::new(),
             };
             vec![
-                format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()),
+                view::request_ref(r),
                 r.spec.requester.username.clone(),
                 r.spec.role_setting.clone(),
                 format!("{:?}", r.spec.scope),
@@ -862,9 +862,9 @@ async fn decide(
     };
     let mut failed = 0;
     for target in names {
-        let (ns, name) = view::target(target, &s.namespace);
-        match decide_one(s, ns, name, decision, reason.as_deref()).await {
-            Ok(()) => emit(&format!("{ns}/{name} {verb}\n"))?,
+        let (ns, name, uid) = view::target(target, &s.namespace);
+        match decide_one(s, ns, name, uid, decision, reason.as_deref()).await {
+            Ok(about) => emit(&format!("{ns}/{name} {verb}: {about}\n"))?,
             Err(e) => {
                 failed += 1;
                 note(&format!("error: {ns}/{name}: {e}"));
@@ -884,9 +884,10 @@ async fn decide_one(
     s: &Session,
     ns: &str,
     name: &str,
+    seen_uid: Option<&str>,
     decision: ApprovalDecision,
     reason: Option<&str>,
-) -> Result<()> {
+) -> Result<String> {
     let api = Api::<ActivationRequest>::namespaced(s.client.clone(), ns);
     // kube-pim initialises `approvals: []` on its first status write, moments after the
     // request is created; until then there is nothing to append to.
@@ -913,6 +914,19 @@ async fn decide_one(
             "kube-pim has not picked this request up yet (is the operator running?): try again shortly".into(),
         ));
     }
+    let uid = ar.metadata.uid.clone().unwrap_or_default();
+    if let Some(seen) = seen_uid
+        && !uid.starts_with(seen)
+    {
+        return Err(Error::Plugin(format!(
+            "{ns}/{name} is not the request you saw (its uid is {uid}, not {seen}...): it was deleted and re-created; look again with kubectl pim pending"
+        )));
+    }
+    let rs = Api::<RoleSetting>::all(s.client.clone())
+        .get(&ar.spec.role_setting)
+        .await
+        .ok();
+    let about = view::decided_about(&ar, rs.as_ref());
     let mut approval = json!({"decision": decision});
     if let Some(r) = reason {
         approval["reason"] = json!(r);
@@ -927,14 +941,14 @@ async fn decide_one(
     api.patch_status(name, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await
         .map_err(|e| explain(e, "recording the decision"))?;
-    Ok(())
+    Ok(about)
 }
 
 async fn deactivate(s: &Session, names: &[String], wait: bool) -> Result<()> {
     no_csv(s, "deactivate")?;
     let mut failed = 0;
     for target in names {
-        let (ns, name) = view::target(target, &s.namespace);
+        let (ns, name, _) = view::target(target, &s.namespace);
         let api = Api::<ActivationRequest>::namespaced(s.client.clone(), ns);
         let patch = Patch::Merge(json!({"spec": {"deactivate": true}}));
         match api.patch(name, &PatchParams::default(), &patch).await {
@@ -975,7 +989,7 @@ async fn extend(
 ) -> Result<()> {
     no_csv(s, "extend")?;
     let me = me(s).await?;
-    let (ns, name) = view::target(target, &s.namespace);
+    let (ns, name, _) = view::target(target, &s.namespace);
     let original = Api::<ActivationRequest>::namespaced(s.client.clone(), ns)
         .get(name)
         .await

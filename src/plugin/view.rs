@@ -430,6 +430,12 @@ pub fn printable(s: &str) -> String {
         .map(|c| match c {
             '\n' | '\r' | '\t' => ' ',
             c if c.is_control() => '?',
+            // Bidirectional overrides and invisible characters can make text read as
+            // something else.
+            '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}' => '?',
             c => c,
         })
         .collect()
@@ -454,12 +460,47 @@ pub fn csv(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Splits `NAMESPACE/NAME` (as `pending` prints it) or takes `NAME` in `default_ns`.
-pub fn target<'a>(arg: &'a str, default_ns: &'a str) -> (&'a str, &'a str) {
-    match arg.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => (ns, name),
-        _ => (default_ns, arg),
+/// Splits `[NAMESPACE/]NAME[@UID]` (as `pending` and notifications print it): the namespace
+/// (else `default_ns`), the name, and the uid (or a prefix of it) the person saw.
+pub fn target<'a>(arg: &'a str, default_ns: &'a str) -> (&'a str, &'a str, Option<&'a str>) {
+    let (rest, uid) = match arg.split_once('@') {
+        Some((r, u)) if !u.is_empty() => (r, Some(u)),
+        _ => (arg, None),
+    };
+    match rest.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => (ns, name, uid),
+        _ => (default_ns, rest, uid),
     }
+}
+
+/// `NAMESPACE/NAME@<first 8 characters of the uid>`: what an approver copies into `approve`,
+/// so a request deleted and re-created under the same name is not the one decided.
+pub fn request_ref(req: &ActivationRequest) -> String {
+    let uid = req.metadata.uid.as_deref().unwrap_or_default();
+    format!(
+        "{}/{}@{}",
+        req.metadata.namespace.as_deref().unwrap_or_default(),
+        req.metadata.name.as_deref().unwrap_or_default(),
+        uid.chars().take(8).collect::<String>()
+    )
+}
+
+/// One line saying what a decision was about (printed after approving or denying it).
+pub fn decided_about(req: &ActivationRequest, rs: Option<&RoleSetting>) -> String {
+    let duration = rs
+        .map(|rs| human(crate::decide::policy::requested_duration(rs, &req.spec)))
+        .or_else(|| req.spec.duration.as_ref().map(|d| d.to_string()))
+        .unwrap_or_else(|| "?".into());
+    printable(&format!(
+        "{} asked for {} ({:?} scope) for {duration}: {}",
+        req.spec.requester.username,
+        req.spec.role_setting,
+        req.spec.scope,
+        req.spec
+            .justification
+            .as_deref()
+            .unwrap_or("(no justification)")
+    ))
 }
 
 /// Whether `req` belongs to the caller (the requester stamped by admission).
@@ -660,7 +701,10 @@ mod tests {
             "ok\u{1b}[2K\rAPPROVED by cto\nline".into(),
         ]];
         let t = table(&["NAME", "REASON"], &rows, None);
-        assert!(!t.contains('\u{1b}') && !t.contains('\r'), "{t:?}");
+        assert!(
+            !t.contains('\u{1b}') && !t.contains('\r') && !t.contains('\u{202e}'),
+            "{t:?}"
+        );
         assert_eq!(t.lines().count(), 2, "one line per row: {t:?}");
     }
 
@@ -677,10 +721,18 @@ mod tests {
     }
 
     #[test]
-    fn targets_take_namespace_slash_name() {
-        assert_eq!(target("orders/r1", "default"), ("orders", "r1"));
-        assert_eq!(target("r1", "default"), ("default", "r1"));
-        assert_eq!(target("/r1", "default"), ("default", "/r1"));
+    fn targets_take_namespace_slash_name_at_uid() {
+        assert_eq!(target("orders/r1", "default"), ("orders", "r1", None));
+        assert_eq!(target("r1", "default"), ("default", "r1", None));
+        assert_eq!(target("/r1", "default"), ("default", "/r1", None));
+        assert_eq!(
+            target("orders/r1@3f2a9c1b", "default"),
+            ("orders", "r1", Some("3f2a9c1b"))
+        );
+        assert_eq!(target("r1@", "default"), ("default", "r1@", None));
+        let mut req = request("r1", "orders", "x", requester("alice", &[]));
+        req.metadata.uid = Some("3f2a9c1b-aaaa".into());
+        assert_eq!(request_ref(&req), "orders/r1@3f2a9c1b");
     }
 
     #[test]

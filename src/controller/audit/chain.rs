@@ -120,7 +120,8 @@ pub fn verify<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Report
             };
             let fresh = chain.prev == GENESIS && chain.n == 0;
             match &expect {
-                _ if fresh && i == 0 => report.starts.push((name.into(), at)),
+                // kube-pim starts a chain only in a new stream: never after lines given before.
+                None if fresh => report.starts.push((name.into(), at)),
                 // The stream's oldest lines were rotated away (or not given): what is here can
                 // still be checked from this line on.
                 None => report.continues_from = Some(chain.n),
@@ -128,7 +129,11 @@ pub fn verify<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Report
                     report.broken = Some((
                         name.into(),
                         at,
-                        "a new chain starts in the middle of the file: lines before it were replaced".into(),
+                        if i == 0 {
+                            "a new chain starts here although earlier lines were given: the lines before it were replaced, or these are different streams (verify them separately)".into()
+                        } else {
+                            "a new chain starts in the middle of the file: lines before it were replaced".into()
+                        },
                     ));
                     return report;
                 }
@@ -211,6 +216,11 @@ mod tests {
         let mut swapped = own(&lines);
         swapped.swap(1, 2);
         assert!(check(swapped).is_some());
+
+        // A forged chain in a later file, though earlier files were given.
+        let (fresh, _) = append("{\"id\":\"f\"}", &Link::default());
+        let r = verify([("a.log.1", text.as_str()), ("a.log", fresh.as_str())]);
+        assert!(r.broken.is_some());
 
         let mut replaced = own(&lines);
         let (fake, _) = append("{\"id\":\"fake\"}", &Link::default());

@@ -66,8 +66,9 @@ struct Inner {
     url: String,
     path: PathBuf,
     source: String,
-    /// `chain.n + 1` of the last shipped line (0: nothing shipped yet).
-    shipped: AtomicU64,
+    /// `chain.n + 1` of the last shipped line (0: nothing shipped yet); shared with the writer,
+    /// which keeps every rotated file holding lines at or after it.
+    shipped: Arc<AtomicU64>,
     /// `chain.n + 1` of the last written line, as the writer reports it.
     written: AtomicU64,
     wake: tokio::sync::Notify,
@@ -77,10 +78,19 @@ struct Inner {
 impl Shipper {
     /// A shipper of `path` to `url`, resuming after what `FILE.shipped` records.
     pub fn new(url: &str, path: &Path, source: &str, written: u64) -> crate::Result<Self> {
-        let shipped = std::fs::read_to_string(cursor_file(path))
+        let mut shipped = std::fs::read_to_string(cursor_file(path))
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .unwrap_or(0);
+        if shipped > written {
+            // The file was replaced (a new chain): its lines were never shipped.
+            tracing::warn!(
+                cursor = shipped,
+                written,
+                "audit sink: the audit file starts a new chain; shipping it from the start"
+            );
+            shipped = 0;
+        }
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -95,7 +105,7 @@ impl Shipper {
                 url: url.to_string(),
                 path: path.to_path_buf(),
                 source: source.to_string(),
-                shipped: AtomicU64::new(shipped),
+                shipped: Arc::new(AtomicU64::new(shipped)),
                 written: AtomicU64::new(written),
                 wake: tokio::sync::Notify::new(),
                 http: HttpClient::builder(hyper_util::rt::TokioExecutor::new()).build(https),
@@ -107,6 +117,11 @@ impl Shipper {
     pub fn wrote(&self, n: u64) {
         self.inner.written.fetch_max(n + 1, Ordering::SeqCst);
         self.inner.wake.notify_one();
+    }
+
+    /// The shipped cursor (`chain.n` + 1 of the last accepted line), for the writer's rotation.
+    pub fn shipped_handle(&self) -> Arc<AtomicU64> {
+        self.inner.shipped.clone()
     }
 
     /// Whether the sink has accepted every line written so far.
@@ -134,10 +149,19 @@ impl Shipper {
                 continue;
             }
             let next = self.inner.shipped.load(Ordering::SeqCst);
-            let (lines, after) = match self.read_from(next, pos) {
-                Ok(r) => r,
+            // File reading and parsing off the async workers (the webhook and the
+            // controllers share them).
+            let path = self.inner.path.clone();
+            let read = tokio::task::spawn_blocking(move || read_from(&path, next, pos)).await;
+            let (lines, after) = match read {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "audit sink: stopped: cannot read the audit file in order (nothing is skipped; fix the file or move it aside)");
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    continue;
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "audit sink: cannot read the audit file");
+                    tracing::error!(error = %e, "audit sink: the reader failed");
                     tokio::time::sleep(delay).await;
                     continue;
                 }
@@ -166,44 +190,6 @@ impl Shipper {
         }
     }
 
-    /// Up to [`BATCH`] lines with `chain.n >= next`, and where the next read can start. Reads
-    /// on from `pos` when the file is still the same one; else scans the rotated files and the
-    /// current one from the beginning.
-    fn read_from(
-        &self,
-        next: u64,
-        pos: Option<Position>,
-    ) -> std::io::Result<(Lines, Option<Position>)> {
-        let path = &self.inner.path;
-        let meta = std::fs::metadata(path)?;
-        if let Some(p) = pos.filter(|p| p.inode == meta.ino() && p.offset <= meta.len()) {
-            let (lines, offset) = read_file(path, p.offset, next)?;
-            if lines.first().is_some_and(|(n, _)| *n == next) {
-                return Ok((
-                    lines,
-                    Some(Position {
-                        inode: p.inode,
-                        offset,
-                    }),
-                ));
-            }
-        }
-        // Rotated (or first read): go through every file in stream order.
-        let mut files = super::rotated_files(path);
-        files.push(path.clone());
-        for f in files {
-            let (lines, offset) = read_file(&f, 0, next)?;
-            if !lines.is_empty() {
-                let here = (f == *path).then(|| Position {
-                    inode: meta.ino(),
-                    offset,
-                });
-                return Ok((lines, here));
-            }
-        }
-        Ok((Vec::new(), None))
-    }
-
     async fn post(&self, lines: &[(u64, Value)]) -> Result<(), String> {
         let events: Vec<Value> = lines
             .iter()
@@ -230,9 +216,48 @@ impl Shipper {
     }
 }
 
-/// Complete lines of `file` from byte `offset` whose `chain.n >= next` (at most [`BATCH`]),
-/// and the offset after the last line read.
+/// Up to [`BATCH`] lines from `chain.n = next` on, in order, and where the next read can
+/// start. Reads on from `pos` when it is still valid; else goes through the rotated files
+/// (skipping those whose name says they end before `next`) and the current one. A line that
+/// cannot be read, or a gap in `n`, stops shipping: nothing is skipped silently.
+fn read_from(
+    path: &Path,
+    next: u64,
+    pos: Option<Position>,
+) -> std::io::Result<(Lines, Option<Position>)> {
+    let current = std::fs::metadata(path)?.ino();
+    let mut files = super::rotated_files(path);
+    files.push(path.to_path_buf());
+    for f in files {
+        let last_in_name = f
+            .file_name()
+            .and_then(|n| {
+                n.to_string_lossy()
+                    .rsplit_once('.')
+                    .map(|(_, n)| n.to_string())
+            })
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|_| f != path);
+        if last_in_name.is_some_and(|last| last < next) {
+            continue;
+        }
+        let inode = std::fs::metadata(&f)?.ino();
+        let offset = pos.filter(|p| p.inode == inode).map_or(0, |p| p.offset);
+        let (lines, end) = read_file(&f, offset, next)?;
+        if !lines.is_empty() {
+            return Ok((lines, Some(Position { inode, offset: end })));
+        }
+        if f == path && inode == current {
+            return Ok((Vec::new(), Some(Position { inode, offset: end })));
+        }
+    }
+    Ok((Vec::new(), None))
+}
+
+/// Complete lines of `file` from byte `offset` with `chain.n >= next` (at most [`BATCH`],
+/// consecutive from `next`), and the offset after the last line read.
 fn read_file(file: &Path, offset: u64, next: u64) -> std::io::Result<(Lines, u64)> {
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let mut f = match std::fs::File::open(file) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), offset)),
@@ -242,26 +267,44 @@ fn read_file(file: &Path, offset: u64, next: u64) -> std::io::Result<(Lines, u64
     let mut reader = BufReader::new(f);
     let mut out = Vec::new();
     let mut at = offset;
-    let mut buf = String::new();
+    let mut expect = next;
+    let mut buf = Vec::new();
     loop {
         buf.clear();
-        let read = reader.read_line(&mut buf)?;
-        if read == 0 || !buf.ends_with('\n') {
+        let read = reader.read_until(b'\n', &mut buf)?;
+        if read == 0 || buf.last() != Some(&b'\n') {
             // The end, or a line still being written.
             break;
         }
+        let v: Value = serde_json::from_slice(&buf).map_err(|e| {
+            bad(format!(
+                "{} at byte {at}: not a JSON line ({e})",
+                file.display()
+            ))
+        })?;
+        let n = v["chain"]["n"]
+            .as_u64()
+            .ok_or_else(|| bad(format!("{} at byte {at}: no chain.n", file.display())))?;
         at += read as u64;
-        let Ok(v) = serde_json::from_str::<Value>(buf.trim_end()) else {
+        if expect == 0 && out.is_empty() {
+            // Never shipped before: start at the oldest line there is (older files may have
+            // been rotated away before the sink was configured).
+            expect = n;
+        }
+        if n < expect {
             continue;
-        };
-        let Some(n) = v["chain"]["n"].as_u64() else {
-            continue;
-        };
-        if n >= next {
-            out.push((n, v));
-            if out.len() == BATCH {
-                break;
-            }
+        }
+        if n > expect {
+            return Err(bad(format!(
+                "{}: line n={n} follows n={} (lines missing)",
+                file.display(),
+                expect.saturating_sub(1)
+            )));
+        }
+        out.push((n, v));
+        expect += 1;
+        if out.len() == BATCH {
+            break;
         }
     }
     Ok((out, at))

@@ -1,0 +1,54 @@
+//! `kube-pim-bench`: the benchmark behind `make bench` (see `kube_pim::bench`). Prints a
+//! results table and writes the same results as JSON.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+
+/// Measures kube-pim against a real local control plane, next to a physical-limit baseline.
+#[derive(Parser, Debug)]
+#[command(name = "kube-pim-bench", version)]
+struct Cli {
+    /// Activations per figure.
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
+    /// The operator binary to measure (use the release build).
+    #[arg(long, default_value = "target/release/kube-pim")]
+    operator_bin: PathBuf,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "target/bench/results.json")]
+    out: PathBuf,
+    /// Scratch directory for the control planes (emptied first).
+    #[arg(long, default_value = "target/bench/run")]
+    dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    kube_pim::cli::init_logging(kube_pim::cli::LogFormat::Text, "warn");
+    let _ = std::fs::remove_dir_all(&cli.dir);
+    let opts = kube_pim::bench::run::Options {
+        samples: cli.samples,
+        operator_bin: std::path::absolute(&cli.operator_bin).unwrap_or(cli.operator_bin.clone()),
+        dir: cli.dir.clone(),
+    };
+    match kube_pim::cli::runtime().block_on(kube_pim::bench::run::run(&opts)) {
+        Ok(report) => {
+            print!("{}", report.table());
+            if let Some(parent) = cli.out.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let json = serde_json::to_string_pretty(&report).expect("reports serialize");
+            if let Err(e) = std::fs::write(&cli.out, json) {
+                eprintln!("kube-pim-bench: cannot write {}: {e}", cli.out.display());
+                return ExitCode::FAILURE;
+            }
+            println!("\nresults: {}", cli.out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kube-pim-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
