@@ -120,7 +120,8 @@ struct Queue {
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector<PolicyResolver>>;
 type CachedKey = (Instant, Vec<u8>);
-type Timer = (DateTime<Utc>, tokio::task::JoinHandle<()>);
+/// An armed Expiring: for which expiry and RoleSetting generation, and the task.
+type Timer = ((DateTime<Utc>, Option<i64>), tokio::task::JoinHandle<()>);
 
 struct Inner {
     settings: Settings,
@@ -375,24 +376,26 @@ impl Notifier {
     /// `expirationTime - expiringBefore` (at once if that has passed), once. Call on every
     /// reconcile of an Active request; a changed expiry re-schedules it.
     pub fn schedule_expiring(&self, rs: &RoleSetting, ar: &ActivationRequest) {
-        let Some(n) = rs.spec.notifications.as_ref() else {
+        let Some(uid) = ar.metadata.uid.clone() else {
             return;
         };
-        let subscribed = n
-            .webhooks
-            .iter()
-            .any(|h| h.events.contains(&crate::api::NotificationEvent::Expiring));
-        let (Some(uid), Some(expires)) = (
-            ar.metadata.uid.clone(),
+        let subscribed = rs.spec.notifications.as_ref().filter(|n| {
+            n.webhooks
+                .iter()
+                .any(|h| h.events.contains(&crate::api::NotificationEvent::Expiring))
+        });
+        let (Some(n), Some(expires)) = (
+            subscribed,
             ar.status.as_ref().and_then(|s| s.expiration_time),
         ) else {
+            // Nobody (any more) wants it: an armed timer goes.
+            self.cancel_expiring(&uid);
             return;
         };
-        if !subscribed {
-            return;
-        }
         let mut timers = self.0.expiring.lock().expect("expiring lock");
-        if timers.get(&uid).is_some_and(|(at, _)| *at == expires) {
+        // Re-armed when the expiry or the RoleSetting (its webhooks) changed.
+        let armed_for = (expires, rs.metadata.generation);
+        if timers.get(&uid).is_some_and(|(at, _)| *at == armed_for) {
             return;
         }
         let due = expires - n.expiring_before.as_delta();
@@ -402,7 +405,7 @@ impl Notifier {
             tokio::time::sleep(wait).await;
             me.send(&rs, &message::expiring(&ar, Utc::now()));
         });
-        if let Some((_, old)) = timers.insert(uid, (expires, task)) {
+        if let Some((_, old)) = timers.insert(uid, (armed_for, task)) {
             old.abort();
         }
     }

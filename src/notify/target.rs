@@ -24,11 +24,13 @@ pub struct TargetPolicy {
 }
 
 /// The address ranges refused unless allowed: loopback, link-local (including cloud metadata
-/// at 169.254.169.254), unspecified, private (RFC 1918, unique-local IPv6), shared (CGNAT,
-/// often pod networks), multicast and broadcast.
+/// at 169.254.169.254), unspecified, private (RFC 1918, unique-local IPv6, site-local),
+/// shared (CGNAT, often pod networks), benchmarking (198.18/15), IETF protocol assignments
+/// (192.0.0/24), reserved (240/4), multicast and broadcast. IPv6 addresses that embed an IPv4
+/// one (mapped, compatible, NAT64, 6to4) are judged by the IPv4 address they reach.
 fn internal(ip: IpAddr) -> Option<&'static str> {
     let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     };
     match ip {
@@ -42,6 +44,11 @@ fn internal(ip: IpAddr) -> Option<&'static str> {
                 Some("unspecified")
             } else if v4.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) {
                 Some("private or cluster-internal")
+            } else if (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || o[0] >= 240
+            {
+                Some("reserved")
             } else if v4.is_multicast() || v4.is_broadcast() {
                 Some("multicast or broadcast")
             } else {
@@ -56,7 +63,7 @@ fn internal(ip: IpAddr) -> Option<&'static str> {
                 Some("unspecified")
             } else if (s[0] & 0xffc0) == 0xfe80 {
                 Some("link-local")
-            } else if (s[0] & 0xfe00) == 0xfc00 {
+            } else if (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfec0 {
                 Some("private or cluster-internal")
             } else if v6.is_multicast() {
                 Some("multicast or broadcast")
@@ -65,6 +72,27 @@ fn internal(ip: IpAddr) -> Option<&'static str> {
             }
         }
     }
+}
+
+/// The IPv4 address an IPv6 address leads to: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible
+/// (`::a.b.c.d`), NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`) and 6to4 (`2002:AABB:CCDD::/16`).
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let last =
+        |a: u16, b: u16| std::net::Ipv4Addr::new((a >> 8) as u8, a as u8, (b >> 8) as u8, b as u8);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    if s[..6] == [0; 6] && (s[6], s[7]) != (0, 0) && (s[6], s[7]) != (0, 1) {
+        return Some(last(s[6], s[7]));
+    }
+    if (s[0], s[1]) == (0x64, 0xff9b) {
+        return Some(last(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return Some(last(s[1], s[2]));
+    }
+    None
 }
 
 impl TargetPolicy {
@@ -141,6 +169,12 @@ mod tests {
             "https://[fd00::1]/x",
             "https://[fe80::1]/x",
             "https://[::ffff:127.0.0.1]/x",
+            "https://[::10.0.0.5]/x",
+            "https://[64:ff9b::a00:5]/x",
+            "https://[2002:a00:5::1]/x",
+            "https://[fec0::1]/x",
+            "https://198.18.0.1/x",
+            "https://240.0.0.1/x",
             "https://0.0.0.0/x",
             "https://localhost/x",
             "https://kubernetes.default.svc/x",
