@@ -102,8 +102,14 @@ fn watch_bindings(client: Client) -> (mpsc::UnboundedReceiver<Seen>, tokio::task
     (rx, task)
 }
 
-/// Waits for the watch to report `key` added (or deleted).
-async fn seen(rx: &mut mpsc::UnboundedReceiver<Seen>, key: &str, added: bool) -> Result<Seen> {
+/// Waits for the watch to report `key` added (or deleted). Deletions of other keys seen on
+/// the way are kept in `gone` (bindings expire while later activations are being timed).
+async fn seen(
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+    key: &str,
+    added: bool,
+    gone: &mut BTreeMap<String, SystemTime>,
+) -> Result<Seen> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let s = tokio::time::timeout_at(deadline, rx.recv())
@@ -112,6 +118,9 @@ async fn seen(rx: &mut mpsc::UnboundedReceiver<Seen>, key: &str, added: bool) ->
             .ok_or_else(|| Error::TestEnv("the binding watch ended".into()))?;
         if s.key == key && s.added == added {
             return Ok(s);
+        }
+        if !s.added {
+            gone.insert(s.key, s.wall);
         }
     }
 }
@@ -176,11 +185,12 @@ async fn baseline(o: &Options) -> Result<(Vec<f64>, Vec<f64>)> {
             &Patch::Merge(json!({"status": {"phase": "Active", "approvals": []}})),
         )
         .await?;
-        let s = seen(&mut rx, &name, true).await?;
+        let mut ignored = BTreeMap::new();
+        let s = seen(&mut rx, &name, true, &mut ignored).await?;
         let a = s.at.duration_since(t0).as_secs_f64() * 1000.0;
         let t1 = Instant::now();
         rbs.delete(&name, &DeleteParams::default()).await?;
-        let s = seen(&mut rx, &name, false).await?;
+        let s = seen(&mut rx, &name, false, &mut ignored).await?;
         if i >= WARMUP {
             act.push(a);
             rev.push(s.at.duration_since(t1).as_secs_f64() * 1000.0);
@@ -304,6 +314,7 @@ pub async fn run(o: &Options) -> Result<Report> {
 
     let mut act = Vec::new();
     let mut names = Vec::new();
+    let mut gone: BTreeMap<String, SystemTime> = BTreeMap::new();
     for _ in 0..o.samples {
         let t0 = Instant::now();
         let ar = ars_user
@@ -311,13 +322,12 @@ pub async fn run(o: &Options) -> Result<Report> {
             .await?;
         bump("POST", "activationrequests", 1.0);
         let name = ar.metadata.name.clone().unwrap_or_default();
-        let s = seen(&mut rx, &name, true).await?;
+        let s = seen(&mut rx, &name, true, &mut gone).await?;
         act.push(s.at.duration_since(t0).as_secs_f64() * 1000.0);
         names.push(name);
     }
     // Every binding goes at its expiry; the lag is measured against expirationTime.
-    let mut gone: BTreeMap<String, SystemTime> = BTreeMap::new();
-    while gone.len() < names.len() {
+    while names.iter().any(|n| !gone.contains_key(n)) {
         let s = tokio::time::timeout(Duration::from_secs(120), rx.recv())
             .await
             .map_err(|_| Error::TestEnv("bindings were not revoked within 120s".into()))?
