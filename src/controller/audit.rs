@@ -292,7 +292,6 @@ pub fn rotated_files(path: &std::path::Path) -> Vec<PathBuf> {
 /// a line counts as audited only after it was written whole and flushed, so the torn one is
 /// written again by the reconcile that retries it.
 fn repair_torn_tail(path: &std::path::Path) -> Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
     let mut f = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -304,20 +303,8 @@ fn repair_torn_tail(path: &std::path::Path) -> Result<()> {
     };
     // Under the writers' lock: a line another process is writing right now is not torn.
     f.lock().map_err(Error::io("lock audit log", path))?;
-    let len = f
-        .metadata()
-        .map_err(Error::io("read audit log", path))?
-        .len();
-    if len == 0 {
-        return Ok(());
-    }
-    let from = len.saturating_sub(1024 * 1024);
-    f.seek(SeekFrom::Start(from))
-        .map_err(Error::io("read audit log", path))?;
-    let mut tail = Vec::new();
-    f.read_to_end(&mut tail)
-        .map_err(Error::io("read audit log", path))?;
-    if tail.last() == Some(&b'\n') {
+    let (from, len, tail) = read_tail(&mut f, path)?;
+    if len == 0 || tail.last() == Some(&b'\n') {
         return Ok(());
     }
     let keep = tail
@@ -328,14 +315,9 @@ fn repair_torn_tail(path: &std::path::Path) -> Result<()> {
     f.set_len(keep).map_err(Error::io("repair audit log", path))
 }
 
-/// The last line of a file (read from its tail).
-fn last_line(path: &std::path::Path) -> Result<Option<String>> {
+/// The last MiB of a file as bytes: (where it starts, the file's length, the bytes).
+fn read_tail(f: &mut std::fs::File, path: &std::path::Path) -> Result<(u64, u64, Vec<u8>)> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("read audit log", path)(e)),
-    };
     let len = f
         .metadata()
         .map_err(Error::io("read audit log", path))?
@@ -343,11 +325,22 @@ fn last_line(path: &std::path::Path) -> Result<Option<String>> {
     let from = len.saturating_sub(1024 * 1024);
     f.seek(SeekFrom::Start(from))
         .map_err(Error::io("read audit log", path))?;
-    // Bytes, not text: the tail may start inside a multi-byte character (requesters write
-    // justifications in any script); only the last complete line is decoded.
     let mut tail = Vec::new();
     f.read_to_end(&mut tail)
         .map_err(Error::io("read audit log", path))?;
+    Ok((from, len, tail))
+}
+
+/// The last line of a file (read from its tail).
+fn last_line(path: &std::path::Path) -> Result<Option<String>> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read audit log", path)(e)),
+    };
+    // Bytes, not text: the tail may start inside a multi-byte character (requesters write
+    // justifications in any script); only the last complete line is decoded.
+    let (_, _, tail) = read_tail(&mut f, path)?;
     Ok(tail
         .split(|b| *b == b'\n')
         .rev()
@@ -717,5 +710,28 @@ mod tests {
             std::fs::write(&path, format!("{pad}{big}\nlast\n")).unwrap();
             assert_eq!(last_line(&path).unwrap().as_deref(), Some("last"));
         }
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_the_chain_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let target = path.to_str().unwrap();
+        let log = AuditLog::open(target, Rotation::default()).unwrap();
+        log.write_record(&serde_json::json!({"kind": "T", "id": "1"}))
+            .unwrap();
+        // A crash in the middle of the next line.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"{\"kind\":\"T\",\"id\":\"2\",\"cha").unwrap();
+        drop(f);
+        let log = AuditLog::open(target, Rotation::default()).unwrap();
+        log.write_record(&serde_json::json!({"kind": "T", "id": "2"}))
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert_eq!(chain::verify([("audit.log", text.as_str())]).broken, None);
     }
 }
