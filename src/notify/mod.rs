@@ -447,3 +447,91 @@ impl tower::Service<Name> for PolicyResolver {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::test_fixtures::*;
+
+    /// A RoleSetting announcing everything to `urls`.
+    fn announcing(urls: &[String]) -> RoleSetting {
+        let mut rs = role_setting("rs");
+        rs.spec.notifications = Some(crate::api::Notifications {
+            webhooks: urls
+                .iter()
+                .map(|u| NotificationWebhook {
+                    url: u.clone(),
+                    format: NotificationFormat::CloudEvents,
+                    events: vec![crate::api::NotificationEvent::Requested],
+                    secret_key_ref: None,
+                })
+                .collect(),
+            ..Default::default()
+        });
+        rs
+    }
+
+    #[tokio::test]
+    async fn memory_stays_bounded_while_receivers_are_down() {
+        // Nothing listens on these ports: every delivery fails and is retried.
+        let [a, b] = crate::testenv::free_ports::<2>().unwrap();
+        let mut settings = Settings::new(
+            TargetPolicy {
+                allow_http: true,
+                allow_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+                allow_cluster_names: false,
+            },
+            "kube-pim-system",
+        );
+        settings.queue_capacity = 2;
+        settings.total_capacity = 3;
+        let metrics = crate::metrics::NotificationMetrics::default();
+        let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap()))
+            .unwrap();
+        let notifier = Notifier::new(settings, kube, metrics.clone());
+        let one = announcing(&[format!("http://127.0.0.1:{a}/x")]);
+        let two = announcing(&[format!("http://127.0.0.1:{b}/x")]);
+        let n = |i: i64| {
+            let mut req = request("r", "payments", "rs", requester("alice", &[]));
+            req.metadata.uid = Some(format!("u{i}"));
+            message::from_transition(
+                &req,
+                &crate::api::HistoryEntry {
+                    seq: 1,
+                    time: t0(),
+                    actor: "alice".into(),
+                    action: crate::api::HistoryAction::Requested,
+                    message: None,
+                },
+                false,
+            )
+            .unwrap()
+        };
+        for i in 0..5 {
+            notifier.send(&one, &n(i));
+        }
+        assert_eq!(metrics.queued.get(), 2, "one receiver holds at most 2");
+        notifier.send(&two, &n(10));
+        notifier.send(&two, &n(11));
+        assert_eq!(
+            metrics.queued.get(),
+            3,
+            "all receivers together hold at most 3"
+        );
+        let dropped = metrics
+            .dropped
+            .get_or_create(&crate::metrics::DropLabels {
+                reason: "queue_full",
+            })
+            .get();
+        assert_eq!(dropped, 4);
+        // A refused target is dropped at once, never queued.
+        notifier.send(&announcing(&["https://10.0.0.1/x".to_string()]), &n(20));
+        let refused = metrics
+            .dropped
+            .get_or_create(&crate::metrics::DropLabels { reason: "refused" })
+            .get();
+        assert_eq!(refused, 1);
+        assert_eq!(metrics.queued.get(), 3);
+    }
+}
