@@ -137,6 +137,25 @@ enum Sink {
     },
 }
 
+/// An exclusive lock on an open audit file, released when dropped, on every path out. (The
+/// lock belongs to the open file, which the writer keeps open, so it must be released
+/// explicitly rather than by closing this handle.)
+struct Locked(std::fs::File);
+
+impl Locked {
+    fn new(file: &std::fs::File) -> std::io::Result<Self> {
+        let f = file.try_clone()?;
+        f.lock()?;
+        Ok(Self(f))
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
 /// The writer: the sink and the chain's next link.
 struct Writer {
     sink: Sink,
@@ -164,19 +183,17 @@ impl Writer {
                 // Other processes may append to the same file (a second replica, a restarted
                 // one): an exclusive lock per line, and a look at what they wrote since, keep
                 // one chain over everything in the file.
-                let mut locked = file.try_clone().map_err(io)?;
-                locked.lock().map_err(io)?;
+                let mut locked = Locked::new(file).map_err(io)?;
                 use std::os::unix::fs::MetadataExt;
                 let on_disk = std::fs::metadata(&*path).ok();
-                let ours = locked.metadata().map_err(io)?;
+                let ours = locked.0.metadata().map_err(io)?;
                 if on_disk.as_ref().is_none_or(|m| m.ino() != ours.ino()) {
                     // Rotated by another process: write to the new file.
-                    let _ = locked.unlock();
+                    drop(locked);
                     *file = open_append(path)?;
-                    locked = file.try_clone().map_err(io)?;
-                    locked.lock().map_err(io)?;
+                    locked = Locked::new(file).map_err(io)?;
                 }
-                let len = locked.metadata().map_err(io)?.len();
+                let len = locked.0.metadata().map_err(io)?.len();
                 let (line, next) = if len != *size {
                     *size = len;
                     self.link = link_after_newest(path)?;
@@ -187,21 +204,19 @@ impl Writer {
                 let bytes = format!("{line}\n");
                 let n = self.link.n;
                 let written = locked
+                    .0
                     .write_all(bytes.as_bytes())
-                    .and_then(|()| locked.flush())
+                    .and_then(|()| locked.0.flush())
                     // Durable before anyone is told it was audited.
-                    .and_then(|()| locked.sync_data());
+                    .and_then(|()| locked.0.sync_data());
                 if let Err(e) = written {
                     // Leave no fragment for the next line to be glued to.
-                    let _ = locked.set_len(*size);
-                    let _ = locked.unlock();
+                    let _ = locked.0.set_len(*size);
                     return Err(io(e));
                 }
                 *size += bytes.len() as u64;
                 self.link = next;
-                let rotated = self.rotate_if_due();
-                let _ = locked.unlock();
-                rotated?;
+                self.rotate_if_due()?;
                 return Ok(n);
             }
         }
