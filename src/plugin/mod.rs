@@ -376,7 +376,9 @@ async fn me(s: &Session) -> Result<Me> {
     let u = review
         .status
         .and_then(|st| st.user_info)
-        .ok_or_else(|| Error::Plugin("the cluster did not say who you are".into()))?;
+        .ok_or_else(|| Error::Plugin(
+            "the cluster did not say who you are: check that SelfSubjectReview is served (kubectl auth whoami asks the same)".into(),
+        ))?;
     Ok(Me {
         username: u.username.unwrap_or_default(),
         uid: u.uid,
@@ -713,7 +715,11 @@ async fn follow(
             }
             // The watcher retries transient errors itself.
             Some(Err(_)) => continue,
-            None => return Err(Error::Plugin(format!("lost the watch on {ns}/{name}"))),
+            None => {
+                return Err(Error::Plugin(format!(
+                    "lost the watch on {ns}/{name}; it goes on without you: kubectl pim list -n {ns} shows where it stands"
+                )));
+            }
         };
         let line = view::progress(&ar);
         if line != last {

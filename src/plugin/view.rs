@@ -403,13 +403,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>], width: Option<usize>) -> Str
         let mut l = String::new();
         for (i, c) in cells.iter().enumerate() {
             if i + 1 == cols {
-                let cut = match last_budget {
-                    Some(b) if c.chars().count() > b => {
-                        format!("{}…", c.chars().take(b - 1).collect::<String>())
-                    }
-                    _ => c.to_string(),
-                };
-                l.push_str(&cut);
+                l.push_str(&last_budget.map_or_else(|| c.to_string(), |b| short(c, b)));
             } else {
                 l.push_str(&format!("{c:<w$}   ", w = widths[i]));
             }
