@@ -3,6 +3,8 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 DEMO_DIR ?= $(CURDIR)/.demo
 BENCH_SAMPLES ?= 200
+# More kube-pim-bench flags, e.g. BENCH_ARGS="--scale 1000 --rates 10,20" (kube-pim-bench --help).
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -41,7 +43,7 @@ chart-lint: testbin ## helm lint --strict the chart (the full chart tests: cargo
 .PHONY: bench
 bench: testbin ## Benchmark the release build against a physical-limit baseline (results: target/bench/results.json).
 	$(CARGO) build --release --bins
-	./target/release/kube-pim-bench --operator-bin target/release/kube-pim --samples $(BENCH_SAMPLES)
+	./target/release/kube-pim-bench --operator-bin target/release/kube-pim --samples $(BENCH_SAMPLES) $(BENCH_ARGS)
 
 .PHONY: testbin
 testbin: ## Build (once, cached in ~/.cache/kube-pim) kube-apiserver, etcd, kube-controller-manager, kubectl, helm from source.

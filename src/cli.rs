@@ -394,10 +394,21 @@ fn run(args: RunArgs) -> crate::Result<()> {
     }))
 }
 
+/// Names the program in every API request it makes (`User-Agent: kube-pim/0.1.0`), so audit
+/// logs and the benchmark tell its requests from others'.
+pub fn with_user_agent(mut config: kube::Config, program: &str) -> kube::Config {
+    let agent = format!("{program}/{}", env!("CARGO_PKG_VERSION"));
+    if let Ok(v) = http::HeaderValue::from_str(&agent) {
+        config.headers.push((http::header::USER_AGENT, v));
+    }
+    config
+}
+
 async fn sweep(interval: Option<crate::api::Duration>) -> crate::Result<()> {
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
         .map_err(|e| crate::Error::Config(e.to_string()))?;
+    let client = kube::Client::try_from(with_user_agent(config, "kube-pim-sweep"))?;
     loop {
         let report = crate::sweep::sweep(&client, chrono::Utc::now()).await?;
         tracing::info!(

@@ -47,6 +47,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let config = kube::Config::infer()
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
+    let config = crate::cli::with_user_agent(config, "kube-pim");
     let leadership = match &settings.leader_election {
         Some(_) => Arc::new(crate::leader::Leadership::default()),
         None => crate::leader::Leadership::always(),

@@ -1,4 +1,5 @@
-//! The benchmark must keep working: a tiny run (3 activations per figure, both control planes,
+//! The benchmark must keep working: a tiny run (3 activations per figure, 3 namespaces, a
+//! restart sweep of 5, one short throughput step, memory at 20 objects; both control planes,
 //! the debug operator) that checks only that it finishes and writes well-formed results. It
 //! asserts no timing: figures come from `make bench` (BENCHMARKS.md).
 
@@ -13,6 +14,18 @@ fn the_benchmark_runs_and_writes_its_results() {
         .args([
             "--samples",
             "3",
+            "--runs",
+            "1",
+            "--namespaces",
+            "3",
+            "--restart",
+            "5",
+            "--rates",
+            "5",
+            "--rate-secs",
+            "2",
+            "--scale",
+            "20",
             "--operator-bin",
             env!("CARGO_BIN_EXE_kube-pim"),
         ])
@@ -30,11 +43,39 @@ fn the_benchmark_runs_and_writes_its_results() {
     for figure in [
         "baseline_activation",
         "activation_to_binding",
+        "baseline_approval",
+        "approval_to_binding",
         "baseline_revocation",
         "revocation_lag",
     ] {
         assert_eq!(results[figure]["n"], 3, "{figure}: {results}");
     }
+    assert_eq!(results["restart"]["n"], 5, "{results}");
+    assert_eq!(
+        results["throughput"]["steps"][0]["latency"]["n"], 10,
+        "{results}"
+    );
+    assert!(
+        results["throughput"]["baseline_writes_per_s"]
+            .as_f64()
+            .is_some_and(|w| w > 0.0),
+        "{results}"
+    );
+    let memory = &results["memory"][0];
+    assert!(
+        memory["assignments"].as_u64().is_some_and(|n| n >= 20)
+            && memory["active_activations"]
+                .as_u64()
+                .is_some_and(|n| n >= 20)
+            && memory["relist_peak_mib"].as_f64().is_some_and(|m| m > 0.0),
+        "{results}"
+    );
+    assert!(
+        results["user_agents"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|ua| ua.as_str().is_some_and(|s| s.starts_with("kube-pim/")))),
+        "the operator's requests carry its user agent: {results}"
+    );
     assert!(
         results["requests_per_activation"]
             .as_object()

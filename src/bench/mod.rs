@@ -46,52 +46,118 @@ fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-/// `apiserver_request_total` summed by (verb, resource[/subresource]) from the apiserver's
-/// Prometheus text.
-pub fn request_counts(metrics: &str) -> BTreeMap<(String, String), f64> {
-    let mut out = BTreeMap::new();
-    for line in metrics.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+/// API requests made by `user`, by verb and resource[/subresource], from the apiserver's
+/// audit log (JSON lines at level Metadata), and the user agents they came with.
+/// `apiserver_request_total` has no user or user-agent label, so the audit log is how the
+/// operator's own requests are told from everyone else's.
+pub fn requests_by(audit_log: &str, user: &str) -> (BTreeMap<String, f64>, Vec<String>) {
+    // Leader election renews its Lease on a clock, not per activation.
+    const NOT_PER_ACTIVATION: &[&str] = &["leases"];
+    let mut counts = BTreeMap::new();
+    let mut agents = std::collections::BTreeSet::new();
+    for line in audit_log.lines() {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
+        if e.pointer("/user/username").and_then(|u| u.as_str()) != Some(user) {
             continue;
-        };
-        let label = |k: &str| {
-            labels
-                .split("\",")
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
-                .map(|v| v.trim_end_matches('"').to_string())
-                .unwrap_or_default()
-        };
-        let mut resource = label("resource");
-        let sub = label("subresource");
-        if !sub.is_empty() {
-            resource = format!("{resource}/{sub}");
         }
-        *out.entry((label("verb"), resource)).or_insert(0.0) +=
-            value.trim().parse::<f64>().unwrap_or(0.0);
+        let (Some(verb), Some(resource)) = (
+            e.get("verb").and_then(|v| v.as_str()),
+            e.pointer("/objectRef/resource").and_then(|v| v.as_str()),
+        ) else {
+            continue;
+        };
+        if NOT_PER_ACTIVATION.contains(&resource) {
+            continue;
+        }
+        let what = match e.pointer("/objectRef/subresource").and_then(|v| v.as_str()) {
+            Some(sub) => format!("{resource}/{sub}"),
+            None => resource.to_string(),
+        };
+        *counts
+            .entry(format!("{} {what}", verb.to_uppercase()))
+            .or_insert(0.0) += 1.0;
+        if let Some(a) = e.get("userAgent").and_then(|v| v.as_str()) {
+            agents.insert(a.to_string());
+        }
     }
-    out
+    (counts, agents.into_iter().collect())
 }
 
-/// Per-activation request counts: the difference between two scrapes, minus the calls the
-/// benchmark itself made (`own`), divided by `activations`; only counts above 0.05.
-pub fn per_activation(
-    before: &BTreeMap<(String, String), f64>,
-    after: &BTreeMap<(String, String), f64>,
-    own: &BTreeMap<(String, String), f64>,
-    activations: usize,
-) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for (k, v) in after {
-        let d = v - before.get(k).copied().unwrap_or(0.0) - own.get(k).copied().unwrap_or(0.0);
-        let per = d / activations.max(1) as f64;
-        if per > 0.05 {
-            out.insert(format!("{} {}", k.0, k.1), (per * 100.0).round() / 100.0);
-        }
-    }
-    out
+/// Counts divided by `activations`, rounded to two places; only counts above 0.05.
+pub fn per_activation(counts: &BTreeMap<String, f64>, activations: usize) -> BTreeMap<String, f64> {
+    counts
+        .iter()
+        .map(|(k, v)| (k.clone(), v / activations.max(1) as f64))
+        .filter(|(_, per)| *per > 0.05)
+        .map(|(k, per)| (k, (per * 100.0).round() / 100.0))
+        .collect()
+}
+
+/// One throughput step: an offered rate of activations, open loop.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Step {
+    /// Activations offered per second.
+    pub offered_per_s: f64,
+    /// Activations per second from the first create call to the last binding seen.
+    pub achieved_per_s: f64,
+    /// Create call → binding seen, over the step.
+    pub latency: Summary,
+    /// Median latency of the step's first quarter of activations.
+    pub first_quarter_p50_ms: f64,
+    /// Median latency of its last quarter.
+    pub last_quarter_p50_ms: f64,
+    /// Whether latency stayed flat through the step (last quarter's median at most 1.5 times
+    /// the first's plus 50 ms): a growing backlog shows as rising latency.
+    pub backlog_flat: bool,
+}
+
+/// Sustained throughput against the baseline's write capacity.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Throughput {
+    /// Creates per second the baseline apiserver sustains from 16 concurrent clients.
+    pub baseline_writes_per_s: f64,
+    /// Writes per activation lifecycle (the requester's create plus the operator's writes).
+    pub writes_per_activation: f64,
+    /// SPEC section 8: 70 % of the baseline's write capacity divided by writes per activation.
+    pub target_per_s: f64,
+    /// The steps, in rising order (stopped after the first that fails).
+    pub steps: Vec<Step>,
+    /// The highest rate at which p99 stayed under 1 s and the backlog flat.
+    pub sustained_per_s: f64,
+}
+
+/// The restart sweep.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Restart {
+    /// Activations that expired while no operator ran.
+    pub n: usize,
+    /// Operator start → `/readyz` answers 200.
+    pub ready_after_start_ms: f64,
+    /// Readiness → the last of the N bindings' deletion seen (SPEC: within 5 s).
+    pub revoked_after_ready_ms: f64,
+    /// Baseline: N bindings deleted by 16 concurrent clients, first call → last deletion seen.
+    pub baseline_delete_ms: f64,
+}
+
+/// Operator memory at one scale.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Memory {
+    /// EligibleAssignments in the cluster.
+    pub assignments: usize,
+    /// Active activations (their bindings exist).
+    pub active_activations: usize,
+    /// Namespaces they are spread over.
+    pub namespaces: usize,
+    /// Resident memory, settled, MiB.
+    pub rss_mib: f64,
+    /// A restarted operator: start → ready (every cache listed).
+    pub restart_ready_ms: f64,
+    /// Its peak resident memory across the relist, MiB (SPEC: at most 64 MiB at 10k + 10k).
+    pub relist_peak_mib: f64,
+    /// Its resident memory 10 s after readiness, MiB.
+    pub rss_after_relist_mib: f64,
 }
 
 /// The benchmark's results (also written as JSON).
@@ -101,29 +167,45 @@ pub struct Report {
     pub machine: String,
     /// When.
     pub started: String,
-    /// Activations measured per figure.
+    /// Activations measured per latency figure.
     pub samples: usize,
     /// Baseline: create the request, create the binding, patch the status, binding seen.
     pub baseline_activation: Summary,
-    /// Create the request (auto-approved RoleSetting) → its binding seen.
+    /// Create the request (auto-approved RoleSetting) → its binding seen (all runs pooled).
     pub activation_to_binding: Summary,
+    /// The same, run by run.
+    pub activation_runs: Vec<Summary>,
+    /// Activation p99 over the baseline's p99.
+    pub activation_ratio_p99: f64,
+    /// Baseline: record the decision, create the binding, patch the status, binding seen.
+    pub baseline_approval: Summary,
+    /// The approver's decision (the last one needed) → the binding seen.
+    pub approval_to_binding: Summary,
+    /// Approval p99 over the baseline's p99.
+    pub approval_ratio_p99: f64,
     /// Baseline: delete the binding → deletion seen.
     pub baseline_revocation: Summary,
     /// `status.expirationTime` → the binding's deletion seen (wall clock).
     pub revocation_lag: Summary,
-    /// Apiserver requests per activation lifecycle (create → expiry → released), by verb and
-    /// resource, made by everyone but the benchmark (the operator, its webhook's reads).
+    /// The operator's apiserver requests per activation lifecycle (create → expiry →
+    /// released), by verb and resource, from the apiserver's audit log.
     pub requests_per_activation: BTreeMap<String, f64>,
+    /// The user agents the operator's requests came with.
+    pub user_agents: Vec<String>,
     /// GET and LIST requests per activation (target: 0).
     pub get_list_per_activation: f64,
-    /// Operator CPU seconds per activation lifecycle.
+    /// Operator CPU per activation lifecycle, milliseconds.
     pub cpu_ms_per_activation: f64,
-    /// Operator resident memory after the run, MiB.
+    /// Operator resident memory after the lifecycles, MiB.
     pub rss_mib: f64,
-    /// Operator peak resident memory, MiB.
+    /// Operator peak resident memory by then, MiB.
     pub rss_peak_mib: f64,
-    /// Activation p99 over the baseline's p99.
-    pub activation_ratio_p99: f64,
+    /// Sustained activations per second.
+    pub throughput: Throughput,
+    /// N activations expired while no operator ran.
+    pub restart: Restart,
+    /// Memory at each scale.
+    pub memory: Vec<Memory>,
 }
 
 impl Report {
@@ -155,6 +237,26 @@ impl Report {
             Some(&self.baseline_activation),
             "p99 <= 1.5x baseline",
         ));
+        for (i, r) in self.activation_runs.iter().enumerate() {
+            t.push_str(&row(
+                &format!("  run {}", i + 1),
+                r,
+                Some(&self.baseline_activation),
+                "",
+            ));
+        }
+        t.push_str(&row(
+            "baseline: approval calls",
+            &self.baseline_approval,
+            None,
+            "",
+        ));
+        t.push_str(&row(
+            "approval -> binding",
+            &self.approval_to_binding,
+            Some(&self.baseline_approval),
+            "",
+        ));
         t.push_str(&row(
             "baseline: delete binding",
             &self.baseline_revocation,
@@ -167,13 +269,41 @@ impl Report {
             None,
             "p99 <= 250 ms",
         ));
+        let r = &self.restart;
+        t.push_str(&format!(
+            "\nrestart: {} expired activations revoked {:.0} ms after readiness (ready {:.0} ms after start; baseline deletes them in {:.0} ms); target 5000 ms\n",
+            r.n, r.revoked_after_ready_ms, r.ready_after_start_ms, r.baseline_delete_ms
+        ));
+        let th = &self.throughput;
+        t.push_str(&format!(
+            "throughput: sustained {:.1}/s; target {:.1}/s (70% of {:.0} writes/s over {:.1} writes per activation)\n",
+            th.sustained_per_s, th.target_per_s, th.baseline_writes_per_s, th.writes_per_activation
+        ));
+        for s in &th.steps {
+            t.push_str(&format!(
+                "  offered {:>6.1}/s achieved {:>6.1}/s  p50 {:>7.1} p99 {:>7.1} max {:>7.1} ms  backlog {}\n",
+                s.offered_per_s,
+                s.achieved_per_s,
+                s.latency.p50_ms,
+                s.latency.p99_ms,
+                s.latency.max_ms,
+                if s.backlog_flat { "flat" } else { "growing" }
+            ));
+        }
+        for m in &self.memory {
+            t.push_str(&format!(
+                "memory: {} assignments, {} active activations, {} namespaces: RSS {:.1} MiB; restart ready in {:.0} ms, relist peak {:.1} MiB, after {:.1} MiB (target <= 64 MiB at 10k + 10k)\n",
+                m.assignments, m.active_activations, m.namespaces, m.rss_mib, m.restart_ready_ms, m.relist_peak_mib, m.rss_after_relist_mib
+            ));
+        }
         t.push_str(&format!(
             "\noperator: {:.1} ms CPU per activation; RSS {:.1} MiB (peak {:.1} MiB)\n",
             self.cpu_ms_per_activation, self.rss_mib, self.rss_peak_mib
         ));
         t.push_str(&format!(
-            "apiserver requests per activation (GET+LIST: {:.2}; target 0):\n",
-            self.get_list_per_activation
+            "operator requests per activation lifecycle (GET+LIST: {:.2}; target 0; user agents: {}):\n",
+            self.get_list_per_activation.abs(),
+            self.user_agents.join(", ")
         ));
         for (k, v) in &self.requests_per_activation {
             t.push_str(&format!("  {k:<48} {v:>6.2}\n"));
@@ -199,25 +329,23 @@ mod tests {
     }
 
     #[test]
-    fn request_counters_are_read_by_verb_and_resource() {
-        let text = r#"# HELP apiserver_request_total x
-apiserver_request_total{code="201",component="apiserver",dry_run="",group="kubepim.io",resource="activationrequests",scope="resource",subresource="",verb="POST",version="v1alpha1"} 7
-apiserver_request_total{code="200",component="apiserver",dry_run="",group="kubepim.io",resource="activationrequests",scope="resource",subresource="status",verb="PATCH",version="v1alpha1"} 3
-apiserver_request_total{code="409",component="apiserver",dry_run="",group="kubepim.io",resource="activationrequests",scope="resource",subresource="status",verb="PATCH",version="v1alpha1"} 1
-"#;
-        let c = request_counts(text);
-        assert_eq!(c[&("POST".into(), "activationrequests".into())], 7.0);
-        assert_eq!(
-            c[&("PATCH".into(), "activationrequests/status".into())],
-            4.0
-        );
-        let before = BTreeMap::new();
-        let own = BTreeMap::from([(("POST".to_string(), "activationrequests".to_string()), 7.0)]);
-        let per = per_activation(&before, &c, &own, 2);
-        assert_eq!(per.get("PATCH activationrequests/status"), Some(&2.0));
-        assert!(
-            !per.contains_key("POST activationrequests"),
-            "the benchmark's own calls"
-        );
+    fn the_operators_requests_are_counted_from_the_audit_log() {
+        let log = [
+            r#"{"verb":"patch","user":{"username":"kube-pim-operator"},"userAgent":"kube-pim/0.1","objectRef":{"resource":"activationrequests","subresource":"status"}}"#,
+            r#"{"verb":"patch","user":{"username":"kube-pim-operator"},"userAgent":"kube-pim/0.1","objectRef":{"resource":"activationrequests","subresource":"status"}}"#,
+            r#"{"verb":"create","user":{"username":"bench-user"},"objectRef":{"resource":"activationrequests"}}"#,
+            r#"{"verb":"get","user":{"username":"kube-pim-operator"},"userAgent":"kube-pim/0.1","objectRef":{"resource":"activationrequests"}}"#,
+            r#"{"verb":"get","user":{"username":"kube-pim-operator"},"requestURI":"/readyz"}"#,
+            "not json",
+        ]
+        .join("\n");
+        let (c, agents) = requests_by(&log, "kube-pim-operator");
+        assert_eq!(c.get("PATCH activationrequests/status"), Some(&2.0));
+        assert_eq!(c.get("GET activationrequests"), Some(&1.0));
+        assert_eq!(c.len(), 2, "others' requests and non-resource URLs: {c:?}");
+        assert_eq!(agents, ["kube-pim/0.1"]);
+        let per = per_activation(&c, 4);
+        assert_eq!(per.get("PATCH activationrequests/status"), Some(&0.5));
+        assert_eq!(per.get("GET activationrequests"), Some(&0.25));
     }
 }

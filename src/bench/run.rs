@@ -3,36 +3,60 @@
 //! operator (a separate process, the release build) where people's requests go through
 //! kube-pim. Every time is taken from watch events on one monotonic clock (expiry lag on the
 //! wall clock, against `status.expirationTime`).
+//!
+//! The operator phase runs, in order: activation latency (repeated runs), approval latency,
+//! whole lifecycles with paced expiries (revocation lag, requests and CPU per lifecycle),
+//! open-loop throughput at rising rates, the restart sweep (N activations expire while no
+//! operator runs), and memory at growing numbers of assignments and active activations (with
+//! a restart each, for the peak during the relist).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use k8s_openapi::api::{core::v1::Namespace, rbac::v1::RoleBinding};
+use futures::{StreamExt, future::join_all};
+use k8s_openapi::api::{
+    core::v1::{ConfigMap, Namespace},
+    rbac::v1::RoleBinding,
+};
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
-use super::{Report, per_activation, request_counts, summarize};
+use super::{
+    Memory, Report, Restart, Step, Summary, Throughput, per_activation, requests_by, summarize,
+};
 use crate::{
     Error, Result,
-    api::ActivationRequest,
+    api::{ActivationRequest, EligibleAssignment},
     testenv::{ControlPlane, Options as EnvOptions},
 };
 
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Activations per figure.
+    /// Activations per latency figure (and per run of the activation latency).
     pub samples: usize,
+    /// Runs of the activation-latency figure (each reported; the headline pools them).
+    pub runs: usize,
+    /// Namespaces the load is spread over.
+    pub namespaces: usize,
+    /// Activations that expire while no operator runs (the restart sweep).
+    pub restart: usize,
+    /// Offered rates for the throughput steps, activations per second (rising).
+    pub rates: Vec<f64>,
+    /// How long each throughput step offers its rate.
+    pub rate_secs: u64,
+    /// Memory checkpoints: this many EligibleAssignments and this many active activations.
+    pub scale: Vec<usize>,
     /// The operator binary (the release build for real figures).
     pub operator_bin: PathBuf,
     /// Scratch directory for the control planes.
@@ -40,95 +64,125 @@ pub struct Options {
 }
 
 const NS: &str = "bench";
+const EXPIRY_NS: &str = "bench-expiry";
 /// Untimed activations first, in both phases.
 const WARMUP: usize = 3;
 const MANAGED: &str = "app.kubernetes.io/managed-by=kube-pim";
+/// Concurrent clients for bulk set-up and for the baseline's write capacity.
+const WORKERS: usize = 16;
+const USER: &str = "bench-user";
+const APPROVER: &str = "bench-approver";
 
-/// A binding seen by the watch.
-#[derive(Debug)]
-struct Seen {
-    /// The request it belongs to (label), or the binding's name in the baseline.
-    key: String,
-    added: bool,
-    at: Instant,
-    wall: SystemTime,
+fn err(msg: impl Into<String>) -> Error {
+    Error::TestEnv(msg.into())
 }
 
-/// Watches managed RoleBindings in the benchmark namespace; every add and delete goes to the
-/// channel with when it was seen.
-fn watch_bindings(client: Client) -> (mpsc::UnboundedReceiver<Seen>, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let api: Api<RoleBinding> = Api::namespaced(client, NS);
-    let task = tokio::spawn(async move {
-        let mut known = std::collections::HashSet::new();
-        let mut events = watcher(api, watcher::Config::default().labels(MANAGED))
-            .default_backoff()
-            .boxed();
-        while let Some(ev) = events.next().await {
-            let (at, wall) = (Instant::now(), SystemTime::now());
-            let key = |rb: &RoleBinding| {
-                rb.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("kubepim.io/activation-request").cloned())
-                    .unwrap_or_else(|| rb.metadata.name.clone().unwrap_or_default())
-            };
-            match ev {
-                Ok(watcher::Event::Apply(rb) | watcher::Event::InitApply(rb)) => {
-                    let k = key(&rb);
-                    if known.insert(k.clone()) {
-                        let _ = tx.send(Seen {
-                            key: k,
-                            added: true,
-                            at,
-                            wall,
-                        });
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Managed RoleBindings as the benchmark's watch saw them, by `namespace/request` (the
+/// binding's name in the baseline): when each was first seen, and when it went.
+#[derive(Default)]
+struct Seen {
+    added: HashMap<String, Instant>,
+    gone: HashMap<String, (Instant, SystemTime)>,
+}
+
+#[derive(Clone)]
+struct Bindings {
+    seen: Arc<Mutex<Seen>>,
+    changed: Arc<Notify>,
+}
+
+impl Bindings {
+    /// Watches managed RoleBindings in every namespace.
+    fn watch(client: Client) -> (Self, tokio::task::JoinHandle<()>) {
+        let b = Self {
+            seen: Default::default(),
+            changed: Default::default(),
+        };
+        let api: Api<RoleBinding> = Api::all(client);
+        let me = b.clone();
+        let task = tokio::spawn(async move {
+            let mut events = watcher(api, watcher::Config::default().labels(MANAGED))
+                .default_backoff()
+                .boxed();
+            while let Some(ev) = events.next().await {
+                let (at, wall) = (Instant::now(), SystemTime::now());
+                let key = |rb: &RoleBinding| {
+                    let name = rb
+                        .labels()
+                        .get("kubepim.io/activation-request")
+                        .cloned()
+                        .unwrap_or_else(|| rb.name_any());
+                    format!("{}/{name}", rb.namespace().unwrap_or_default())
+                };
+                {
+                    let mut s = me.seen.lock().expect("not poisoned");
+                    match ev {
+                        Ok(watcher::Event::Apply(rb) | watcher::Event::InitApply(rb)) => {
+                            s.added.entry(key(&rb)).or_insert(at);
+                        }
+                        Ok(watcher::Event::Delete(rb)) => {
+                            s.gone.entry(key(&rb)).or_insert((at, wall));
+                        }
+                        _ => continue,
                     }
                 }
-                Ok(watcher::Event::Delete(rb)) => {
-                    let k = key(&rb);
-                    known.remove(&k);
-                    let _ = tx.send(Seen {
-                        key: k,
-                        added: false,
-                        at,
-                        wall,
-                    });
-                }
-                _ => {}
+                me.changed.notify_waiters();
             }
-        }
-    });
-    (rx, task)
-}
+        });
+        (b, task)
+    }
 
-/// Waits for the watch to report `key` added (or deleted). Deletions of other keys seen on
-/// the way are kept in `gone` (bindings expire while later activations are being timed).
-async fn seen(
-    rx: &mut mpsc::UnboundedReceiver<Seen>,
-    key: &str,
-    added: bool,
-    gone: &mut BTreeMap<String, SystemTime>,
-) -> Result<Seen> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = tokio::time::timeout_at(deadline, rx.recv())
+    /// Waits (up to `limit`) until `f` over what was seen gives an answer.
+    async fn until<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        f: impl Fn(&Seen) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(t) = f(&self.seen.lock().expect("not poisoned")) {
+                return Ok(t);
+            }
+            tokio::time::timeout_at(deadline, changed)
+                .await
+                .map_err(|_| err(format!("{what}: not seen within {limit:?}")))?;
+        }
+    }
+
+    async fn added(&self, key: &str) -> Result<Instant> {
+        self.until(Duration::from_secs(120), key, |s| s.added.get(key).copied())
             .await
-            .map_err(|_| Error::TestEnv(format!("no watch event for {key} within 60s")))?
-            .ok_or_else(|| Error::TestEnv("the binding watch ended".into()))?;
-        if s.key == key && s.added == added {
-            return Ok(s);
-        }
-        if !s.added {
-            gone.insert(s.key, s.wall);
-        }
+    }
+
+    async fn gone(&self, key: &str) -> Result<Instant> {
+        self.until(Duration::from_secs(120), key, |s| {
+            s.gone.get(key).map(|g| g.0)
+        })
+        .await
+    }
+
+    fn live(&self) -> usize {
+        let s = self.seen.lock().expect("not poisoned");
+        s.added.keys().filter(|k| !s.gone.contains_key(*k)).count()
     }
 }
 
-async fn namespace(admin: &Client) -> Result<()> {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).expect("valid");
+async fn namespace(admin: &Client, name: &str) -> Result<()> {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).expect("valid");
     Api::<Namespace>::all(admin.clone())
-        .create(&PostParams::default(), &ns)
+        .patch(
+            name,
+            &PatchParams::apply("kube-pim-bench"),
+            &Patch::Apply(&ns),
+        )
         .await?;
     Ok(())
 }
@@ -137,25 +191,50 @@ fn binding(name: &str) -> RoleBinding {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "kube-pim"}},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bench-user"}]
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": USER}]
     }))
     .expect("valid")
 }
 
-fn request(duration: &str, requester: &str) -> ActivationRequest {
+fn request(ns: &str, role_setting: &str, duration: &str) -> ActivationRequest {
     serde_json::from_value(json!({
         "apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",
-        "metadata": {"generateName": "b-", "namespace": NS},
-        "spec": {"roleSetting": "bench", "duration": duration, "justification": "benchmark",
-                 "requester": {"username": requester}}
+        "metadata": {"generateName": "b-", "namespace": ns},
+        "spec": {"roleSetting": role_setting, "duration": duration, "justification": "benchmark",
+                 // Stamped by kube-pim's admission webhook (the baseline sets it itself).
+                 "requester": {"username": ""}}
     }))
     .expect("valid")
+}
+
+/// Runs `f` over `items` with `WORKERS` at a time.
+async fn bulk<T, F, Fut>(items: Vec<T>, f: F) -> Result<()>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let results: Vec<Result<()>> = futures::stream::iter(items.into_iter().map(f))
+        .buffer_unordered(WORKERS)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// What the baseline measured.
+struct Baseline {
+    activation: Vec<f64>,
+    approval: Vec<f64>,
+    revocation: Vec<f64>,
+    writes_per_s: f64,
+    delete_n_ms: f64,
 }
 
 /// The baseline: the calls of one activation (create the request, create the binding, patch
-/// the request's status) and of one revocation (delete the binding), made back to back by
-/// this process against a control plane with no kube-pim process.
-async fn baseline(o: &Options) -> Result<(Vec<f64>, Vec<f64>)> {
+/// the request's status), of one approval (record the decision, create the binding, patch the
+/// status) and of one revocation (delete the binding), made back to back by this process
+/// against a control plane with no kube-pim process; then its write capacity (creates from
+/// `WORKERS` concurrent clients) and the time to delete N bindings with as many.
+async fn baseline(o: &Options) -> Result<Baseline> {
     let cp = ControlPlane::start(EnvOptions {
         dir: o.dir.join("baseline"),
         users: vec![],
@@ -163,42 +242,116 @@ async fn baseline(o: &Options) -> Result<(Vec<f64>, Vec<f64>)> {
         operator_args: vec![],
         bin_dir: None,
         bare: false,
+        apiserver_audit: true,
     })
     .await?;
     let admin = cp.env().admin().await?;
-    namespace(&admin).await?;
-    let (mut rx, watch) = watch_bindings(admin.clone());
+    namespace(&admin, NS).await?;
+    let (seen, watch) = Bindings::watch(admin.clone());
     let ars: Api<ActivationRequest> = Api::namespaced(admin.clone(), NS);
     let rbs: Api<RoleBinding> = Api::namespaced(admin.clone(), NS);
-    let (mut act, mut rev) = (Vec::new(), Vec::new());
+    let pp = PatchParams::default();
+    let (mut activation, mut revocation, mut approval) = (Vec::new(), Vec::new(), Vec::new());
     // The first calls of a fresh apiserver (cold caches, connection set-up) are not counted.
     for i in 0..o.samples + WARMUP {
         let t0 = Instant::now();
-        let ar = ars
-            .create(&PostParams::default(), &request("1h", "bench-user"))
-            .await?;
-        let name = ar.metadata.name.clone().unwrap_or_default();
+        let mut req = request(NS, "bench", "1h");
+        req.spec.requester.username = USER.into();
+        let name = ars.create(&PostParams::default(), &req).await?.name_any();
         rbs.create(&PostParams::default(), &binding(&name)).await?;
-        ars.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Active", "approvals": []}})),
-        )
-        .await?;
-        let mut ignored = BTreeMap::new();
-        let s = seen(&mut rx, &name, true, &mut ignored).await?;
-        let a = s.at.duration_since(t0).as_secs_f64() * 1000.0;
+        let active = json!({"status": {"phase": "Active", "approvals": []}});
+        ars.patch_status(&name, &pp, &Patch::Merge(active)).await?;
+        let key = format!("{NS}/{name}");
+        let a = ms(seen.added(&key).await? - t0);
         let t1 = Instant::now();
         rbs.delete(&name, &DeleteParams::default()).await?;
-        let s = seen(&mut rx, &name, false, &mut ignored).await?;
+        let r = ms(seen.gone(&key).await? - t1);
         if i >= WARMUP {
-            act.push(a);
-            rev.push(s.at.duration_since(t1).as_secs_f64() * 1000.0);
+            activation.push(a);
+            revocation.push(r);
         }
     }
+    for _ in 0..o.samples {
+        let mut req = request(NS, "bench-approved", "1h");
+        req.spec.requester.username = USER.into();
+        let name = ars.create(&PostParams::default(), &req).await?.name_any();
+        let pending = json!({"status": {"phase": "Pending", "approvals": []}});
+        ars.patch_status(&name, &pp, &Patch::Merge(pending)).await?;
+        let t0 = Instant::now();
+        let decided = json!({"status": {"approvals": [{"decision": "Approved",
+            "approver": {"username": APPROVER}, "time": Utc::now()}]}});
+        ars.patch_status(&name, &pp, &Patch::Merge(decided)).await?;
+        rbs.create(&PostParams::default(), &binding(&name)).await?;
+        let active = json!({"status": {"phase": "Active"}});
+        ars.patch_status(&name, &pp, &Patch::Merge(active)).await?;
+        approval.push(ms(seen.added(&format!("{NS}/{name}")).await? - t0));
+    }
+    // Write capacity: WORKERS clients creating small objects back to back.
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
+    let window = Duration::from_secs(o.rate_secs.clamp(2, 10));
+    let t0 = Instant::now();
+    let counts = join_all((0..WORKERS).map(|w| {
+        let cms = cms.clone();
+        async move {
+            let mut n = 0u64;
+            while t0.elapsed() < window {
+                let cm: ConfigMap = serde_json::from_value(
+                    json!({"metadata": {"name": format!("w{w}-{n}")}, "data": {"k": "v"}}),
+                )
+                .expect("valid");
+                cms.create(&PostParams::default(), &cm).await?;
+                n += 1;
+            }
+            Ok::<_, Error>(n)
+        }
+    }))
+    .await;
+    let mut writes = 0u64;
+    for c in counts {
+        writes += c?;
+    }
+    let writes_per_s = writes as f64 / t0.elapsed().as_secs_f64();
+    // N bindings deleted by WORKERS clients: the least a restart sweep must do.
+    let names: Vec<String> = (0..o.restart).map(|i| format!("sweep-{i}")).collect();
+    bulk(names.clone(), |n| {
+        let rbs = rbs.clone();
+        async move {
+            rbs.create(&PostParams::default(), &binding(&n)).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    for n in &names {
+        seen.added(&format!("{NS}/{n}")).await?;
+    }
+    let t0 = Instant::now();
+    bulk(names.clone(), |n| {
+        let rbs = rbs.clone();
+        async move {
+            rbs.delete(&n, &DeleteParams::default()).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let keys: Vec<String> = names.iter().map(|n| format!("{NS}/{n}")).collect();
+    let last = seen
+        .until(Duration::from_secs(120), "baseline deletions", |s| {
+            keys.iter()
+                .map(|k| s.gone.get(k).map(|g| g.0))
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.into_iter().max())
+        })
+        .await?;
+    let delete_n_ms = last.map_or(0.0, |l| ms(l - t0));
     watch.abort();
     cp.shutdown().await;
-    Ok((act, rev))
+    Ok(Baseline {
+        activation,
+        approval,
+        revocation,
+        writes_per_s,
+        delete_n_ms,
+    })
 }
 
 /// The operator's CPU seconds (user + system) from /proc.
@@ -233,116 +386,257 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
 
-fn operator_pid(dir: &std::path::Path) -> Result<u32> {
-    std::fs::read_to_string(dir.join("pids"))
-        .map_err(Error::io("read", dir.join("pids")))?
-        .lines()
-        .find(|l| l.ends_with(" kube-pim"))
-        .and_then(|l| l.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| Error::TestEnv("no operator in DIR/pids".into()))
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
-async fn apiserver_counts(admin: &Client) -> Result<BTreeMap<(String, String), f64>> {
-    let req = http::Request::get("/metrics")
-        .body(Vec::new())
-        .map_err(|e| Error::TestEnv(e.to_string()))?;
-    Ok(request_counts(&admin.request_text(req).await?))
+/// The apiserver's audit log of a control plane, from byte `from` on.
+fn audit_log(dir: &std::path::Path, from: u64) -> Result<(String, u64)> {
+    use std::io::{Read, Seek};
+    let path = dir.join("apiserver-audit.log");
+    let mut f = std::fs::File::open(&path).map_err(Error::io("open", &path))?;
+    f.seek(std::io::SeekFrom::Start(from))
+        .map_err(Error::io("read", &path))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)
+        .map_err(Error::io("read", &path))?;
+    let end = from + text.len() as u64;
+    Ok((text, end))
 }
 
-/// Runs both phases and returns the report.
-pub async fn run(o: &Options) -> Result<Report> {
-    let started = Utc::now();
-    let (base_act, base_rev) = baseline(o).await?;
+/// The operator's control plane, its clients and the binding watch.
+struct World {
+    cp: ControlPlane,
+    admin: Client,
+    user: Client,
+    approver: Client,
+    seen: Bindings,
+    namespaces: Vec<String>,
+}
 
+impl World {
+    fn pid(&self) -> Result<u32> {
+        self.cp
+            .operator_pid()
+            .ok_or_else(|| err("the operator is not running"))
+    }
+
+    /// Creates a request as the benchmark's requester; returns its `namespace/name` key.
+    async fn request(&self, ns: &str, role_setting: &str, duration: &str) -> Result<String> {
+        let ar = Api::<ActivationRequest>::namespaced(self.user.clone(), ns)
+            .create(&PostParams::default(), &request(ns, role_setting, duration))
+            .await?;
+        Ok(format!("{ns}/{}", ar.name_any()))
+    }
+
+    /// Keeps `WORKERS` requesters busy (each waits for its binding before the next request)
+    /// until `n` more activations are Active; round-robin over the namespaces.
+    async fn activate_many(
+        &self,
+        n: usize,
+        ns: Option<&str>,
+        duration: &str,
+    ) -> Result<Vec<String>> {
+        let keys = Arc::new(Mutex::new(Vec::new()));
+        let items: Vec<usize> = (0..n).collect();
+        bulk(items, |i| {
+            let keys = keys.clone();
+            let ns = ns.map_or_else(
+                || self.namespaces[i % self.namespaces.len()].clone(),
+                String::from,
+            );
+            async move {
+                let key = self.request(&ns, "bench", duration).await?;
+                self.seen.added(&key).await?;
+                keys.lock().expect("not poisoned").push(key);
+                Ok(())
+            }
+        })
+        .await?;
+        let keys = keys.lock().expect("not poisoned").clone();
+        Ok(keys)
+    }
+}
+
+async fn setup(o: &Options) -> Result<World> {
     let cp = ControlPlane::start(EnvOptions {
         dir: o.dir.join("operator"),
         users: vec![],
         operator_bin: Some(o.operator_bin.clone()),
-        operator_args: vec![format!("--max-open-requests={}", o.samples + 10)],
+        // One requester holds every activation of the benchmark.
+        operator_args: vec!["--max-open-requests=1000000".into()],
         bin_dir: None,
         bare: false,
+        apiserver_audit: true,
     })
     .await?;
     let admin = cp.env().admin().await?;
-    namespace(&admin).await?;
     let ssa = PatchParams::apply("kube-pim-bench").force();
-    Api::<crate::api::RoleSetting>::all(admin.clone())
-        .patch("bench", &ssa, &Patch::Apply(json!({
-            "apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": "bench"},
-            "spec": {"roleRefs": [{"name": "view"}], "activation": {"maxDuration": "1h"}}})))
+    let rs = Api::<crate::api::RoleSetting>::all(admin.clone());
+    rs.patch(
+        "bench",
+        &ssa,
+        &Patch::Apply(json!({
+        "apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": "bench"},
+        "spec": {"roleRefs": [{"name": "view"}], "activation": {"maxDuration": "1h"}}})),
+    )
+    .await?;
+    rs.patch("bench-approved", &ssa, &Patch::Apply(json!({
+        "apiVersion": "kubepim.io/v1alpha1", "kind": "RoleSetting", "metadata": {"name": "bench-approved"},
+        "spec": {"roleRefs": [{"name": "view"}], "activation": {"maxDuration": "1h"},
+                 "approval": {"required": true, "minApprovals": 1,
+                              "approvers": [{"kind": "Group", "name": "bench-approvers"}]}}})))
         .await?;
-    Api::<crate::api::EligibleAssignment>::namespaced(admin.clone(), NS)
-        .patch("bench", &ssa, &Patch::Apply(json!({
-            "apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment", "metadata": {"name": "bench"},
-            "spec": {"roleSetting": "bench", "subject": {"kind": "Group", "name": "bench"}}})))
-        .await?;
-    // The requester persona for the benchmark's users, as a platform admin would bind it.
-    let rb: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "bench-requesters"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kube-pim-requester"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "bench"}]
-    }))
-    .expect("valid");
-    Api::<RoleBinding>::namespaced(admin.clone(), NS)
-        .create(&PostParams::default(), &rb)
-        .await?;
-    let user = cp.env().client("bench-user", &["bench"]).await?;
-    let ars_user: Api<ActivationRequest> = Api::namespaced(user, NS);
-    let ars: Api<ActivationRequest> = Api::namespaced(admin.clone(), NS);
-    // Let the assignment become Eligible before timing anything.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    // Untimed warm-up activations (their lifecycles end before the measured ones start).
-    for _ in 0..WARMUP {
-        ars_user
-            .create(&PostParams::default(), &request("1s", "bench-user"))
-            .await?;
-    }
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let pid = operator_pid(cp.env().dir())?;
-    let (mut rx, watch) = watch_bindings(admin.clone());
-    let before = apiserver_counts(&admin).await?;
-    let cpu0 = cpu_seconds(pid);
-    let mut own: BTreeMap<(String, String), f64> = BTreeMap::new();
-    let mut bump = |verb: &str, res: &str, n: f64| {
-        *own.entry((verb.to_string(), res.to_string()))
-            .or_insert(0.0) += n;
-    };
-    bump("LIST", "rolebindings", 1.0);
-    bump("WATCH", "rolebindings", 1.0);
-
-    let mut act = Vec::new();
-    let mut names = Vec::new();
-    let mut gone: BTreeMap<String, SystemTime> = BTreeMap::new();
-    for _ in 0..o.samples {
-        let t0 = Instant::now();
-        let ar = ars_user
-            .create(&PostParams::default(), &request("2s", "bench-user"))
-            .await?;
-        bump("POST", "activationrequests", 1.0);
-        let name = ar.metadata.name.clone().unwrap_or_default();
-        let s = seen(&mut rx, &name, true, &mut gone).await?;
-        act.push(s.at.duration_since(t0).as_secs_f64() * 1000.0);
-        names.push(name);
-    }
-    // Every binding goes at its expiry; the lag is measured against expirationTime.
-    while names.iter().any(|n| !gone.contains_key(n)) {
-        let s = tokio::time::timeout(Duration::from_secs(120), rx.recv())
-            .await
-            .map_err(|_| Error::TestEnv("bindings were not revoked within 120s".into()))?
-            .ok_or_else(|| Error::TestEnv("the binding watch ended".into()))?;
-        if !s.added {
-            gone.insert(s.key, s.wall);
+    let mut namespaces: Vec<String> = (0..o.namespaces.max(1))
+        .map(|i| format!("bench-{i}"))
+        .collect();
+    let mut all = namespaces.clone();
+    all.extend([NS.to_string(), EXPIRY_NS.to_string()]);
+    bulk(all.clone(), |ns| {
+        let admin = admin.clone();
+        let ssa = ssa.clone();
+        async move {
+            namespace(&admin, &ns).await?;
+            let ea = Api::<EligibleAssignment>::namespaced(admin.clone(), &ns);
+            ea.patch("bench", &ssa, &Patch::Apply(json!({
+                "apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment", "metadata": {"name": "bench"},
+                "spec": {"roleSetting": "bench", "subject": {"kind": "Group", "name": "bench"}}})))
+                .await?;
+            // The personas, as a platform admin would bind them.
+            let rbs = Api::<RoleBinding>::namespaced(admin.clone(), &ns);
+            for (name, role, group) in [
+                ("bench-requesters", "kube-pim-requester", "bench"),
+                ("bench-approvers", "kube-pim-approver", "bench-approvers"),
+            ] {
+                rbs.patch(name, &ssa, &Patch::Apply(json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                    "metadata": {"name": name},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]})))
+                    .await?;
+            }
+            Ok(())
         }
+    })
+    .await?;
+    Api::<EligibleAssignment>::namespaced(admin.clone(), NS)
+        .patch("bench-approved", &ssa, &Patch::Apply(json!({
+            "apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment", "metadata": {"name": "bench-approved"},
+            "spec": {"roleSetting": "bench-approved", "subject": {"kind": "Group", "name": "bench"}}})))
+        .await?;
+    // Every assignment Eligible before anything is timed.
+    let eas = Api::<EligibleAssignment>::all(admin.clone());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let l = eas.list(&ListParams::default()).await?;
+        if l.items
+            .iter()
+            .all(|ea| ea.status.as_ref().and_then(|s| s.phase).is_some())
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(err("assignments not Eligible within 120s"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Wait until every lifecycle is over (ended, audited, finalizer released), so the request
-    // counts cover whole lifecycles.
+    let user = cp.env().client(USER, &["bench"]).await?;
+    let approver = cp.env().client(APPROVER, &["bench-approvers"]).await?;
+    let (seen, _watch) = Bindings::watch(admin.clone());
+    namespaces.sort();
+    Ok(World {
+        cp,
+        admin,
+        user,
+        approver,
+        seen,
+        namespaces,
+    })
+}
+
+/// Sequential activations (no approval): create → binding seen.
+async fn activation_latency(w: &World, n: usize) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let key = w.request(NS, "bench", "1h").await?;
+        out.push(ms(w.seen.added(&key).await? - t0));
+    }
+    Ok(out)
+}
+
+/// Sequential approvals: a request waits for approval (untimed); the approver's decision →
+/// binding seen.
+async fn approval_latency(w: &World, n: usize) -> Result<Vec<f64>> {
+    let api = Api::<ActivationRequest>::namespaced(w.approver.clone(), NS);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let key = w.request(NS, "bench-approved", "1h").await?;
+        let name = key
+            .rsplit_once('/')
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_default();
+        // The operator initialises `approvals` first; only then may a decision be appended.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ar = api.get(&name).await?;
+            if ar.status.as_ref().is_some_and(|s| s.approvals.is_some()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(err(format!("{key} was not picked up within 60s")));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let t0 = Instant::now();
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "add", "path": "/status/approvals/-", "value": {"decision": "Approved"}},
+        ]))
+        .expect("valid");
+        api.patch_status(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await?;
+        out.push(ms(w.seen.added(&key).await? - t0));
+    }
+    Ok(out)
+}
+
+/// What whole lifecycles cost.
+struct Lifecycles {
+    lag: Vec<f64>,
+    requests: BTreeMap<String, f64>,
+    user_agents: Vec<String>,
+    cpu_ms: f64,
+}
+
+/// `n` activations of 3 s, one every 250 ms (so a few expire at each second: expiry times are
+/// whole seconds), from creation until each is ended, audited and released. Revocation lag is
+/// the binding's deletion (watch) against `status.expirationTime`.
+async fn lifecycles(w: &World, n: usize) -> Result<Lifecycles> {
+    let pid = w.pid()?;
+    let (_, from) = audit_log(w.cp.env().dir(), 0)?;
+    let cpu0 = cpu_seconds(pid);
+    let start = tokio::time::Instant::now();
+    let mut keys = Vec::new();
+    for i in 0..n {
+        tokio::time::sleep_until(start + Duration::from_millis(250 * i as u64)).await;
+        keys.push(w.request(NS, "bench", "3s").await?);
+    }
+    w.seen
+        .until(Duration::from_secs(120), "expiries", |s| {
+            keys.iter().all(|k| s.gone.contains_key(k)).then_some(())
+        })
+        .await?;
+    // Whole lifecycles: ended, audited, finalizer released.
+    let ars = Api::<ActivationRequest>::namespaced(w.admin.clone(), NS);
     let deadline = Instant::now() + Duration::from_secs(120);
     let list = loop {
         let l = ars.list(&ListParams::default()).await?;
-        bump("LIST", "activationrequests", 1.0);
-        let done = l.items.iter().all(|a| {
+        let ours: Vec<ActivationRequest> = l
+            .items
+            .into_iter()
+            .filter(|a| keys.contains(&format!("{NS}/{}", a.name_any())))
+            .collect();
+        let done = ours.iter().all(|a| {
             a.metadata.finalizers.as_ref().is_none_or(|f| f.is_empty())
                 && a.status.as_ref().is_some_and(|s| {
                     usize::try_from(s.audited_through).unwrap_or(0) >= s.history.len()
@@ -350,55 +644,268 @@ pub async fn run(o: &Options) -> Result<Report> {
                 })
         });
         if done || Instant::now() > deadline {
-            break l;
+            break ours;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let cpu1 = cpu_seconds(pid);
-    let after = apiserver_counts(&admin).await?;
-    let (rss, peak) = rss_mib(pid);
-    watch.abort();
+    let (log, _) = audit_log(w.cp.env().dir(), from)?;
+    let (counts, user_agents) = requests_by(&log, crate::testenv::OPERATOR_USER);
+    let seen = w.seen.seen.lock().expect("not poisoned");
     let mut lag = Vec::new();
-    for a in &list.items {
-        let name = a.metadata.name.clone().unwrap_or_default();
-        let (Some(at), Some(exp)) = (
-            gone.get(&name),
+    for a in &list {
+        let key = format!("{NS}/{}", a.name_any());
+        let (Some((_, wall)), Some(exp)) = (
+            seen.gone.get(&key),
             a.status.as_ref().and_then(|s| s.expiration_time),
         ) else {
             continue;
         };
-        let seen: DateTime<Utc> = (*at).into();
-        lag.push((seen - exp).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        let gone: DateTime<Utc> = (*wall).into();
+        lag.push((gone - exp).num_microseconds().unwrap_or(0) as f64 / 1000.0);
     }
-    cp.shutdown().await;
+    Ok(Lifecycles {
+        lag,
+        requests: per_activation(&counts, n),
+        user_agents,
+        cpu_ms: round1((cpu1 - cpu0) * 1000.0 / n.max(1) as f64),
+    })
+}
 
-    let per = per_activation(&before, &after, &own, o.samples);
-    let get_list: f64 = per
+/// Open-loop load: `rate` activations per second for `secs`, spread over the namespaces, each
+/// timed from its create call to its binding.
+async fn throughput_step(w: &World, rate: f64, secs: u64) -> Result<Step> {
+    let n = ((rate * secs as f64).round() as usize).max(1);
+    let start = tokio::time::Instant::now();
+    let sends = (0..n).map(|i| {
+        let at = start + Duration::from_secs_f64(i as f64 / rate);
+        let ns = w.namespaces[i % w.namespaces.len()].clone();
+        async move {
+            tokio::time::sleep_until(at).await;
+            let t0 = Instant::now();
+            let key = w.request(&ns, "bench", "1h").await?;
+            let seen = w.seen.added(&key).await?;
+            Ok::<_, Error>((t0, seen))
+        }
+    });
+    let results = join_all(sends).await;
+    let mut lat = Vec::new();
+    let mut last = Instant::now();
+    let first = Instant::now();
+    let mut first_sent = None;
+    for r in results {
+        let (t0, seen) = r?;
+        first_sent = Some(first_sent.map_or(t0, |f: Instant| f.min(t0)));
+        last = if lat.is_empty() { seen } else { last.max(seen) };
+        lat.push(ms(seen - t0));
+    }
+    let first_sent = first_sent.unwrap_or(first);
+    let s = summarize(&lat);
+    let quarter = (lat.len() / 4).max(1);
+    let early = summarize(&lat[..quarter]).p50_ms;
+    let late = summarize(&lat[lat.len() - quarter..]).p50_ms;
+    Ok(Step {
+        offered_per_s: rate,
+        achieved_per_s: round1(n as f64 / (last - first_sent).as_secs_f64().max(0.001)),
+        latency: s.clone(),
+        first_quarter_p50_ms: early,
+        last_quarter_p50_ms: late,
+        // A backlog shows as latency that grows through the step.
+        backlog_flat: late <= early * 1.5 + 50.0,
+    })
+}
+
+/// N activations expire while no operator runs; then it starts. Timed from its readiness to
+/// the last binding's deletion.
+async fn restart_sweep(w: &mut World, n: usize, rate: f64) -> Result<Restart> {
+    // Long enough to create them all at the sustained rate, with room to spare.
+    let secs = ((n as f64 / rate.max(1.0)) * 2.0).ceil() as u64 + 10;
+    let keys = w
+        .activate_many(n, Some(EXPIRY_NS), &format!("{secs}s"))
+        .await?;
+    w.cp.stop_operator().await?;
+    let ars = Api::<ActivationRequest>::namespaced(w.admin.clone(), EXPIRY_NS);
+    let last_expiry = ars
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|a| a.status.as_ref().and_then(|s| s.expiration_time))
+        .max()
+        .unwrap_or_else(Utc::now);
+    let wait = (last_expiry - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(1);
+    tokio::time::sleep(wait).await;
+    let t_start = Instant::now();
+    w.cp.restart_operator().await?;
+    let ready = Instant::now();
+    let last = w
+        .seen
+        .until(Duration::from_secs(300), "the restart sweep", |s| {
+            keys.iter()
+                .map(|k| s.gone.get(k).map(|g| g.0))
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.into_iter().max())
+        })
+        .await?;
+    Ok(Restart {
+        n,
+        ready_after_start_ms: round1(ms(ready - t_start)),
+        revoked_after_ready_ms: round1(
+            last.map_or(0.0, |l| ms(l.saturating_duration_since(ready))),
+        ),
+        baseline_delete_ms: 0.0,
+    })
+}
+
+/// Grows to `target` EligibleAssignments and `target` active activations, then measures the
+/// operator's resident memory, and its peak across a restart (the relist).
+async fn memory(w: &mut World, target: usize) -> Result<Memory> {
+    let eas = Api::<EligibleAssignment>::all(w.admin.clone());
+    let have = eas.list(&ListParams::default().limit(1)).await?;
+    let count = |l: &kube::core::ObjectList<EligibleAssignment>| {
+        l.metadata.remaining_item_count.unwrap_or(0) as usize + l.items.len()
+    };
+    let more = target.saturating_sub(count(&have));
+    let ssa = PatchParams::apply("kube-pim-bench").force();
+    let base = count(&have);
+    bulk((0..more).collect(), |i| {
+        let admin = w.admin.clone();
+        let ssa = ssa.clone();
+        let ns = w.namespaces[i % w.namespaces.len()].clone();
+        async move {
+            let name = format!("filler-{}", base + i);
+            Api::<EligibleAssignment>::namespaced(admin, &ns)
+                .patch(&name, &ssa, &Patch::Apply(json!({
+                    "apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment", "metadata": {"name": name},
+                    "spec": {"roleSetting": "bench", "subject": {"kind": "User", "name": name}}})))
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let live = w.seen.live();
+    w.activate_many(target.saturating_sub(live), None, "1h")
+        .await?;
+    // Settled: every status written, nothing queued.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (rss, _) = rss_mib(w.pid()?);
+    w.cp.stop_operator().await?;
+    let t0 = Instant::now();
+    w.cp.restart_operator().await?;
+    let ready = ms(t0.elapsed());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (after, peak) = rss_mib(w.pid()?);
+    Ok(Memory {
+        assignments: target.max(count(&eas.list(&ListParams::default().limit(1)).await?)),
+        active_activations: w.seen.live(),
+        namespaces: w.namespaces.len(),
+        rss_mib: round1(rss),
+        restart_ready_ms: round1(ready),
+        relist_peak_mib: round1(peak),
+        rss_after_relist_mib: round1(after),
+    })
+}
+
+/// Runs both phases and returns the report.
+pub async fn run(o: &Options) -> Result<Report> {
+    let started = Utc::now();
+    let base = baseline(o).await?;
+    let mut w = setup(o).await?;
+
+    // Untimed warm-up activations.
+    activation_latency(&w, WARMUP).await?;
+    let mut runs = Vec::new();
+    let mut pooled = Vec::new();
+    for _ in 0..o.runs.max(1) {
+        let r = activation_latency(&w, o.samples).await?;
+        runs.push(summarize(&r));
+        pooled.extend(r);
+    }
+    let approval = approval_latency(&w, o.samples).await?;
+    let life = lifecycles(&w, o.samples).await?;
+    let (rss, peak) = rss_mib(w.pid()?);
+
+    let writes_per_activation: f64 = 1.0 // the requester's create
+        + life
+            .requests
+            .iter()
+            .filter(|(k, _)| !["GET ", "LIST ", "WATCH "].iter().any(|v| k.starts_with(v)))
+            // SubjectAccessReviews are questions, not writes to etcd.
+            .filter(|(k, _)| !k.contains("subjectaccessreviews"))
+            .map(|(_, v)| v)
+            .sum::<f64>();
+    let target_per_s = round1(0.7 * base.writes_per_s / writes_per_activation.max(1.0));
+    let mut steps = Vec::new();
+    for &rate in &o.rates {
+        let s = throughput_step(&w, rate, o.rate_secs).await?;
+        let ok = s.latency.p99_ms < 1000.0 && s.backlog_flat;
+        steps.push(s);
+        if !ok {
+            break;
+        }
+    }
+    let sustained = steps
+        .iter()
+        .filter(|s| s.latency.p99_ms < 1000.0 && s.backlog_flat)
+        .map(|s| s.achieved_per_s.min(s.offered_per_s))
+        .fold(0.0, f64::max);
+
+    let mut restart = restart_sweep(&mut w, o.restart, sustained.max(5.0)).await?;
+    restart.baseline_delete_ms = round1(base.delete_n_ms);
+
+    let mut scale = o.scale.clone();
+    scale.sort_unstable();
+    let mut mem = Vec::new();
+    for target in scale {
+        mem.push(memory(&mut w, target).await?);
+    }
+    w.cp.shutdown().await;
+
+    let get_list: f64 = life
+        .requests
         .iter()
         .filter(|(k, _)| k.starts_with("GET ") || k.starts_with("LIST "))
         .map(|(_, v)| v)
         .sum();
-    let baseline_activation = summarize(&base_act);
-    let activation_to_binding = summarize(&act);
+    let ratio = |a: &Summary, b: &Summary| {
+        if b.p99_ms > 0.0 {
+            ((a.p99_ms / b.p99_ms) * 100.0).round() / 100.0
+        } else {
+            0.0
+        }
+    };
+    let baseline_activation = summarize(&base.activation);
+    let activation_to_binding = summarize(&pooled);
+    let baseline_approval = summarize(&base.approval);
+    let approval_to_binding = summarize(&approval);
     Ok(Report {
         machine: machine(),
         started: started.to_rfc3339(),
         samples: o.samples,
-        activation_ratio_p99: if baseline_activation.p99_ms > 0.0 {
-            ((activation_to_binding.p99_ms / baseline_activation.p99_ms) * 100.0).round() / 100.0
-        } else {
-            0.0
-        },
+        activation_ratio_p99: ratio(&activation_to_binding, &baseline_activation),
+        approval_ratio_p99: ratio(&approval_to_binding, &baseline_approval),
         baseline_activation,
         activation_to_binding,
-        baseline_revocation: summarize(&base_rev),
-        revocation_lag: summarize(&lag),
-        requests_per_activation: per,
+        activation_runs: runs,
+        baseline_approval,
+        approval_to_binding,
+        baseline_revocation: summarize(&base.revocation),
+        revocation_lag: summarize(&life.lag),
+        requests_per_activation: life.requests,
+        user_agents: life.user_agents,
         get_list_per_activation: (get_list * 100.0).round() / 100.0,
-        cpu_ms_per_activation: ((cpu1 - cpu0) * 1000.0 / o.samples.max(1) as f64 * 10.0).round()
-            / 10.0,
-        rss_mib: (rss * 10.0).round() / 10.0,
-        rss_peak_mib: (peak * 10.0).round() / 10.0,
+        cpu_ms_per_activation: life.cpu_ms,
+        rss_mib: round1(rss),
+        rss_peak_mib: round1(peak),
+        throughput: Throughput {
+            baseline_writes_per_s: round1(base.writes_per_s),
+            writes_per_activation: round1(writes_per_activation),
+            target_per_s,
+            steps,
+            sustained_per_s: sustained,
+        },
+        restart,
+        memory: mem,
     })
 }
 

@@ -12,6 +12,24 @@ struct Cli {
     /// Activations per figure.
     #[arg(long, default_value_t = 200)]
     samples: usize,
+    /// Runs of the activation-latency figure.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Namespaces the load is spread over.
+    #[arg(long, default_value_t = 100)]
+    namespaces: usize,
+    /// Activations that expire while no operator runs (the restart sweep).
+    #[arg(long, default_value_t = 1000)]
+    restart: usize,
+    /// Offered rates for the throughput steps, activations per second (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [10.0, 20.0, 40.0, 80.0, 160.0])]
+    rates: Vec<f64>,
+    /// Seconds per throughput step.
+    #[arg(long, default_value_t = 15)]
+    rate_secs: u64,
+    /// Memory checkpoints: N EligibleAssignments and N active activations (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000])]
+    scale: Vec<usize>,
     /// The operator binary to measure (use the release build).
     #[arg(long, default_value = "target/release/kube-pim")]
     operator_bin: PathBuf,
@@ -25,10 +43,20 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    kube_pim::cli::init_logging(kube_pim::cli::LogFormat::Text, "warn");
+    kube_pim::cli::init_logging(
+        kube_pim::cli::LogFormat::Text,
+        // While an apiserver starts, every /readyz poll answers 500 by design.
+        "warn,kube_client::client::builder=off",
+    );
     let _ = std::fs::remove_dir_all(&cli.dir);
     let opts = kube_pim::bench::run::Options {
         samples: cli.samples,
+        runs: cli.runs,
+        namespaces: cli.namespaces,
+        restart: cli.restart,
+        rates: cli.rates.clone(),
+        rate_secs: cli.rate_secs,
+        scale: cli.scale.clone(),
         operator_bin: std::path::absolute(&cli.operator_bin).unwrap_or(cli.operator_bin.clone()),
         dir: cli.dir.clone(),
     };

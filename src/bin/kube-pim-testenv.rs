@@ -97,6 +97,7 @@ fn main() -> ExitCode {
             operator_args,
             bin_dir: None,
             bare,
+            apiserver_audit: false,
         };
         let cp = tokio::select! {
             r = ControlPlane::start(opts) => r,

@@ -95,6 +95,70 @@ pub struct Context {
     pub notifier: crate::notify::Notifier,
     /// Whether this replica leads (only the leader reconciles and writes).
     pub leader: Arc<crate::leader::Leadership>,
+    /// Request versions this process has already written over (see [`Written`]).
+    pub written: Written,
+    /// Residual-access checks at a time (each asks up to 16 questions at once): a wave of
+    /// expiries must not crowd out new activations and revocations on the apiserver.
+    pub residual_slots: tokio::sync::Semaphore,
+}
+
+/// How many residual-access checks run at once.
+pub const RESIDUAL_SLOTS: usize = 2;
+
+/// The resourceVersions of requests this process has successfully written over, by uid.
+///
+/// A reconcile can start from a cache that has not yet seen this process's own last write
+/// (another trigger, such as the watch event of the binding just created, arrived first).
+/// Deciding again from that version would repeat the writes and end in a conflict; so a
+/// reconcile that finds the very version it already wrote over skips the pass: the watch
+/// event of its own write is on its way and triggers the next one. Equality only, as
+/// resourceVersions are opaque; and only for [`Written::TRUST`] after the write, so a version
+/// that somehow comes back (an etcd restore) cannot make the operator skip a request forever.
+#[derive(Debug, Default)]
+pub struct Written(
+    std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+);
+
+impl Written {
+    /// How long a noted write is trusted to explain a stale cache.
+    pub const TRUST: Duration = Duration::from_secs(10);
+
+    /// `o` (as read) has just been written over successfully.
+    pub fn note<K: kube::Resource>(&self, o: &K) {
+        if let (Some(uid), Some(rv)) = (o.meta().uid.clone(), o.meta().resource_version.clone()) {
+            let mut map = self.0.lock().expect("not poisoned");
+            // Entries of requests deleted right after a write are never looked up again.
+            if map.len() > 10_000 {
+                map.retain(|_, (_, at)| at.elapsed() < Self::TRUST);
+            }
+            map.insert(uid, (rv, std::time::Instant::now()));
+        }
+    }
+
+    /// Whether `o` is a version this process wrote over moments ago (the cache is behind).
+    pub fn is_stale<K: kube::Resource>(&self, o: &K) -> bool {
+        let Some(uid) = o.meta().uid.as_deref() else {
+            return false;
+        };
+        let mut map = self.0.lock().expect("not poisoned");
+        match map.get(uid) {
+            Some((rv, at))
+                if Some(rv) == o.meta().resource_version.as_ref() && at.elapsed() < Self::TRUST =>
+            {
+                true
+            }
+            Some(_) => {
+                map.remove(uid);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// `uid` is gone: nothing to remember.
+    pub fn forget(&self, uid: &str) {
+        self.0.lock().expect("not poisoned").remove(uid);
+    }
 }
 
 impl Context {
@@ -146,9 +210,57 @@ impl Context {
 /// RoleSetting is deleted, or not restoring a binding deleted by hand.
 pub struct Trigger<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     /// Created or updated objects.
-    pub changed: reflector::ReflectHandle<K>,
+    pub changed: futures::stream::BoxStream<'static, Arc<K>>,
     /// Deleted objects (their last state).
     pub deleted: tokio::sync::mpsc::UnboundedReceiver<Arc<K>>,
+}
+
+impl<K> Trigger<K>
+where
+    K: Watched + serde::Serialize,
+{
+    /// Only changes outside `ignored` (JSON pointers into the object, e.g. a status counter)
+    /// trigger. Every activation updates its RoleSetting's and assignment's counters; without
+    /// this each of those writes would wake every request of the RoleSetting (and every
+    /// assignment), which is quadratic work under load.
+    pub fn ignoring(self, ignored: &'static [&'static str]) -> Self {
+        use std::hash::{Hash, Hasher};
+        let key = move |o: &K| {
+            let mut v = serde_json::to_value(o).unwrap_or_default();
+            for p in ["/metadata/resourceVersion", "/metadata/managedFields"]
+                .iter()
+                .chain(ignored)
+            {
+                if let Some((parent, field)) = p.rsplit_once('/')
+                    && let Some(obj) = v.pointer_mut(parent).and_then(|x| x.as_object_mut())
+                {
+                    obj.remove(field);
+                }
+            }
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            v.to_string().hash(&mut h);
+            h.finish()
+        };
+        // What each object (by uid) last looked like. Deleted objects' entries are not
+        // tracked; the map is reset when it grows past any realistic live count, which costs
+        // one spurious trigger per object.
+        let mut last: std::collections::HashMap<String, u64> = Default::default();
+        let changed = self
+            .changed
+            .filter(move |o| {
+                if last.len() > 200_000 {
+                    last.clear();
+                }
+                let k = key(o);
+                let uid = o.meta().uid.clone().unwrap_or_default();
+                futures::future::ready(last.insert(uid, k) != Some(k))
+            })
+            .boxed();
+        Self {
+            changed,
+            deleted: self.deleted,
+        }
+    }
 }
 
 /// A resource type the controllers watch and cache (one name for the bounds every watch needs).
@@ -228,7 +340,7 @@ where
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.deletes.push(tx);
         Trigger {
-            changed: self.subscribe(),
+            changed: self.subscribe().boxed(),
             deleted: rx,
         }
     }
@@ -334,17 +446,20 @@ pub fn start(
     let mut crb = Shared::new(Api::<ClusterRoleBinding>::all(client.clone()), managed);
     let mut cr = Shared::new(Api::<ClusterRole>::all(client.clone()), wc);
 
+    // The counters an activation moves are read by no request and no assignment.
+    const RS_COUNTERS: &[&str] = &["/status/activeActivations", "/status/assignments"];
+    const EA_COUNTERS: &[&str] = &["/status/activations", "/status/lastActivationTime"];
     let activation_triggers = activation::Triggers {
         requests: ar.subscribe(),
         extensions: ar.subscribe(),
-        role_settings: rs.trigger(),
-        assignments: ea.trigger(),
+        role_settings: rs.trigger().ignoring(RS_COUNTERS),
+        assignments: ea.trigger().ignoring(EA_COUNTERS),
         role_bindings: rb.trigger(),
         cluster_role_bindings: crb.trigger(),
     };
     let assignment_triggers = assignment::Triggers {
         assignments: ea.subscribe(),
-        role_settings: rs.trigger(),
+        role_settings: rs.trigger().ignoring(RS_COUNTERS),
         role_bindings: rb.trigger(),
         cluster_role_bindings: crb.trigger(),
     };
@@ -374,6 +489,8 @@ pub fn start(
         metrics,
         notifier,
         leader,
+        written: Written::default(),
+        residual_slots: tokio::sync::Semaphore::new(RESIDUAL_SLOTS),
         client,
         settings,
         role_settings: rs.start(),
@@ -447,4 +564,37 @@ pub fn start(
         futures::future::join_all(controllers).await;
     });
     (ctx, run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(rv: &str) -> ActivationRequest {
+        let mut ar: ActivationRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",
+            "metadata": {"name": "a", "namespace": "n", "uid": "u1", "resourceVersion": rv},
+            "spec": {"roleSetting": "rs", "requester": {"username": "alice"}}
+        }))
+        .expect("valid");
+        ar.metadata.resource_version = Some(rv.into());
+        ar
+    }
+
+    #[test]
+    fn only_the_version_just_written_over_is_stale() {
+        let w = Written::default();
+        assert!(!w.is_stale(&at("5")), "nothing written yet");
+        w.note(&at("5"));
+        assert!(w.is_stale(&at("5")), "the cache has not caught up");
+        assert!(w.is_stale(&at("5")), "still behind: still stale");
+        assert!(!w.is_stale(&at("6")), "caught up");
+        assert!(
+            !w.is_stale(&at("5")),
+            "forgotten once caught up: a version that comes back is decided on"
+        );
+        w.note(&at("6"));
+        w.forget("u1");
+        assert!(!w.is_stale(&at("6")));
+    }
 }

@@ -65,10 +65,29 @@ enum Found {
     Unknown(String),
 }
 
+/// The apiserver's authorizer follows a binding deletion within moments; asking before then
+/// only means asking again.
+const FIRST_ASK: TimeDelta = TimeDelta::seconds(1);
+
 /// Runs the check and records the answer; `Some(wait)` asks to run again after `wait`.
 pub async fn check(ar: &ActivationRequest, ctx: &Context) -> Result<Option<Duration>, Error> {
+    let ended = ar
+        .status
+        .as_ref()
+        .and_then(|s| s.history.last())
+        .map(|h| h.time);
+    if let Some(wait) = ended
+        .map(|t| t + FIRST_ASK - Utc::now())
+        .and_then(|d| d.to_std().ok())
+        .filter(|d| !d.is_zero())
+    {
+        return Ok(Some(wait));
+    }
+    let found = {
+        let _slot = ctx.residual_slots.acquire().await;
+        probe(ar, ctx, Utc::now()).await?
+    };
     let now = Utc::now();
-    let found = probe(ar, ctx, now).await?;
     let (residual, reason, message) = match &found {
         Found::Again => return Ok(Some(Duration::from_secs(1))),
         Found::Gone(reason, message) => (false, *reason, message.clone()),
@@ -142,6 +161,7 @@ pub async fn check(ar: &ActivationRequest, ctx: &Context) -> Result<Option<Durat
         &Patch::Merge(&patch),
     )
     .await?;
+    ctx.written.note(ar);
     Ok(None)
 }
 

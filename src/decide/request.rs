@@ -2,11 +2,13 @@
 //! RoleSetting, the assignment that backs it, the tally of approvals and `now`, what to do
 //! next — which bindings must exist, the new status, and when to look again.
 //!
-//! Ordering (no lost decisions) is built into the plans: a decision is committed on its own
-//! (condition `Approved=True`, no bindings yet); only a later plan, made from that committed
+//! Ordering (no lost decisions) is built into the plans: a decision is committed (condition
+//! `Approved=True`) by a plan without bindings; only a later plan, made from that committed
 //! state, creates bindings, and its status write (`Active`) happens after them. The operator
-//! applies a plan as: bindings (ensure or remove), then the status, under a precondition.
-//! Plans never touch `status.approvals` except to initialise it to `[]`.
+//! applies a plan as: bindings (ensure or remove), then the status, under a precondition; and
+//! goes on to the next plan at once, from the object its write returned, when the plan is due
+//! again now. Every plan says which bindings must exist: a request that is not Active holds
+//! none. Plans never touch `status.approvals` except to initialise it to `[]`.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -106,8 +108,6 @@ fn extending<'a>(i: &Inputs<'a>, phase: RequestPhase) -> Option<&'a ActivationRe
 /// What to do about the bindings.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Bindings {
-    /// Nothing.
-    Keep,
     /// These must exist exactly so (create, or restore drift).
     Ensure(Vec<Binding>),
     /// None may exist.
@@ -281,8 +281,63 @@ impl<'a> Next<'a> {
     }
 }
 
-/// Decides the next step for a request.
+/// Decides what to do about a request now: the steps of the state machine that change only
+/// the status, taken one after the other in one plan, until one waits, ends the request, or
+/// would grant (a grant is always a plan of its own, made from a committed decision).
+///
+/// So a new request whose RoleSetting needs no approval is recorded and approved in one
+/// status write (history Requested, Approved), not two: every status write before the
+/// bindings is on the path to access.
 pub fn decide(i: &Inputs<'_>) -> Plan {
+    let mut plan = step(i);
+    let mut initialize_approvals = plan.initialize_approvals;
+    // Requested -> Approved -> (Scheduled) is at most three steps; never a loop.
+    for _ in 0..4 {
+        let continues = plan.bindings == Bindings::Remove
+            && !plan.delete
+            && plan.requeue_at.is_some_and(|t| t <= i.now);
+        let Some(status) = plan
+            .status
+            .clone()
+            .filter(|s| continues && s.phase.is_some_and(|p| !is_terminal(p)))
+        else {
+            break;
+        };
+        let mut request = i.request.clone();
+        let approvals = request.status.as_ref().and_then(|s| s.approvals.clone());
+        request.status = Some(ActivationRequestStatus {
+            approvals: if initialize_approvals {
+                Some(Vec::new())
+            } else {
+                approvals
+            },
+            ..status
+        });
+        let next = step(&Inputs {
+            request: &request,
+            ..*i
+        });
+        if matches!(next.bindings, Bindings::Ensure(_)) {
+            // A grant is a plan of its own, made from the committed decision: bindings first,
+            // then `Active` (SPEC section 3's order). The operator goes on to it at once.
+            break;
+        }
+        initialize_approvals |= next.initialize_approvals;
+        plan = Plan {
+            // The composed plan writes the last status only if anything changed overall.
+            status: next
+                .status
+                .or(Some(plan.status.expect("checked above")))
+                .filter(|s| i.request.status.as_ref() != Some(s)),
+            initialize_approvals,
+            ..next
+        };
+    }
+    plan
+}
+
+/// One step of the state machine.
+fn step(i: &Inputs<'_>) -> Plan {
     let req = i.request;
     let spec = &req.spec;
     let requester = spec.requester.username.as_str();
@@ -306,7 +361,7 @@ pub fn decide(i: &Inputs<'_>) -> Plan {
                 spec.justification.as_deref().unwrap_or("no justification")
             ),
         );
-        let mut plan = next.plan(Bindings::Keep, Some(i.now));
+        let mut plan = next.plan(Bindings::Remove, Some(i.now));
         plan.initialize_approvals = status.approvals.is_none();
         return plan;
     };
@@ -367,7 +422,7 @@ pub fn decide(i: &Inputs<'_>) -> Plan {
     match phase {
         RequestPhase::Pending => pending(i, next, rs, ea),
         RequestPhase::Scheduled => match start_after(i) {
-            Some(start) if start > i.now => next.plan(Bindings::Keep, Some(start)),
+            Some(start) if start > i.now => next.plan(Bindings::Remove, Some(start)),
             _ => activate(i, next, rs, ea),
         },
         RequestPhase::Active => active(i, next, ea),
@@ -428,7 +483,7 @@ fn pending(i: &Inputs<'_>, mut next: Next<'_>, rs: &RoleSetting, ea: &EligibleAs
                         start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                     ),
                 );
-                next.plan(Bindings::Keep, Some(start))
+                next.plan(Bindings::Remove, Some(start))
             }
             _ => activate(i, next, rs, ea),
         };
@@ -459,7 +514,7 @@ fn pending(i: &Inputs<'_>, mut next: Next<'_>, rs: &RoleSetting, ea: &EligibleAs
             OPERATOR_ACTOR,
             "no approval required".into(),
         );
-        return next.plan(Bindings::Keep, Some(i.now));
+        return next.plan(Bindings::Remove, Some(i.now));
     }
     let t = i.tally;
     if let Some((who, why)) = &t.denied_by {
@@ -477,7 +532,7 @@ fn pending(i: &Inputs<'_>, mut next: Next<'_>, rs: &RoleSetting, ea: &EligibleAs
         next.condition(CONDITION_APPROVED, true, "Approved", &msg);
         let last = t.approved_by.last().cloned().unwrap_or_default();
         next.record(HistoryAction::Approved, &last, msg);
-        return next.plan(Bindings::Keep, Some(i.now));
+        return next.plan(Bindings::Remove, Some(i.now));
     }
     if !approval::quorum_reachable(a, Some(&spec.requester), &t.ignored) {
         let v = quorum_unreachable(rs, t);
@@ -526,7 +581,7 @@ fn pending(i: &Inputs<'_>, mut next: Next<'_>, rs: &RoleSetting, ea: &EligibleAs
         waiting.push_str(&format!("; not counted: {}", ignored.join(", ")));
     }
     next.condition(CONDITION_APPROVED, false, "Pending", &waiting);
-    next.plan(Bindings::Keep, Some(deadline))
+    next.plan(Bindings::Remove, Some(deadline))
 }
 
 fn approver_list(rs: &RoleSetting) -> String {

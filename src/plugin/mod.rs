@@ -303,7 +303,7 @@ async fn connect(g: &Global) -> Result<Session> {
         (None, false) => Where::AllOr(namespace.clone()),
     };
     Ok(Session {
-        client: Client::try_from(config)?,
+        client: Client::try_from(crate::cli::with_user_agent(config, "kubectl-pim"))?,
         namespace,
         scope,
         output: g.output,

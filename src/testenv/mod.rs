@@ -23,6 +23,7 @@ mod process;
 pub use process::free_ports;
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -295,6 +296,9 @@ pub struct Options {
     /// Install nothing of kube-pim's (no CRDs, no persona ClusterRoles): the Helm chart's test
     /// installs them itself, and Helm refuses to adopt objects it did not create.
     pub bare: bool,
+    /// Record every API request in `DIR/apiserver-audit.log` (JSON lines, metadata only):
+    /// the benchmark counts the operator's requests by user agent there.
+    pub apiserver_audit: bool,
 }
 
 /// A running control plane; dropping it kills every process it started.
@@ -438,6 +442,24 @@ impl ControlPlane {
             "--endpoint-reconciler-type=none".into(),
             "--v=1".into(),
         ];
+        let mut apiserver_args = apiserver_args;
+        if opts.apiserver_audit {
+            let policy = dir.join("apiserver-audit-policy.yaml");
+            write(
+                &policy,
+                b"apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+            )?;
+            apiserver_args.extend([
+                format!("--audit-policy-file={}", policy.display()),
+                format!(
+                    "--audit-log-path={}",
+                    dir.join("apiserver-audit.log").display()
+                ),
+                "--audit-log-format=json".into(),
+                // Written as each request completes, so a count taken right after is whole.
+                "--audit-log-mode=blocking".into(),
+            ]);
+        }
         // How it was started, so a test can restart it the same way (etcd keeps the data).
         write(
             &dir.join("apiserver.json"),
@@ -690,6 +712,67 @@ impl ControlPlane {
             .filter_map(|p| p.pid().map(|pid| format!("{pid} {}\n", p.name())))
             .collect();
         write(&self.env.dir.join("pids"), pids)
+    }
+
+    /// The operator process's id, while it runs.
+    pub fn operator_pid(&self) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|p| p.name() == "kube-pim")
+            .and_then(|p| p.pid())
+    }
+
+    /// Kills the operator (as a crash or an outage would), leaving the control plane running;
+    /// its webhooks then refuse what they guard (fail closed) until it is back.
+    pub async fn stop_operator(&mut self) -> Result<()> {
+        if let Some(i) = self.processes.iter().position(|p| p.name() == "kube-pim") {
+            self.processes.remove(i).stop().await;
+        }
+        self.write_pids()
+    }
+
+    /// Starts the operator again exactly as it was started (`DIR/operator.json`) and returns
+    /// once its `/readyz` answers 200 (polled every 50 ms).
+    pub async fn restart_operator(&mut self) -> Result<()> {
+        #[derive(serde::Deserialize)]
+        struct How {
+            bin: PathBuf,
+            args: Vec<String>,
+            env: BTreeMap<String, String>,
+            #[serde(rename = "healthAddr")]
+            health_addr: String,
+        }
+        let path = self.env.dir.join("operator.json");
+        let how: How =
+            serde_json::from_slice(&std::fs::read(&path).map_err(Error::io("read", &path))?)
+                .map_err(|e| Error::TestEnv(format!("{}: {e}", path.display())))?;
+        let env: Vec<(&str, String)> = how
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        let mut op = Process::spawn_with_env(
+            "kube-pim",
+            &how.bin,
+            &how.args,
+            &self.env.dir.join("logs"),
+            &env,
+        )?;
+        let port = how
+            .health_addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .ok_or_else(|| Error::TestEnv(format!("bad healthAddr in {}", path.display())))?;
+        process::wait_for_http_ok(
+            "kube-pim",
+            port,
+            "/readyz",
+            &mut op,
+            Duration::from_secs(120),
+        )
+        .await?;
+        self.processes.push(op);
+        self.write_pids()
     }
 
     /// Stops every process, newest first (the operator before the apiserver before etcd).

@@ -75,6 +75,8 @@ fn app_with_context() -> (axum::Router, Arc<Context>) {
         standing: Default::default(),
         metrics: Default::default(),
         leader: crate::leader::Leadership::always(),
+        written: Default::default(),
+        residual_slots: tokio::sync::Semaphore::new(1),
         settings: crate::controller::Settings {
             namespace: "kube-pim-system".into(),
             cluster_scope_namespace: "kube-pim-system".into(),

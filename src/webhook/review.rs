@@ -274,14 +274,25 @@ fn username(user: &UserInfo) -> &str {
 // Mutation: stamping identities.
 // ---------------------------------------------------------------------------------------------
 
-/// ActivationRequest CREATE: `spec.requester` is the authenticated caller, whatever was sent.
+/// ActivationRequest CREATE: `spec.requester` is the authenticated caller, whatever was sent,
+/// and the request carries kube-pim's finalizer from birth (so the operator's first write can
+/// be the binding, not the finalizer: a request can never hold access without it).
 pub fn stamp_requester(object: &Value, user: &UserInfo) -> Verdict {
     let op = if object.pointer("/spec/requester").is_some() {
         op_replace
     } else {
         op_add
     };
-    Verdict::Patch(Patch(vec![op("/spec/requester", identity(user))]))
+    let mut ops = vec![op("/spec/requester", identity(user))];
+    match object
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+    {
+        Some(f) if f.iter().any(|f| f == FINALIZER) => {}
+        Some(_) => ops.push(op_add("/metadata/finalizers/-", json!(FINALIZER))),
+        None => ops.push(op_add("/metadata/finalizers", json!([FINALIZER]))),
+    }
+    Verdict::Patch(Patch(ops))
 }
 
 /// ActivationRequest UPDATE: when `deactivate` goes false -> true, record who did it in the
@@ -438,9 +449,13 @@ pub fn validate_request_create(
         );
     }
     // What only kube-pim may set, on a new request as on an existing one: an owner reference
-    // would let garbage collection delete the record, a finalizer would pin it.
-    if let Some(msg) =
-        protected_metadata(&Default::default(), &ar.metadata, "ActivationRequest", None)
+    // would let garbage collection delete the record, a finalizer would pin it. kube-pim's own
+    // finalizer is the one the mutation above stamps on every new request.
+    let mut stamped = ar.metadata.clone();
+    if let Some(f) = stamped.finalizers.as_mut() {
+        f.retain(|f| f != FINALIZER);
+    }
+    if let Some(msg) = protected_metadata(&Default::default(), &stamped, "ActivationRequest", None)
     {
         return Verdict::Deny(Reason::ProtectedMetadata, msg);
     }

@@ -129,9 +129,10 @@ fn ensured(p: &Plan) -> &[Binding] {
 #[test]
 fn first_write_initialises_approvals_and_records_the_request() {
     let mut w = World::new();
+    w.rs = with_approval(w.rs.clone(), vec![user("bob")], 1);
     let p = w.step(t0());
     assert!(p.initialize_approvals);
-    assert_eq!(p.bindings, Bindings::Keep);
+    assert_eq!(p.bindings, Bindings::Remove);
     assert_eq!(w.phase(), RequestPhase::Pending);
     assert_eq!(w.actions(), [HistoryAction::Requested]);
     let h = &w.req.status.as_ref().unwrap().history[0];
@@ -143,18 +144,24 @@ fn first_write_initialises_approvals_and_records_the_request() {
 }
 
 #[test]
-fn without_approval_the_decision_is_committed_before_any_binding() {
+fn without_approval_the_decision_is_committed_with_the_request_then_granted() {
     let mut w = World::new();
-    w.step(t0());
-    // The commit: Approved=True, no bindings yet.
+    // Requested and Approved in one status write, no bindings yet; due again at once.
     let p = w.step(t0());
-    assert_eq!(p.bindings, Bindings::Keep);
+    assert!(p.initialize_approvals);
+    assert_eq!(p.bindings, Bindings::Remove);
+    assert_eq!(p.requeue_at, Some(t0()));
     assert_eq!(w.phase(), RequestPhase::Pending);
     assert!(condition_true(
         w.req.status.as_ref().unwrap(),
         CONDITION_APPROVED
     ));
-    // Then bindings, and Active in the same plan (the operator writes the bindings first).
+    assert_eq!(w.req.status.as_ref().unwrap().approvals, Some(vec![]));
+    assert_eq!(
+        w.actions(),
+        [HistoryAction::Requested, HistoryAction::Approved]
+    );
+    // Then, from the committed decision, bindings and Active in one plan (bindings first).
     let now = t0() + TimeDelta::milliseconds(1500);
     let p = w.step(now);
     assert_eq!(ensured(&p).len(), 1);
@@ -279,8 +286,14 @@ fn pending_until_the_quorum_then_committed() {
     w.step(t0());
     assert_eq!(w.phase(), RequestPhase::Pending);
     w.approve(approval("dave", Approved, Some("sre-leads")));
+    // The quorum: the commit comes first, alone, and is due again at once.
     let p = w.step(t0() + TimeDelta::minutes(1));
-    assert_eq!(p.bindings, Bindings::Keep, "the commit comes first, alone");
+    assert_eq!(
+        p.bindings,
+        Bindings::Remove,
+        "the commit comes first, alone"
+    );
+    assert_eq!(p.requeue_at, Some(t0() + TimeDelta::minutes(1)));
     assert!(condition_true(
         w.req.status.as_ref().unwrap(),
         CONDITION_APPROVED
@@ -290,8 +303,43 @@ fn pending_until_the_quorum_then_committed() {
         w.req.status.as_ref().unwrap().history.last().unwrap().actor,
         "dave"
     );
-    w.step(t0() + TimeDelta::minutes(1));
+    let p = w.step(t0() + TimeDelta::minutes(1));
+    assert_eq!(ensured(&p).len(), 1);
     assert_eq!(w.phase(), RequestPhase::Active);
+}
+
+#[test]
+fn a_request_that_is_not_active_holds_no_bindings() {
+    // Waiting for approval, and scheduled: any binding (one made for a plan whose status
+    // write lost a race) is removed.
+    let mut w = approval_world(1);
+    assert_eq!(w.step(t0()).bindings, Bindings::Remove);
+    assert_eq!(w.phase(), RequestPhase::Pending);
+    let mut w = World::new();
+    w.req.spec.start_time = Some(t0() + TimeDelta::hours(2));
+    assert_eq!(w.step(t0()).bindings, Bindings::Remove);
+    assert_eq!(w.phase(), RequestPhase::Scheduled);
+}
+
+#[test]
+fn a_commit_whose_status_write_lost_the_race_is_decided_again() {
+    // No approval needed: one plan records Requested and Approved, with no bindings.
+    let mut w = World::new();
+    let p = w.decide_at(t0());
+    assert_eq!(p.bindings, Bindings::Remove);
+    // Its status write was refused (someone wrote first): meanwhile the RoleSetting came to
+    // require approval. The next pass, from the unchanged request, waits for approval.
+    w.rs = with_approval(w.rs.clone(), vec![user("bob")], 1);
+    let p = w.step(t0());
+    assert_eq!(p.bindings, Bindings::Remove);
+    assert_eq!(w.phase(), RequestPhase::Pending);
+    assert_eq!(w.actions(), [HistoryAction::Requested]);
+    // Or the request was deactivated meanwhile: Canceled, nothing kept.
+    let mut w = World::new();
+    w.req.spec.deactivate = true;
+    let p = w.step(t0());
+    assert_eq!(p.bindings, Bindings::Remove);
+    assert_eq!(w.phase(), RequestPhase::Canceled);
 }
 
 #[test]
@@ -389,12 +437,10 @@ fn cancel_before_and_deactivate_after_access() {
 fn scheduled_start() {
     let mut w = World::new();
     w.req.spec.start_time = Some(t0() + TimeDelta::hours(2));
-    w.step(t0());
-    w.step(t0()); // approved (none required)
-    let p = w.step(t0());
+    let p = w.step(t0()); // requested, approved (none required), scheduled
     assert_eq!(w.phase(), RequestPhase::Scheduled);
     assert_eq!(p.requeue_at, Some(t0() + TimeDelta::hours(2)));
-    assert_eq!(p.bindings, Bindings::Keep);
+    assert_eq!(p.bindings, Bindings::Remove);
     let p = w.step(t0() + TimeDelta::hours(1));
     assert_eq!(p.status, None);
     let start = t0() + TimeDelta::hours(2);

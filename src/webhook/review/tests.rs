@@ -74,7 +74,8 @@ fn the_requester_is_replaced_with_the_caller() {
     assert_eq!(
         ops,
         json!([{"op": "replace", "path": "/spec/requester", "value": {
-            "username": "alice", "uid": "uid-alice", "groups": ["team"], "extra": {"kubepim.io/amr": ["mfa"]}}}])
+            "username": "alice", "uid": "uid-alice", "groups": ["team"], "extra": {"kubepim.io/amr": ["mfa"]}}},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}])
     );
     // Nothing sent: added.
     let ops = patch_ops(stamp_requester(
@@ -82,6 +83,19 @@ fn the_requester_is_replaced_with_the_caller() {
         &user,
     ));
     assert_eq!(ops[0]["op"], "add");
+}
+
+#[test]
+fn a_new_request_gets_kube_pims_finalizer_once() {
+    let user = caller("alice", &["team"]);
+    let with = |f: Value| json!({"metadata": {"finalizers": f}, "spec": {"roleSetting": "rs"}});
+    let ops = patch_ops(stamp_requester(&with(json!(["example.com/x"])), &user));
+    assert_eq!(
+        ops[1],
+        json!({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER})
+    );
+    let ops = patch_ops(stamp_requester(&with(json!([FINALIZER])), &user));
+    assert_eq!(ops.as_array().unwrap().len(), 1, "already there: {ops}");
 }
 
 #[test]
@@ -179,6 +193,31 @@ fn a_request_needs_its_role_setting_policy_and_eligibility() {
         t0(),
     );
     assert_eq!(ok, Verdict::Allow);
+    // With kube-pim's finalizer (as the mutation stamps it) it passes; another's does not.
+    let facts = RequestFacts {
+        role_setting: Some(&rs),
+        assignments: &[&ea],
+        requests: &[],
+        role_risks: &[],
+        open_by_requester: 0,
+    };
+    let mut stamped = alice_request();
+    stamped.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    assert_eq!(
+        validate_request_create(&stamped, &alice, &facts, &settings(), t0()),
+        Verdict::Allow
+    );
+    stamped.metadata.finalizers = Some(vec![FINALIZER.into(), "example.com/pin".into()]);
+    assert!(
+        denied(validate_request_create(
+            &stamped,
+            &alice,
+            &facts,
+            &settings(),
+            t0()
+        ))
+        .contains("finalizers cannot be added")
+    );
     let msg = denied(validate_request_create(
         &alice_request(),
         &alice,
@@ -965,11 +1004,10 @@ fn a_new_request_cannot_carry_kube_pims_metadata_or_another_identity() {
         ))
         .contains("ownerReferences")
     );
-    assert!(
-        denied(with(
-            &|x| x.metadata.finalizers = Some(vec![crate::controller::FINALIZER.into()])
-        ))
-        .contains("only kube-pim adds")
+    // kube-pim's finalizer is the one the mutation stamps on every new request.
+    assert_eq!(
+        with(&|x| x.metadata.finalizers = Some(vec![crate::controller::FINALIZER.into()])),
+        Verdict::Allow
     );
     assert!(
         denied(with(
