@@ -111,6 +111,8 @@ pub struct Step {
     /// Whether latency stayed flat through the step (last quarter's median at most 1.5 times
     /// the first's plus 50 ms): a growing backlog shows as rising latency.
     pub backlog_flat: bool,
+    /// Activations whose binding was not seen within the step's length plus a minute.
+    pub not_seen: usize,
 }
 
 /// Sustained throughput against the baseline's write capacity.

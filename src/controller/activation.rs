@@ -16,7 +16,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::{
     Api, Resource, ResourceExt,
@@ -592,36 +592,63 @@ pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
                     })
             })
     };
+    // Past its expiry annotation, a binding goes whatever its request says: after an outage
+    // the requests' own passes record the expiries, but access ends first, here, in bulk.
+    let live = |labels: &BTreeMap<String, String>, annotations: &BTreeMap<String, String>| {
+        // A second's grace: a binding at its expiry is its request's to revoke (and record).
+        live(labels) && !crate::sweep::past_expiry(annotations, now - chrono::TimeDelta::seconds(1))
+    };
     let dp = DeleteParams::default();
-    let mut removed = 0;
-    for b in ctx
+    let rbs: Vec<(String, String)> = ctx
         .role_bindings
         .state()
         .iter()
-        .filter(|b| !live(b.labels()))
-    {
-        let ns = b.namespace().unwrap_or_default();
-        tracing::warn!(binding = %b.name_any(), namespace = %ns, "removing a managed RoleBinding whose request is gone or ended");
-        Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
-            .delete(&b.name_any(), &dp)
-            .await
-            .map(|_| ())
-            .or_else(rbac_writes::ignore_not_found)?;
-        removed += 1;
-    }
-    for b in ctx
+        .filter(|b| !live(b.labels(), b.annotations()))
+        .map(|b| (b.namespace().unwrap_or_default(), b.name_any()))
+        .collect();
+    let crbs: Vec<String> = ctx
         .cluster_role_bindings
         .state()
         .iter()
-        .filter(|b| !live(b.labels()))
-    {
-        tracing::warn!(binding = %b.name_any(), "removing a managed ClusterRoleBinding whose request is gone or ended");
-        Api::<ClusterRoleBinding>::all(ctx.client.clone())
-            .delete(&b.name_any(), &dp)
-            .await
-            .map(|_| ())
-            .or_else(rbac_writes::ignore_not_found)?;
-        removed += 1;
+        .filter(|b| !live(b.labels(), b.annotations()))
+        .map(|b| b.name_any())
+        .collect();
+    let removed = rbs.len() + crbs.len();
+    // A few at a time: a thousand expired at once must not wait for each other, nor flood the
+    // apiserver (which would answer 429).
+    let mut deletes: Vec<futures::future::BoxFuture<'static, Result<(), Error>>> = Vec::new();
+    for (ns, name) in rbs {
+        tracing::warn!(binding = %name, namespace = %ns, "removing a managed RoleBinding that is past its expiry or whose request is gone or ended");
+        let api = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
+        let dp = dp.clone();
+        deletes.push(
+            async move {
+                api.delete(&name, &dp)
+                    .await
+                    .map(|_| ())
+                    .or_else(rbac_writes::ignore_not_found)
+            }
+            .boxed(),
+        );
     }
+    for name in crbs {
+        tracing::warn!(binding = %name, "removing a managed ClusterRoleBinding that is past its expiry or whose request is gone or ended");
+        let api = Api::<ClusterRoleBinding>::all(ctx.client.clone());
+        let dp = dp.clone();
+        deletes.push(
+            async move {
+                api.delete(&name, &dp)
+                    .await
+                    .map(|_| ())
+                    .or_else(rbac_writes::ignore_not_found)
+            }
+            .boxed(),
+        );
+    }
+    let results: Vec<Result<(), Error>> = futures::stream::iter(deletes)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<(), Error>>()?;
     Ok(removed)
 }

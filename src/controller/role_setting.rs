@@ -71,6 +71,14 @@ fn error_policy(rs: Arc<RoleSetting>, e: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(Duration::from_secs(5))
 }
 
+/// How often a change of counts alone is written.
+const COUNTS_EVERY: Duration = Duration::from_secs(1);
+
+/// When each RoleSetting's status was last written (this process runs one controller).
+static COUNTS_WRITTEN: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+> = std::sync::LazyLock::new(Default::default);
+
 async fn reconcile(rs: Arc<RoleSetting>, ctx: Arc<Context>) -> Result<Action, Error> {
     let now = Utc::now();
     let name = rs.name_any();
@@ -194,6 +202,30 @@ async fn reconcile(rs: Arc<RoleSetting>, ctx: Arc<Context>) -> Result<Action, Er
     }));
 
     if rs.status.as_ref() != Some(&status) {
+        // Bursts of activations move the counts many times a second: a change of counts alone
+        // is written at most once a second per RoleSetting (anything else at once).
+        let counts_only = rs.status.as_ref().is_some_and(|old| {
+            let mut s = status.clone();
+            s.assignments = old.assignments;
+            s.active_activations = old.active_activations;
+            &s == old
+        });
+        let wait = {
+            let mut last = COUNTS_WRITTEN.lock().expect("not poisoned");
+            match last
+                .get(&name)
+                .filter(|at| counts_only && at.elapsed() < COUNTS_EVERY)
+            {
+                Some(at) => Some(COUNTS_EVERY.saturating_sub(at.elapsed())),
+                None => {
+                    last.insert(name.clone(), std::time::Instant::now());
+                    None
+                }
+            }
+        };
+        if let Some(wait) = wait {
+            return Ok(Action::requeue(wait));
+        }
         let api: Api<RoleSetting> = Api::all(ctx.client.clone());
         let patch =
             json!({"metadata": {"resourceVersion": rs.resource_version()}, "status": status});

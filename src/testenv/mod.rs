@@ -456,6 +456,8 @@ impl ControlPlane {
                     dir.join("apiserver-audit.log").display()
                 ),
                 "--audit-log-format=json".into(),
+                // One file for the whole run: the benchmark reads it from an offset.
+                "--audit-log-maxsize=100000".into(),
                 // Written as each request completes, so a count taken right after is whole.
                 "--audit-log-mode=blocking".into(),
             ]);

@@ -7,11 +7,7 @@ use std::{convert::Infallible, sync::Arc};
 use axum::body::Body;
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use http::Request;
-use kube::runtime::{
-    events::{Recorder, Reporter},
-    reflector::store,
-    watcher::Event,
-};
+use kube::runtime::{events::Reporter, reflector::store, watcher::Event};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -58,7 +54,7 @@ fn app_with_context() -> (axum::Router, Arc<Context>) {
     eaw.apply_watcher_event(&Event::Apply(ea));
     let (requests, _) = store::<ActivationRequest>();
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(
+        recorder: crate::controller::events::Events::new(
             client.clone(),
             Reporter {
                 controller: "test".into(),
