@@ -94,8 +94,14 @@ async fn an_approved_lifecycle_and_refusals_are_counted_and_nothing_outlives_its
         .unwrap();
     let name = ar.name_any();
     let pending = w
+        // Ready for decisions, and the operator done writing (its audit outbox flushed): the
+        // apiserver re-runs admission when a patch races another write, and the webhook
+        // metrics count admission calls, so a racing write would count a refusal twice.
         .wait(&name, "ready for decisions", |ar| {
-            ar.status.as_ref().is_some_and(|s| s.approvals.is_some())
+            ar.status.as_ref().is_some_and(|s| {
+                s.approvals.is_some()
+                    && usize::try_from(s.audited_through).unwrap_or(0) >= s.history.len()
+            })
         })
         .await;
     eventually!(
