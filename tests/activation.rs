@@ -152,6 +152,25 @@ async fn a_forged_requester_is_replaced_by_the_caller() {
     let r = &ar.spec.requester;
     assert_eq!(r.username, w.alice);
     assert_ne!(r.uid.as_deref(), Some("bobs-uid"));
+    // kube-pim's finalizer is on the request from its creation (stamped at admission), so it
+    // can never hold access without one; a finalizer of anyone else's is refused.
+    assert_eq!(
+        ar.metadata.finalizers.as_deref(),
+        Some(&[kube_pim::controller::FINALIZER.to_string()][..])
+    );
+    let pinned: ActivationRequest = serde_json::from_value(json!({
+        "apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",
+        "metadata": {"generateName": "req-", "finalizers": ["example.com/pin"]},
+        "spec": {"roleSetting": w.rs, "duration": "10m", "justification": "INC-1",
+                 "requester": {"username": w.alice}}}))
+    .unwrap();
+    let (code, msg) = refusal(
+        w.requests(w.alice().await)
+            .create(&PostParams::default(), &pinned)
+            .await,
+    );
+    assert_eq!(code, 403);
+    assert!(msg.contains("finalizers cannot be added"), "{msg}");
     assert!(
         r.groups.contains(&"team".to_string()) && !r.groups.contains(&w.leads),
         "{:?}",

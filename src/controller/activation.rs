@@ -616,39 +616,21 @@ pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
     let removed = rbs.len() + crbs.len();
     // A few at a time: a thousand expired at once must not wait for each other, nor flood the
     // apiserver (which would answer 429).
-    let mut deletes: Vec<futures::future::BoxFuture<'static, Result<(), Error>>> = Vec::new();
+    let mut deletes: Vec<futures::future::BoxFuture<'static, Result<usize, Error>>> = Vec::new();
     for (ns, name) in rbs {
         tracing::warn!(binding = %name, namespace = %ns, "removing a managed RoleBinding that is past its expiry or whose request is gone or ended");
         let api = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
-        let dp = dp.clone();
-        deletes.push(
-            async move {
-                api.delete(&name, &dp)
-                    .await
-                    .map(|_| ())
-                    .or_else(rbac_writes::ignore_not_found)
-            }
-            .boxed(),
-        );
+        deletes.push(rbac_writes::delete(api, name, dp.clone()).boxed());
     }
     for name in crbs {
         tracing::warn!(binding = %name, "removing a managed ClusterRoleBinding that is past its expiry or whose request is gone or ended");
         let api = Api::<ClusterRoleBinding>::all(ctx.client.clone());
-        let dp = dp.clone();
-        deletes.push(
-            async move {
-                api.delete(&name, &dp)
-                    .await
-                    .map(|_| ())
-                    .or_else(rbac_writes::ignore_not_found)
-            }
-            .boxed(),
-        );
+        deletes.push(rbac_writes::delete(api, name, dp.clone()).boxed());
     }
-    let results: Vec<Result<(), Error>> = futures::stream::iter(deletes)
+    let results: Vec<Result<usize, Error>> = futures::stream::iter(deletes)
         .buffer_unordered(16)
         .collect()
         .await;
-    results.into_iter().collect::<Result<(), Error>>()?;
+    results.into_iter().collect::<Result<Vec<_>, Error>>()?;
     Ok(removed)
 }

@@ -136,20 +136,25 @@ pub async fn remove(
     };
     let mut deleted = 0;
     for (ns, name) in rbs.into_iter().filter(|(_, n)| !keep.contains(n)) {
-        deleted += Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
-            .delete(&name, &dp)
-            .await
-            .map(|_| 1)
-            .or_else(|e| ignore_not_found(e).map(|()| 0))?;
+        let api = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
+        deleted += delete(api, name, dp.clone()).await?;
     }
     for name in crbs.into_iter().filter(|n| !keep.contains(n)) {
-        deleted += Api::<ClusterRoleBinding>::all(ctx.client.clone())
-            .delete(&name, &dp)
-            .await
-            .map(|_| 1)
-            .or_else(|e| ignore_not_found(e).map(|()| 0))?;
+        let api = Api::<ClusterRoleBinding>::all(ctx.client.clone());
+        deleted += delete(api, name, dp.clone()).await?;
     }
     Ok(deleted)
+}
+
+/// Deletes one object; 1 if this call deleted it, 0 if it was already gone.
+pub async fn delete<K>(api: Api<K>, name: String, dp: DeleteParams) -> Result<usize, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.delete(&name, &dp)
+        .await
+        .map(|_| 1)
+        .or_else(|e| ignore_not_found(e).map(|()| 0))
 }
 
 pub fn ignore_not_found(e: kube::Error) -> Result<(), Error> {
