@@ -753,8 +753,34 @@ async fn restart_sweep(w: &mut World, n: usize, rate: f64) -> Result<Restart> {
     let keys = w
         .activate_many(n, Some(EXPIRY_NS), &format!("{secs}s"))
         .await?;
-    w.cp.stop_operator().await?;
     let ars = Api::<ActivationRequest>::namespaced(w.admin.clone(), EXPIRY_NS);
+    // Stopped only once every request records Active: its binding is made just before (SPEC
+    // section 3), and a request stopped in between is activated afresh at the restart, with
+    // a new expiry (a binding the sweep is right to leave).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let active = ars
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|a| {
+                keys.contains(&format!("{EXPIRY_NS}/{}", a.name_any()))
+                    && a.status.as_ref().and_then(|s| s.phase)
+                        == Some(crate::api::RequestPhase::Active)
+            })
+            .count();
+        if active >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(err(format!(
+                "only {active} of {n} requests in {EXPIRY_NS} became Active within 120 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.cp.stop_operator().await?;
     let last_expiry = ars
         .list(&ListParams::default())
         .await?

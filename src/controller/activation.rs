@@ -87,7 +87,8 @@ pub async fn controller(ctx: Arc<Context>, t: Triggers) {
     let c = relate(c, t.cluster_role_bindings, |b: Arc<ClusterRoleBinding>| {
         owner_ref(b.labels())
     });
-    c.shutdown_on_signal()
+    c.with_config(super::controller_config())
+        .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
@@ -165,7 +166,6 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
     let rs = ctx
         .role_settings
         .get(&ObjectRef::new(&ar.spec.role_setting));
-    let assignments = ctx.assignments.state();
     let cluster_ns = ctx.settings.cluster_scope_namespace.as_str();
     let pctx = policy::Context {
         namespace: &ns,
@@ -205,11 +205,13 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
         .and_then(|s| s.phase)
         .is_none_or(|p| !request::is_terminal(p));
     let mut authorized: Vec<&EligibleAssignment> = Vec::new();
+    // Only the requester's own assignments are copied out of the cache (not all of them, per
+    // reconcile: at 10,000 assignments that was most of a reconcile's work).
+    let assignments = ctx
+        .assignments
+        .state_filter(|ea| eligibility::names(&wanted, ea));
     if let (Some(rs), true) = (rs.as_deref(), open) {
-        for ea in assignments
-            .iter()
-            .filter(|ea| eligibility::names(&wanted, ea))
-        {
+        for ea in &assignments {
             if ctx.authz.assignment(ea, rs).await.is_ok() {
                 authorized.push(ea);
             }
@@ -265,10 +267,7 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
     // Active extension of this one has taken over (all from the cache of this namespace).
     let same_ns: Vec<Arc<ActivationRequest>> = ctx
         .requests
-        .state()
-        .into_iter()
-        .filter(|r| r.namespace().as_deref() == Some(ns.as_str()))
-        .collect();
+        .state_filter(|r| r.metadata.namespace.as_deref() == Some(ns.as_str()));
     let lookup = |name: &str| {
         same_ns
             .iter()

@@ -70,7 +70,8 @@ pub async fn controller(ctx: Arc<Context>, t: Triggers) {
         t.cluster_role_bindings,
         move |b: Arc<ClusterRoleBinding>| owner(b.labels()),
     );
-    c.shutdown_on_signal()
+    c.with_config(super::controller_config())
+        .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
@@ -157,16 +158,18 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
     // Activation statistics, from the requests this assignment backed.
     let name = ea.name_any();
     let ns = ea.namespace();
-    let backed: Vec<_> = ctx
-        .requests
-        .state()
-        .into_iter()
-        .filter(|ar| ar.namespace() == ns)
-        .filter_map(|ar| ar.status.clone())
-        .filter(|s| s.assignment.as_deref() == Some(name.as_str()) && s.activation_time.is_some())
-        .collect();
+    // Filtered in the cache, nothing copied but the matches' handles.
+    let backed = ctx.requests.state_filter(|ar| {
+        ar.metadata.namespace == ns
+            && ar.status.as_ref().is_some_and(|s| {
+                s.assignment.as_deref() == Some(name.as_str()) && s.activation_time.is_some()
+            })
+    });
     status.activations = i64::try_from(backed.len()).unwrap_or(i64::MAX);
-    status.last_activation_time = backed.iter().filter_map(|s| s.activation_time).max();
+    status.last_activation_time = backed
+        .iter()
+        .filter_map(|ar| ar.status.as_ref()?.activation_time)
+        .max();
 
     if ea.status.as_ref() != Some(&status) {
         write_status(&ctx, &ea, &status).await?;

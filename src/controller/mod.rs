@@ -106,6 +106,18 @@ pub struct Context {
 /// How many residual-access checks run at once.
 pub const RESIDUAL_SLOTS: usize = 2;
 
+/// Reconciles of one controller at a time. Unbounded (kube-runtime's default), a restart
+/// with a thousand requests due starts a thousand reconciles at once: the apiserver's
+/// priority and fairness queues for the operator's user overflow and answer 429 (each retried
+/// after the 1 s Retry-After), and revocations wait behind bookkeeping. A reconcile takes a
+/// few ms of the apiserver's time, so 16 at once is far above the sustained rate.
+pub const RECONCILE_CONCURRENCY: u16 = 16;
+
+/// The controller configuration every controller shares.
+pub fn controller_config() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY)
+}
+
 /// Hashes what a controller reads of an object (for [`Trigger::keyed`]).
 pub fn hash_of(x: impl std::hash::Hash) -> u64 {
     use std::hash::Hasher;
@@ -539,6 +551,7 @@ pub fn start(
     // view would see, say, a request's RoleSetting as missing and revoke valid access (seen in
     // the restart test before this gate existed).
     let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
+    let (swept_tx, swept_rx) = tokio::sync::watch::channel(false);
     let readiness = {
         let ctx = ctx.clone();
         async move {
@@ -551,10 +564,7 @@ pub fn start(
             let every = ctx.settings.resync.min(Duration::from_secs(30));
             loop {
                 // Followers only watch (and serve the webhook); the leader does the rounds.
-                if !ctx.leader.is_leader() {
-                    tokio::time::sleep(every).await;
-                    continue;
-                }
+                ctx.leader.acquired().await;
                 match activation::sweep_orphans(&ctx).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "orphaned bindings removed"),
@@ -562,6 +572,8 @@ pub fn start(
                         tracing::warn!(error = %e, "orphan sweep failed; retrying next round")
                     }
                 }
+                // The controllers start after the first sweep (see `run`).
+                let _ = swept_tx.send(true);
                 if let Err(e) = standing::check_params(&ctx).await {
                     tracing::warn!(error = %e, "could not write the standing-access parameters; retrying next round");
                 }
@@ -587,13 +599,19 @@ pub fn start(
     // Readiness and the periodic sweep run beside the controllers; they end with the process
     // (the controllers end on SIGTERM, and with them `run`).
     tokio::spawn(readiness);
-    let leading = ctx.leader.clone();
     let run = Box::pin(async move {
         let mut synced = synced_rx;
         if synced.wait_for(|s| *s).await.is_err() {
             return;
         }
-        leading.acquired().await;
+        // Expired access goes first: after an outage the start sweep deletes every binding
+        // past its expiry in bulk, before the controllers' reconciles (a request each, with
+        // its status, Events and checks) compete with it for the apiserver. It runs once
+        // this replica leads.
+        let mut swept = swept_rx;
+        if swept.wait_for(|s| *s).await.is_err() {
+            return;
+        }
         futures::future::join_all(controllers).await;
     });
     (ctx, run)

@@ -274,14 +274,20 @@ fn through_kube_pim(ar: &ActivationRequest, ctx: &Context, roles: &[String]) -> 
     };
     // A RoleBinding grants only in its namespace; a ClusterRoleBinding everywhere.
     let here = ar.spec.scope == Scope::Namespace;
-    ctx.role_bindings.state().iter().any(|b| {
-        here && b.namespace() == ar.namespace()
-            && other(b.labels(), &b.name_any(), &b.role_ref.name)
-            && roles.contains(&b.role_ref.name)
-            && b.subjects.iter().flatten().any(mine)
-    }) || ctx.cluster_role_bindings.state().iter().any(|b| {
-        other(b.labels(), &b.name_any(), &b.role_ref.name)
-            && roles.contains(&b.role_ref.name)
-            && b.subjects.iter().flatten().any(mine)
-    })
+    ctx.role_bindings
+        .find(|b| {
+            here && b.namespace() == ar.namespace()
+                && other(b.labels(), &b.name_any(), &b.role_ref.name)
+                && roles.contains(&b.role_ref.name)
+                && b.subjects.iter().flatten().any(mine)
+        })
+        .is_some()
+        || ctx
+            .cluster_role_bindings
+            .find(|b| {
+                other(b.labels(), &b.name_any(), &b.role_ref.name)
+                    && roles.contains(&b.role_ref.name)
+                    && b.subjects.iter().flatten().any(mine)
+            })
+            .is_some()
 }

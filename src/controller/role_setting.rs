@@ -59,7 +59,8 @@ pub async fn controller(ctx: Arc<Context>, t: Triggers) {
     });
     let mut rx = t.discovered;
     let c = c.reconcile_all_on(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-    c.shutdown_on_signal()
+    c.with_config(super::controller_config())
+        .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;

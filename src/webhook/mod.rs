@@ -265,9 +265,8 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
             let cached: Vec<EligibleAssignment> = s
                 .ctx
                 .assignments
-                .state()
+                .state_filter(|a| a.metadata.namespace.as_deref() == Some(ns.as_str()))
                 .iter()
-                .filter(|a| a.namespace().as_deref() == Some(ns.as_str()))
                 .map(|a| a.as_ref().clone())
                 .collect();
             // Not eligible by the cache: read the namespace's assignments live before refusing
@@ -291,12 +290,11 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
                     .unwrap_or(cached)
             };
             let eas: Vec<&EligibleAssignment> = owned.iter().collect();
-            let ars = s.ctx.requests.state();
-            let ars: Vec<&ActivationRequest> = ars
-                .iter()
-                .map(|a| a.as_ref())
-                .filter(|a| a.namespace().as_deref() == Some(ns.as_str()))
-                .collect();
+            let ars = s
+                .ctx
+                .requests
+                .state_filter(|a| a.metadata.namespace.as_deref() == Some(ns.as_str()));
+            let ars: Vec<&ActivationRequest> = ars.iter().map(|a| a.as_ref()).collect();
             let risks = match &rs {
                 Some(rs) => role_risks(&s.ctx, rs).await,
                 None => Vec::new(),
@@ -304,16 +302,14 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
             let open_by_requester = s
                 .ctx
                 .requests
-                .state()
-                .iter()
-                .filter(|r| {
+                .state_filter(|r| {
                     r.spec.requester.username == ar.spec.requester.username
                         && r.status
                             .as_ref()
                             .and_then(|st| st.phase)
                             .is_none_or(|p| !crate::decide::request::is_terminal(p))
                 })
-                .count();
+                .len();
             let facts = review::RequestFacts {
                 role_setting: rs.as_ref(),
                 assignments: &eas,
