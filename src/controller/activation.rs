@@ -60,7 +60,7 @@ pub struct Triggers {
 /// Runs the controller until shutdown.
 pub async fn controller(ctx: Arc<Context>, t: Triggers) {
     let by_role_setting = ctx.requests.clone();
-    let by_assignment = ctx.requests.clone();
+    let by_assignment = (ctx.requests.clone(), ctx.request_namespaces.clone());
     let c = Controller::for_shared_stream(t.requests, ctx.requests.clone())
         // An extension's progress decides its predecessor's (Superseded once it is Active).
         .watches_shared_stream(t.extensions, |ar| {
@@ -75,11 +75,17 @@ pub async fn controller(ctx: Arc<Context>, t: Triggers) {
         requests_where(&by_role_setting, |ar| ar.spec.role_setting == name)
     });
     let c = relate(c, t.assignments, move |ea: Arc<EligibleAssignment>| {
-        let ns = ea.namespace();
-        let rs = ea.spec.role_setting.clone();
-        requests_where(&by_assignment, |ar| {
-            ar.namespace() == ns && ar.spec.role_setting == rs
-        })
+        let (store, index) = &by_assignment;
+        let rs = &ea.spec.role_setting;
+        index
+            .select(
+                store,
+                ea.metadata.namespace.as_deref().unwrap_or_default(),
+                |ar| &ar.spec.role_setting == rs,
+            )
+            .iter()
+            .map(|ar| ObjectRef::from_obj(ar.as_ref()))
+            .collect::<Vec<_>>()
     });
     let c = relate(c, t.role_bindings, |b: Arc<RoleBinding>| {
         owner_ref(b.labels())
@@ -102,16 +108,16 @@ fn requests_where(
     store: &kube::runtime::reflector::Store<ActivationRequest>,
     f: impl Fn(&ActivationRequest) -> bool,
 ) -> Vec<ObjectRef<ActivationRequest>> {
+    // Filtered in place: a cache of 10,000 requests is not copied out for each trigger.
     store
-        .state()
+        .state_filter(f)
         .iter()
-        .filter(|ar| f(ar))
         .map(|ar| ObjectRef::from_obj(ar.as_ref()))
         .collect()
 }
 
 fn owner_ref(labels: &BTreeMap<String, String>) -> Option<ObjectRef<ActivationRequest>> {
-    bindings::owner_of(labels).map(|(ns, name, _)| ObjectRef::new(&name).within(&ns))
+    bindings::owner_of(labels).map(|(ns, name, _)| ObjectRef::new(name).within(ns))
 }
 
 fn error_policy(ar: Arc<ActivationRequest>, e: &Error, ctx: Arc<Context>) -> Action {
@@ -208,8 +214,8 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
     // Only the requester's own assignments are copied out of the cache (not all of them, per
     // reconcile: at 10,000 assignments that was most of a reconcile's work).
     let assignments = ctx
-        .assignments
-        .state_filter(|ea| eligibility::names(&wanted, ea));
+        .assignment_namespaces
+        .select(&ctx.assignments, &ns, |ea| eligibility::names(&wanted, ea));
     if let (Some(rs), true) = (rs.as_deref(), open) {
         for ea in &assignments {
             if ctx.authz.assignment(ea, rs).await.is_ok() {
@@ -265,9 +271,8 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
 
     // Extensions: the request this one extends, where its chain started, and whether an
     // Active extension of this one has taken over (all from the cache of this namespace).
-    let same_ns: Vec<Arc<ActivationRequest>> = ctx
-        .requests
-        .state_filter(|r| r.metadata.namespace.as_deref() == Some(ns.as_str()));
+    let same_ns: Vec<Arc<ActivationRequest>> =
+        ctx.request_namespaces.select(&ctx.requests, &ns, |_| true);
     let lookup = |name: &str| {
         same_ns
             .iter()
@@ -372,7 +377,7 @@ async fn apply(
         // also deleted, but only on the transition that ends access: that catches a binding
         // whose labels were removed, without a DELETE per reconcile of every ended request.
         Bindings::Ensure(desired) => {
-            rbac_writes::ensure(ctx, desired, &request_binding(ar)).await?
+            rbac_writes::ensure(ctx, desired, uid_of(ar), &request_binding(ar)).await?
         }
         Bindings::Remove => {
             let by_name = if plan.status.is_some() {
@@ -380,7 +385,8 @@ async fn apply(
             } else {
                 Vec::new()
             };
-            let deleted = rbac_writes::remove(ctx, &[], &request_binding(ar), &by_name).await?;
+            let deleted =
+                rbac_writes::remove(ctx, &[], uid_of(ar), &request_binding(ar), &by_name).await?;
             if plan.status.as_ref().is_some_and(crate::metrics::ends) {
                 note_revoked(ar, deleted, ctx);
             }
@@ -515,7 +521,8 @@ async fn finalize(
     if !ar.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    let deleted = rbac_writes::remove(ctx, &[], &request_binding(ar), &status_refs(ar)).await?;
+    let deleted =
+        rbac_writes::remove(ctx, &[], uid_of(ar), &request_binding(ar), &status_refs(ar)).await?;
     let phase = ar.status.as_ref().and_then(|s| s.phase);
     let open = phase.is_some_and(|p| !request::is_terminal(p));
     if open {
@@ -541,11 +548,17 @@ async fn finalize(
     Ok(Action::await_change())
 }
 
+fn uid_of(ar: &ActivationRequest) -> &str {
+    ar.metadata.uid.as_deref().unwrap_or_default()
+}
+
 /// Whether a managed binding (by its labels) belongs to request `ar`.
 fn request_binding(
     ar: &ActivationRequest,
 ) -> impl Fn(&BTreeMap<String, String>) -> bool + Sync + '_ {
-    move |labels| bindings::owner_of(labels).is_some_and(|(_, _, u)| Some(u) == ar.uid())
+    move |labels| {
+        bindings::owner_of(labels).is_some_and(|(_, _, u)| Some(u) == ar.metadata.uid.as_deref())
+    }
 }
 
 /// The bindings a request's status names (found even if the cache lost track of them).
@@ -564,13 +577,13 @@ pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
     let assignment_holds = |labels: &BTreeMap<String, String>| {
         bindings::assignment_owner_of(labels).is_some_and(|(ns, name, uid)| {
             ctx.assignments
-                .get(&ObjectRef::new(&name).within(&ns))
+                .get(&ObjectRef::new(name).within(ns))
                 .is_some_and(|ea| {
                     let rs = ctx
                         .role_settings
                         .get(&ObjectRef::new(&ea.spec.role_setting));
                     let cluster_ns = &ctx.settings.cluster_scope_namespace;
-                    ea.uid().as_deref() == Some(uid.as_str())
+                    ea.metadata.uid.as_deref() == Some(uid)
                         && eligibility::phase(&ea, rs.as_deref(), Ok(()), cluster_ns, now).0
                             == crate::api::AssignmentPhase::Active
                 })
@@ -580,9 +593,9 @@ pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
         assignment_holds(labels)
             || bindings::owner_of(labels).is_some_and(|(ns, name, uid)| {
                 ctx.requests
-                    .get(&ObjectRef::new(&name).within(&ns))
+                    .get(&ObjectRef::new(name).within(ns))
                     .is_some_and(|ar| {
-                        ar.uid().as_deref() == Some(uid.as_str())
+                        ar.metadata.uid.as_deref() == Some(uid)
                             && !ar
                                 .status
                                 .as_ref()

@@ -53,14 +53,13 @@ pub async fn controller(ctx: Arc<Context>, t: Triggers) {
     let c = relate(c, t.role_settings, move |rs: Arc<RoleSetting>| {
         let name = rs.name_any();
         store
-            .state()
+            .state_filter(|ea| ea.spec.role_setting == name)
             .iter()
-            .filter(|ea| ea.spec.role_setting == name)
             .map(|ea| ObjectRef::from_obj(ea.as_ref()))
             .collect::<Vec<_>>()
     });
     let owner = |labels: &std::collections::BTreeMap<String, String>| {
-        bindings::assignment_owner_of(labels).map(|(ns, name, _)| ObjectRef::new(&name).within(&ns))
+        bindings::assignment_owner_of(labels).map(|(ns, name, _)| ObjectRef::new(name).within(ns))
     };
     let c = relate(c, t.role_bindings, move |b: Arc<RoleBinding>| {
         owner(b.labels())
@@ -91,14 +90,15 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
     let api: Api<EligibleAssignment> =
         Api::namespaced(ctx.client.clone(), &ea.namespace().unwrap_or_default());
     let uid = ea.uid();
+    let owner = ea.metadata.uid.as_deref().unwrap_or_default();
     let mine = move |labels: &std::collections::BTreeMap<String, String>| {
-        bindings::assignment_owner_of(labels).is_some_and(|(_, _, u)| Some(u) == uid)
+        bindings::assignment_owner_of(labels).is_some_and(|(_, _, u)| Some(u) == uid.as_deref())
     };
     let has_finalizer = ea.finalizers().iter().any(|f| f == FINALIZER);
     if ea.metadata.deletion_timestamp.is_some() {
         // Deleted: its bindings go before it does.
         if has_finalizer {
-            rbac_writes::remove(&ctx, &[], &mine, &[]).await?;
+            rbac_writes::remove(&ctx, &[], owner, &mine, &[]).await?;
             rbac_writes::remove_finalizer(&api, ea.as_ref()).await?;
         }
         return Ok(Action::await_change());
@@ -124,10 +124,10 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
     match (phase, rs.as_deref()) {
         (AssignmentPhase::Active, Some(rs)) => {
             let roles: Vec<String> = rs.spec.role_refs.iter().map(|r| r.name.clone()).collect();
-            rbac_writes::ensure(&ctx, &bindings::for_assignment(&ea, &roles), &mine).await?;
+            rbac_writes::ensure(&ctx, &bindings::for_assignment(&ea, &roles), owner, &mine).await?;
         }
         _ => {
-            rbac_writes::remove(&ctx, &[], &mine, &[]).await?;
+            rbac_writes::remove(&ctx, &[], owner, &mine, &[]).await?;
         }
     }
     if !holds && has_finalizer {
@@ -159,12 +159,13 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
     let name = ea.name_any();
     let ns = ea.namespace();
     // Filtered in the cache, nothing copied but the matches' handles.
-    let backed = ctx.requests.state_filter(|ar| {
-        ar.metadata.namespace == ns
-            && ar.status.as_ref().is_some_and(|s| {
-                s.assignment.as_deref() == Some(name.as_str()) && s.activation_time.is_some()
-            })
-    });
+    let backed =
+        ctx.request_namespaces
+            .select(&ctx.requests, ns.as_deref().unwrap_or_default(), |ar| {
+                ar.status.as_ref().is_some_and(|s| {
+                    s.assignment.as_deref() == Some(name.as_str()) && s.activation_time.is_some()
+                })
+            });
     status.activations = i64::try_from(backed.len()).unwrap_or(i64::MAX);
     status.last_activation_time = backed
         .iter()

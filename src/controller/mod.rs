@@ -15,6 +15,7 @@ pub mod activation;
 pub mod assignment;
 pub mod audit;
 pub mod events;
+pub mod index;
 pub mod lenient;
 pub mod rbac_writes;
 pub mod residual;
@@ -76,6 +77,14 @@ pub struct Context {
     pub assignments: Store<EligibleAssignment>,
     /// All ActivationRequests.
     pub requests: Store<ActivationRequest>,
+    /// Which assignments are in which namespace (see [`index`]).
+    pub assignment_namespaces: Arc<index::Index>,
+    /// Which requests are in which namespace (see [`index`]).
+    pub request_namespaces: Arc<index::Index>,
+    /// Managed RoleBindings by the uid of their request or assignment.
+    pub role_binding_owners: Arc<index::Index>,
+    /// Managed ClusterRoleBindings by the uid of their request or assignment.
+    pub cluster_role_binding_owners: Arc<index::Index>,
     /// RoleBindings kube-pim made (label-selected).
     pub role_bindings: Store<RoleBinding>,
     /// ClusterRoleBindings kube-pim made (label-selected).
@@ -349,6 +358,7 @@ struct Shared<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     reader: Store<K>,
     writer: reflector::store::Writer<K>,
     deletes: Vec<tokio::sync::mpsc::UnboundedSender<Arc<K>>>,
+    index: Option<Arc<index::Index>>,
 }
 
 impl<K> Shared<K>
@@ -363,7 +373,13 @@ where
             reader,
             writer,
             deletes: Vec::new(),
+            index: None,
         }
+    }
+
+    /// Keeps `index` of the cache up to date; returns it.
+    fn indexed(&mut self, index: index::Index) -> Arc<index::Index> {
+        self.index.get_or_insert_with(|| Arc::new(index)).clone()
     }
 
     /// A stream of changed objects for one more controller.
@@ -386,6 +402,7 @@ where
     /// Starts the watch that feeds the cache and every subscription; returns the cache.
     fn start(self) -> Store<K> {
         let deletes = self.deletes;
+        let index = self.index;
         // Untyped on the wire, typed one object at a time (see `lenient`).
         let untyped: Api<kube::api::DynamicObject> = Api::all_with(
             self.api.into_client(),
@@ -402,6 +419,13 @@ where
             .modify(|o: &mut K| {
                 // Caches hold what reconcilers read; managedFields is never read.
                 o.meta_mut().managed_fields = None;
+            })
+            // The index first: an object in the cache is already in the index.
+            .map(move |ev| {
+                if let (Ok(ev), Some(index)) = (&ev, &index) {
+                    index.observe(ev);
+                }
+                ev
             })
             .reflect_shared(self.writer)
             .for_each(move |ev| {
@@ -480,8 +504,18 @@ pub fn start(
     let mut rs = Shared::new(Api::<RoleSetting>::all(client.clone()), wc.clone());
     let mut ea = Shared::new(Api::<EligibleAssignment>::all(client.clone()), wc.clone());
     let mut ar = Shared::new(Api::<ActivationRequest>::all(client.clone()), wc.clone());
+    let request_namespaces = ar.indexed(index::Index::by_namespace());
+    let assignment_namespaces = ea.indexed(index::Index::by_namespace());
     let mut rb = Shared::new(Api::<RoleBinding>::all(client.clone()), managed.clone());
     let mut crb = Shared::new(Api::<ClusterRoleBinding>::all(client.clone()), managed);
+    let by_owner = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        m.labels
+            .as_ref()
+            .and_then(|l| crate::decide::bindings::owner_uid(l))
+            .map(String::from)
+    };
+    let role_binding_owners = rb.indexed(index::Index::new(by_owner));
+    let cluster_role_binding_owners = crb.indexed(index::Index::new(by_owner));
     let mut cr = Shared::new(Api::<ClusterRole>::all(client.clone()), wc);
 
     // The counters an activation moves are read by no request and no assignment.
@@ -540,6 +574,10 @@ pub fn start(
         settings,
         role_settings: rs.start(),
         assignments: ea.start(),
+        request_namespaces,
+        assignment_namespaces,
+        role_binding_owners,
+        cluster_role_binding_owners,
         requests: ar.start(),
         role_bindings: rb.start(),
         cluster_role_bindings: crb.start(),

@@ -240,26 +240,38 @@ fn build(
 }
 
 /// The assignment a managed binding belongs to: (namespace, name, uid) from its labels.
-pub fn assignment_owner_of(labels: &BTreeMap<String, String>) -> Option<(String, String, String)> {
+pub fn assignment_owner_of(labels: &BTreeMap<String, String>) -> Option<(&str, &str, &str)> {
     if labels.get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1) {
         return None;
     }
     Some((
-        labels.get(LABEL_ASSIGNMENT_NAMESPACE)?.clone(),
-        labels.get(LABEL_ASSIGNMENT)?.clone(),
-        labels.get(LABEL_ASSIGNMENT_UID)?.clone(),
+        labels.get(LABEL_ASSIGNMENT_NAMESPACE)?,
+        labels.get(LABEL_ASSIGNMENT)?,
+        labels.get(LABEL_ASSIGNMENT_UID)?,
     ))
 }
 
+/// The uid of the request or assignment a managed binding belongs to, from its labels.
+pub fn owner_uid(labels: &BTreeMap<String, String>) -> Option<&str> {
+    if labels.get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1) {
+        return None;
+    }
+    labels
+        .get(LABEL_REQUEST_UID)
+        .or_else(|| labels.get(LABEL_ASSIGNMENT_UID))
+        .map(String::as_str)
+}
+
 /// The request a managed binding belongs to: (namespace, name, uid) from its labels.
-pub fn owner_of(labels: &BTreeMap<String, String>) -> Option<(String, String, String)> {
+/// Borrowed: it runs over every cached binding in a reconcile's search for its own.
+pub fn owner_of(labels: &BTreeMap<String, String>) -> Option<(&str, &str, &str)> {
     if labels.get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1) {
         return None;
     }
     Some((
-        labels.get(LABEL_REQUEST_NAMESPACE)?.clone(),
-        labels.get(LABEL_REQUEST)?.clone(),
-        labels.get(LABEL_REQUEST_UID)?.clone(),
+        labels.get(LABEL_REQUEST_NAMESPACE)?,
+        labels.get(LABEL_REQUEST)?,
+        labels.get(LABEL_REQUEST_UID)?,
     ))
 }
 
@@ -341,11 +353,7 @@ mod tests {
         );
         assert_eq!(
             owner_of(rb.metadata.labels.as_ref().unwrap()),
-            Some((
-                "payments".into(),
-                "alice-x7k2p".into(),
-                "uid-alice-x7k2p".into()
-            ))
+            Some(("payments", "alice-x7k2p", "uid-alice-x7k2p"))
         );
     }
 
@@ -389,7 +397,7 @@ mod tests {
         let labels = rb.metadata.labels.as_ref().unwrap();
         assert_eq!(
             assignment_owner_of(labels),
-            Some(("payments".into(), "oncall".into(), "uid-oncall".into()))
+            Some(("payments", "oncall", "uid-oncall"))
         );
         assert_eq!(owner_of(labels), None, "not a request's binding");
         assert_eq!(

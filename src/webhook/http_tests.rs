@@ -51,7 +51,10 @@ fn app_with_context() -> (axum::Router, Arc<Context>) {
     ea.metadata.creation_timestamp = Some(crate::time::to_k8s(
         chrono::Utc::now() - chrono::TimeDelta::days(30),
     ));
-    eaw.apply_watcher_event(&Event::Apply(ea));
+    let assignment_namespaces = Arc::new(crate::controller::index::Index::by_namespace());
+    let ev = Event::Apply(ea);
+    assignment_namespaces.observe(&ev);
+    eaw.apply_watcher_event(&ev);
     let (requests, _) = store::<ActivationRequest>();
     let ctx = Arc::new(Context {
         recorder: crate::controller::events::Events::new(
@@ -84,6 +87,10 @@ fn app_with_context() -> (axum::Router, Arc<Context>) {
         role_settings,
         assignments,
         requests,
+        request_namespaces: Arc::new(crate::controller::index::Index::by_namespace()),
+        assignment_namespaces,
+        role_binding_owners: Arc::new(crate::controller::index::Index::by_namespace()),
+        cluster_role_binding_owners: Arc::new(crate::controller::index::Index::by_namespace()),
         role_bindings: store().0,
         cluster_role_bindings: store().0,
         cluster_roles: store().0,

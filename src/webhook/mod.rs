@@ -264,8 +264,8 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
             let rs = role_setting(&s.ctx, &ar.spec.role_setting).await;
             let cached: Vec<EligibleAssignment> = s
                 .ctx
-                .assignments
-                .state_filter(|a| a.metadata.namespace.as_deref() == Some(ns.as_str()))
+                .assignment_namespaces
+                .select(&s.ctx.assignments, &ns, |_| true)
                 .iter()
                 .map(|a| a.as_ref().clone())
                 .collect();
@@ -292,8 +292,8 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
             let eas: Vec<&EligibleAssignment> = owned.iter().collect();
             let ars = s
                 .ctx
-                .requests
-                .state_filter(|a| a.metadata.namespace.as_deref() == Some(ns.as_str()));
+                .request_namespaces
+                .select(&s.ctx.requests, &ns, |_| true);
             let ars: Vec<&ActivationRequest> = ars.iter().map(|a| a.as_ref()).collect();
             let risks = match &rs {
                 Some(rs) => role_risks(&s.ctx, rs).await,
