@@ -637,6 +637,7 @@ pub fn start(
     // Readiness and the periodic sweep run beside the controllers; they end with the process
     // (the controllers end on SIGTERM, and with them `run`).
     tokio::spawn(readiness);
+    let leading = ctx.leader.clone();
     let run = Box::pin(async move {
         let mut synced = synced_rx;
         if synced.wait_for(|s| *s).await.is_err() {
@@ -645,11 +646,11 @@ pub fn start(
         // Expired access goes first: after an outage the start sweep deletes every binding
         // past its expiry in bulk, before the controllers' reconciles (a request each, with
         // its status, Events and checks) compete with it for the apiserver. It runs once
-        // this replica leads.
+        // this replica leads; a sweep that takes long (a slow apiserver) holds the
+        // controllers back for 10 s at most, since deactivations wait on them.
+        leading.acquired().await;
         let mut swept = swept_rx;
-        if swept.wait_for(|s| *s).await.is_err() {
-            return;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), swept.wait_for(|s| *s)).await;
         futures::future::join_all(controllers).await;
     });
     (ctx, run)

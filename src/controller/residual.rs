@@ -84,7 +84,12 @@ pub async fn check(ar: &ActivationRequest, ctx: &Context) -> Result<Option<Durat
         return Ok(Some(wait));
     }
     let found = {
-        let _slot = ctx.residual_slots.acquire().await;
+        // Not waited for: a reconcile waiting here would hold one of its controller's few
+        // reconcile slots, and after an expiry wave most slots would sit here while
+        // revocations and activations queued behind them. Asked again shortly instead.
+        let Ok(_slot) = ctx.residual_slots.try_acquire() else {
+            return Ok(Some(Duration::from_millis(500)));
+        };
         probe(ar, ctx, Utc::now()).await?
     };
     let now = Utc::now();

@@ -89,8 +89,9 @@ fn app_with_context() -> (axum::Router, Arc<Context>) {
         requests,
         request_namespaces: Arc::new(crate::controller::index::Index::by_namespace()),
         assignment_namespaces,
-        role_binding_owners: Arc::new(crate::controller::index::Index::by_namespace()),
-        cluster_role_binding_owners: Arc::new(crate::controller::index::Index::by_namespace()),
+        // The operator's own keys (unused by the webhook, which reads no bindings).
+        role_binding_owners: Arc::new(crate::controller::index::Index::new(|_| None)),
+        cluster_role_binding_owners: Arc::new(crate::controller::index::Index::new(|_| None)),
         role_bindings: store().0,
         cluster_role_bindings: store().0,
         cluster_roles: store().0,
