@@ -58,7 +58,11 @@ pub struct Triggers {
 }
 
 /// Runs the controller until shutdown.
-pub async fn controller(ctx: Arc<Context>, t: Triggers) {
+pub async fn controller(
+    ctx: Arc<Context>,
+    t: Triggers,
+    acting: impl futures::Stream<Item = ()> + Send + Sync + 'static,
+) {
     let by_role_setting = ctx.requests.clone();
     let by_assignment = (ctx.requests.clone(), ctx.request_namespaces.clone());
     let c = Controller::for_shared_stream(t.requests, ctx.requests.clone())
@@ -93,7 +97,8 @@ pub async fn controller(ctx: Arc<Context>, t: Triggers) {
     let c = relate(c, t.cluster_role_bindings, |b: Arc<ClusterRoleBinding>| {
         owner_ref(b.labels())
     });
-    c.with_config(super::controller_config())
+    c.reconcile_all_on(acting)
+        .with_config(super::controller_config())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
@@ -145,6 +150,10 @@ enum Next {
 /// the bindings) continues from the object its status write returned. Each watch round trip
 /// saved is one less wait on the path from a request (or the last approval) to access.
 async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.acting() {
+        // A follower, or the leader before its start sweep: reconciled again when it acts.
+        return Ok(Action::await_change());
+    }
     let mut ar = ar;
     // Requested+Approved, then Activated: two passes; a third is slack.
     for _ in 0..3 {

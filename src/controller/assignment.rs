@@ -47,7 +47,11 @@ pub struct Triggers {
 }
 
 /// Runs the controller until shutdown.
-pub async fn controller(ctx: Arc<Context>, t: Triggers) {
+pub async fn controller(
+    ctx: Arc<Context>,
+    t: Triggers,
+    acting: impl futures::Stream<Item = ()> + Send + Sync + 'static,
+) {
     let store = ctx.assignments.clone();
     let c = Controller::for_shared_stream(t.assignments, ctx.assignments.clone());
     let c = relate(c, t.role_settings, move |rs: Arc<RoleSetting>| {
@@ -69,7 +73,8 @@ pub async fn controller(ctx: Arc<Context>, t: Triggers) {
         t.cluster_role_bindings,
         move |b: Arc<ClusterRoleBinding>| owner(b.labels()),
     );
-    c.with_config(super::controller_config())
+    c.reconcile_all_on(acting)
+        .with_config(super::controller_config())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -83,6 +88,10 @@ fn error_policy(ea: Arc<EligibleAssignment>, e: &Error, ctx: Arc<Context>) -> Ac
 }
 
 async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.acting() {
+        // A follower, or the leader before its start sweep: reconciled again when it acts.
+        return Ok(Action::await_change());
+    }
     let now = Utc::now();
     let rs = ctx
         .role_settings

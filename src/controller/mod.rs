@@ -110,6 +110,26 @@ pub struct Context {
     /// Residual-access checks at a time (each asks up to 16 questions at once): a wave of
     /// expiries must not crowd out new activations and revocations on the apiserver.
     pub residual_slots: tokio::sync::Semaphore,
+    /// Whether reconciles act: this replica leads and its start sweep is done (see `run`).
+    /// Until then every controller runs, so that its subscriptions of the shared caches are
+    /// read (unread, a cache stops updating after 1,024 events), but decides nothing.
+    pub acting: std::sync::atomic::AtomicBool,
+}
+
+impl Context {
+    /// Whether reconciles act now (see [`Context::acting`]).
+    pub fn acting(&self) -> bool {
+        self.acting.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Reconciles every object of a controller when this replica starts acting: until then its
+/// reconciles returned without doing anything.
+pub fn when_acting(
+    rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+) -> impl futures::Stream<Item = ()> + Send + Sync + 'static {
+    let mut rx = rx;
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// How many residual-access checks run at once.
@@ -570,6 +590,7 @@ pub fn start(
         leader,
         written: Written::default(),
         residual_slots: tokio::sync::Semaphore::new(RESIDUAL_SLOTS),
+        acting: Default::default(),
         client,
         settings,
         role_settings: rs.start(),
@@ -590,6 +611,10 @@ pub fn start(
     // the restart test before this gate existed).
     let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     let (swept_tx, swept_rx) = tokio::sync::watch::channel(false);
+    let (acting_tx, mut acting_rx): (Vec<_>, Vec<_>) = (0..3)
+        .map(|_| tokio::sync::mpsc::unbounded_channel())
+        .map(|(tx, rx)| (tx, Some(rx)))
+        .unzip();
     let readiness = {
         let ctx = ctx.clone();
         async move {
@@ -630,15 +655,27 @@ pub fn start(
     };
 
     let controllers: Vec<BoxFuture<'static, ()>> = vec![
-        Box::pin(activation::controller(ctx.clone(), activation_triggers)),
-        Box::pin(assignment::controller(ctx.clone(), assignment_triggers)),
-        Box::pin(role_setting::controller(ctx.clone(), role_setting_triggers)),
+        Box::pin(activation::controller(
+            ctx.clone(),
+            activation_triggers,
+            when_acting(acting_rx[0].take().expect("once")),
+        )),
+        Box::pin(assignment::controller(
+            ctx.clone(),
+            assignment_triggers,
+            when_acting(acting_rx[1].take().expect("once")),
+        )),
+        Box::pin(role_setting::controller(
+            ctx.clone(),
+            role_setting_triggers,
+            when_acting(acting_rx[2].take().expect("once")),
+        )),
     ];
     // Readiness and the periodic sweep run beside the controllers; they end with the process
     // (the controllers end on SIGTERM, and with them `run`).
     tokio::spawn(readiness);
-    let leading = ctx.leader.clone();
-    let run = Box::pin(async move {
+    let gate = ctx.clone();
+    let opening = async move {
         let mut synced = synced_rx;
         if synced.wait_for(|s| *s).await.is_err() {
             return;
@@ -647,11 +684,21 @@ pub fn start(
         // past its expiry in bulk, before the controllers' reconciles (a request each, with
         // its status, Events and checks) compete with it for the apiserver. It runs once
         // this replica leads; a sweep that takes long (a slow apiserver) holds the
-        // controllers back for 10 s at most, since deactivations wait on them.
-        leading.acquired().await;
+        // reconciles back for 10 s at most, since deactivations wait on them.
+        gate.leader.acquired().await;
         let mut swept = swept_rx;
         let _ = tokio::time::timeout(Duration::from_secs(10), swept.wait_for(|s| *s)).await;
-        futures::future::join_all(controllers).await;
+        gate.acting
+            .store(true, std::sync::atomic::Ordering::Release);
+        for tx in acting_tx {
+            let _ = tx.send(());
+        }
+        // Leadership is not given back: a replica that loses it exits (see `leader`).
+    };
+    let run = Box::pin(async move {
+        // The controllers run from the start (followers too): they keep reading their
+        // subscriptions; their reconciles act once `opening` is done.
+        futures::future::join(opening, futures::future::join_all(controllers)).await;
     });
     (ctx, run)
 }

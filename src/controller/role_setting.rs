@@ -39,7 +39,11 @@ pub struct Triggers {
 }
 
 /// Runs the controller until shutdown.
-pub async fn controller(ctx: Arc<Context>, t: Triggers) {
+pub async fn controller(
+    ctx: Arc<Context>,
+    t: Triggers,
+    acting: impl futures::Stream<Item = ()> + Send + Sync + 'static,
+) {
     let by_role = ctx.role_settings.clone();
     let c = Controller::for_shared_stream(t.role_settings, ctx.role_settings.clone());
     let c = relate(c, t.assignments, |ea: Arc<EligibleAssignment>| {
@@ -59,7 +63,8 @@ pub async fn controller(ctx: Arc<Context>, t: Triggers) {
     });
     let mut rx = t.discovered;
     let c = c.reconcile_all_on(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-    c.with_config(super::controller_config())
+    c.reconcile_all_on(acting)
+        .with_config(super::controller_config())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -81,6 +86,10 @@ static COUNTS_WRITTEN: std::sync::LazyLock<
 > = std::sync::LazyLock::new(Default::default);
 
 async fn reconcile(rs: Arc<RoleSetting>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.acting() {
+        // A follower, or the leader before its start sweep: reconciled again when it acts.
+        return Ok(Action::await_change());
+    }
     let now = Utc::now();
     let name = rs.name_any();
     let generation = rs.metadata.generation;

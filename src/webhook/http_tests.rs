@@ -76,6 +76,7 @@ fn app_with_context() -> (axum::Router, Arc<Context>) {
         leader: crate::leader::Leadership::always(),
         written: Default::default(),
         residual_slots: tokio::sync::Semaphore::new(1),
+        acting: Default::default(),
         settings: crate::controller::Settings {
             namespace: "kube-pim-system".into(),
             cluster_scope_namespace: "kube-pim-system".into(),
