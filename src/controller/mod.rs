@@ -25,7 +25,7 @@ pub mod standing;
 use std::{sync::Arc, time::Duration};
 
 use chrono::TimeDelta;
-use futures::{FutureExt, StreamExt, future::BoxFuture};
+use futures::{StreamExt, future::BoxFuture};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::{
     Api, Client,
@@ -379,6 +379,7 @@ struct Shared<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     writer: reflector::store::Writer<K>,
     deletes: Vec<tokio::sync::mpsc::UnboundedSender<Arc<K>>>,
     index: Option<Arc<index::Index>>,
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl<K> Shared<K>
@@ -394,7 +395,16 @@ where
             writer,
             deletes: Vec::new(),
             index: None,
+            synced: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Turns true once the cache has listed its objects. Not `Store::wait_until_ready`: its
+    /// future wakes only the task that polled it last, and the controller whose primary cache
+    /// this is waits on it too. With both waiting, readiness came 10 s late (when a timer
+    /// polled again); polled with `now_or_never`, it could leave the controller never woken.
+    fn synced(&self) -> (String, tokio::sync::watch::Receiver<bool>) {
+        (K::kind(&()).into_owned(), self.synced.subscribe())
     }
 
     /// Keeps `index` of the cache up to date; returns it.
@@ -423,6 +433,7 @@ where
     fn start(self) -> Store<K> {
         let deletes = self.deletes;
         let index = self.index;
+        let synced = self.synced;
         // Untyped on the wire, typed one object at a time (see `lenient`).
         let untyped: Api<kube::api::DynamicObject> = Api::all_with(
             self.api.into_client(),
@@ -456,6 +467,10 @@ where
                             let _ = tx.send(o.clone());
                         }
                     }
+                    // Applied to the cache by `reflect_shared` before it got here.
+                    Ok(watcher::Event::InitDone) => {
+                        synced.send_replace(true);
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "watch error; retrying with backoff"),
                 }
@@ -467,43 +482,22 @@ where
 }
 
 /// Waits until every cache has listed its objects, warning every 10 s about those that have not.
-async fn caches_synced(ctx: &Context) {
-    let synced = |kind: &'static str| move |_| tracing::debug!(kind, "cache synced");
-    let all = async {
-        tokio::join!(
-            ctx.role_settings
-                .wait_until_ready()
-                .map(synced("RoleSetting")),
-            ctx.assignments
-                .wait_until_ready()
-                .map(synced("EligibleAssignment")),
-            ctx.requests
-                .wait_until_ready()
-                .map(synced("ActivationRequest")),
-            ctx.role_bindings
-                .wait_until_ready()
-                .map(synced("RoleBinding")),
-            ctx.cluster_role_bindings
-                .wait_until_ready()
-                .map(synced("ClusterRoleBinding")),
-            ctx.cluster_roles
-                .wait_until_ready()
-                .map(synced("ClusterRole")),
-        )
-    };
+async fn caches_synced(caches: Vec<(String, tokio::sync::watch::Receiver<bool>)>) {
+    let all = futures::future::join_all(caches.iter().cloned().map(|(kind, mut rx)| async move {
+        // An error: the watch task ended, which only happens at shutdown.
+        let _ = rx.wait_for(|s| *s).await;
+        tracing::debug!(kind, "cache synced");
+    }));
     tokio::pin!(all);
     loop {
         tokio::select! {
             _ = &mut all => return,
             _ = tokio::time::sleep(Duration::from_secs(10)) => {
-                let pending: Vec<&str> = [
-                    ("RoleSetting", ctx.role_settings.wait_until_ready().now_or_never().is_some()),
-                    ("EligibleAssignment", ctx.assignments.wait_until_ready().now_or_never().is_some()),
-                    ("ActivationRequest", ctx.requests.wait_until_ready().now_or_never().is_some()),
-                    ("RoleBinding", ctx.role_bindings.wait_until_ready().now_or_never().is_some()),
-                    ("ClusterRoleBinding", ctx.cluster_role_bindings.wait_until_ready().now_or_never().is_some()),
-                    ("ClusterRole", ctx.cluster_roles.wait_until_ready().now_or_never().is_some()),
-                ].into_iter().filter(|(_, synced)| !synced).map(|(k, _)| k).collect();
+                let pending: Vec<&str> = caches
+                    .iter()
+                    .filter(|(_, rx)| !*rx.borrow())
+                    .map(|(kind, _)| kind.as_str())
+                    .collect();
                 tracing::warn!(?pending, "caches not synced yet");
             }
         }
@@ -537,6 +531,14 @@ pub fn start(
     let role_binding_owners = rb.indexed(index::Index::new(by_owner));
     let cluster_role_binding_owners = crb.indexed(index::Index::new(by_owner));
     let mut cr = Shared::new(Api::<ClusterRole>::all(client.clone()), wc);
+    let caches = vec![
+        rs.synced(),
+        ea.synced(),
+        ar.synced(),
+        rb.synced(),
+        crb.synced(),
+        cr.synced(),
+    ];
 
     // The counters an activation moves are read by no request and no assignment.
     const RS_COUNTERS: &[&str] = &["/status/activeActivations", "/status/assignments"];
@@ -618,7 +620,7 @@ pub fn start(
     let readiness = {
         let ctx = ctx.clone();
         async move {
-            caches_synced(&ctx).await;
+            caches_synced(caches).await;
             tracing::info!("caches synced");
             let _ = synced_tx.send(true);
             on_ready();
@@ -716,6 +718,35 @@ mod tests {
         .expect("valid");
         ar.metadata.resource_version = Some(rv.into());
         ar
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn caches_are_synced_as_soon_as_the_last_one_lists() {
+        let (a, b) = (
+            tokio::sync::watch::Sender::new(false),
+            tokio::sync::watch::Sender::new(false),
+        );
+        // Another waiter on the same cache, as a controller is on its primary cache.
+        let mut other = b.subscribe();
+        let other = tokio::spawn(async move { other.wait_for(|s| *s).await.is_ok() });
+        let waiting = tokio::spawn(caches_synced(vec![
+            ("A".into(), a.subscribe()),
+            ("B".into(), b.subscribe()),
+        ]));
+        tokio::task::yield_now().await;
+        a.send_replace(true);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "B has not listed yet");
+        // The clock is paused: it moves only when every task waits on a timer, so an
+        // unchanged clock means the sync woke both waiters, not the 10 s warning timer.
+        let t0 = tokio::time::Instant::now();
+        b.send_replace(true);
+        waiting.await.expect("caches_synced");
+        assert!(
+            other.await.expect("other waiter"),
+            "the other waiter woke too"
+        );
+        assert_eq!(t0.elapsed(), Duration::ZERO);
     }
 
     #[test]
