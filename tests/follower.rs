@@ -12,9 +12,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{admin, operated, start_operator, world::*};
+use common::{admin, lease_holder, operated, start_replica, world::*};
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
     Api,
     api::{Patch, PatchParams},
@@ -25,13 +24,13 @@ use serde_json::json;
 /// More changes of one request than a subscription holds unread.
 const CHANGES: usize = 1_100;
 
-async fn holder() -> Option<String> {
-    Api::<Lease>::namespaced(admin().await, kube_pim::testenv::CLUSTER_SCOPE_NAMESPACE)
-        .get_opt("kube-pim")
+/// Whether the replica's `/metrics` reports one request of `rs` in `phase`.
+async fn reports(health: &str, rs: &str, phase: &str) -> bool {
+    common::http_get(health, "/metrics")
         .await
-        .unwrap()
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
+        .contains(&format!(
+            "kube_pim_activation_requests{{role_setting=\"{rs}\",phase=\"{phase}\"}} 1"
+        ))
 }
 
 #[tokio::test]
@@ -39,44 +38,20 @@ async fn a_followers_cache_follows_more_changes_than_a_subscription_holds() {
     let env = operated();
     eventually!(
         Duration::from_secs(30),
-        holder().await.as_deref() == Some("testenv-operator"),
+        lease_holder().await.as_deref() == Some("testenv-operator"),
         "the test environment's operator never led"
     );
-    let [health, webhook] = kube_pim::testenv::free_ports::<2>().unwrap();
-    let mut follower = start_operator(
-        env,
-        "kube-pim-follower",
-        &[
-            "--leader-election-identity=follower".into(),
-            format!("--health-addr=127.0.0.1:{health}"),
-            format!("--webhook-addr=127.0.0.1:{webhook}"),
-        ],
-    );
-    let addr = format!("127.0.0.1:{health}");
-    eventually!(
-        Duration::from_secs(60),
-        common::http_get(&addr, "/readyz")
-            .await
-            .starts_with("HTTP/1.1 200"),
-        "the follower never became ready"
-    );
+    let mut follower = start_replica(env, "follower", &[]).await;
+    let addr = follower.health.clone();
 
     let w = World::new("follower", json!({})).await;
     let alice = w.alice().await;
     let ar = w.ask(alice.clone(), json!({})).await.unwrap();
     let name = ar.metadata.name.clone().unwrap();
     w.wait_phase(&name, RequestPhase::Active).await;
-    let gauge = |phase: &str| {
-        format!(
-            "kube_pim_activation_requests{{role_setting=\"{}\",phase=\"{phase}\"}} 1",
-            w.rs
-        )
-    };
     eventually!(
         Duration::from_secs(30),
-        common::http_get(&addr, "/metrics")
-            .await
-            .contains(&gauge("Active")),
+        reports(&addr, &w.rs, "Active").await,
         "the follower's cache never saw the request Active"
     );
 
@@ -102,9 +77,7 @@ async fn a_followers_cache_follows_more_changes_than_a_subscription_holds() {
 
     eventually!(
         Duration::from_secs(30),
-        common::http_get(&addr, "/metrics")
-            .await
-            .contains(&gauge("Deactivated")),
+        reports(&addr, &w.rs, "Deactivated").await,
         "the follower's cache stopped following after the burst of {CHANGES} changes"
     );
     assert!(
@@ -114,8 +87,8 @@ async fn a_followers_cache_follows_more_changes_than_a_subscription_holds() {
         "the follower led: the test proves nothing about followers"
     );
     assert!(
-        follower.try_wait().unwrap().is_none(),
+        follower.process.try_wait().unwrap().is_none(),
         "the follower exited"
     );
-    let _ = follower.kill().await;
+    let _ = follower.process.kill().await;
 }

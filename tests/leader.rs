@@ -12,21 +12,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{admin, operated_with, operator_pid, signal, start_operator, world::*};
-use k8s_openapi::api::{coordination::v1::Lease, rbac::v1::RoleBinding};
+use common::{admin, lease_holder, operated_with, operator_pid, signal, start_replica, world::*};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::Api;
 use kube_pim::api::RequestPhase;
 use nix::sys::signal::Signal;
 use serde_json::json;
-
-async fn holder() -> Option<String> {
-    Api::<Lease>::namespaced(admin().await, kube_pim::testenv::CLUSTER_SCOPE_NAMESPACE)
-        .get_opt("kube-pim")
-        .await
-        .unwrap()
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
-}
 
 fn alive(pid: i32) -> bool {
     // A process that exited but was not reaped yet is a zombie: not alive.
@@ -41,30 +32,17 @@ async fn a_follower_takes_over_and_a_paused_leader_that_lost_its_lease_makes_no_
     let a = operator_pid(env);
     eventually!(
         Duration::from_secs(30),
-        holder().await.as_deref() == Some("testenv-operator"),
+        lease_holder().await.as_deref() == Some("testenv-operator"),
         "the first operator never led"
     );
-    let [health, webhook] = kube_pim::testenv::free_ports::<2>().unwrap();
-    let mut b = start_operator(
+    // A follower is ready once its caches are synced.
+    let mut b = start_replica(
         env,
-        "kube-pim-replica-b",
-        &[
-            "--leader-election-identity=replica-b".into(),
-            "--leader-election-lease-duration=4s".into(),
-            format!("--health-addr=127.0.0.1:{health}"),
-            format!("--webhook-addr=127.0.0.1:{webhook}"),
-        ],
-    );
-    let b_addr = format!("127.0.0.1:{health}");
-    eventually!(
-        Duration::from_secs(60),
-        tokio::net::TcpStream::connect(&b_addr).await.is_ok()
-            && common::http_get(&b_addr, "/readyz")
-                .await
-                .starts_with("HTTP/1.1 200"),
-        "replica b never became ready (a follower serves once its caches are synced)"
-    );
-    assert_eq!(holder().await.as_deref(), Some("testenv-operator"));
+        "replica-b",
+        &["--leader-election-lease-duration=4s".into()],
+    )
+    .await;
+    assert_eq!(lease_holder().await.as_deref(), Some("testenv-operator"));
 
     let w = World::new("leader", json!({})).await;
     let alice = w.alice().await;
@@ -84,7 +62,7 @@ async fn a_follower_takes_over_and_a_paused_leader_that_lost_its_lease_makes_no_
     let a_client = admin().await;
     kube_pim::testenv::install_webhooks(
         &a_client,
-        &format!("https://127.0.0.1:{webhook}"),
+        &format!("https://127.0.0.1:{}", b.webhook),
         &std::fs::read_to_string(env.dir().join("pki/ca.crt")).unwrap(),
         kube_pim::testenv::OPERATOR_USER,
     )
@@ -92,7 +70,7 @@ async fn a_follower_takes_over_and_a_paused_leader_that_lost_its_lease_makes_no_
     .unwrap();
     eventually!(
         Duration::from_secs(30),
-        holder().await.as_deref() == Some("replica-b"),
+        lease_holder().await.as_deref() == Some("replica-b"),
         "replica b never took the lease from the paused leader"
     );
     // Reported, not asserted (timings belong in benchmarks).
@@ -129,7 +107,7 @@ async fn a_follower_takes_over_and_a_paused_leader_that_lost_its_lease_makes_no_
         log.contains("leadership lost"),
         "no exit reason in the old leader's log"
     );
-    assert_eq!(holder().await.as_deref(), Some("replica-b"));
+    assert_eq!(lease_holder().await.as_deref(), Some("replica-b"));
 
     // Replica b goes on: a new activation works end to end.
     let again = w.ask(alice.clone(), json!({})).await.unwrap();
@@ -140,7 +118,7 @@ async fn a_follower_takes_over_and_a_paused_leader_that_lost_its_lease_makes_no_
     .await;
     w.access(&alice, true).await;
     w.audit_intact(&name).await;
-    assert!(b.try_wait().unwrap().is_none(), "replica b exited");
+    assert!(b.process.try_wait().unwrap().is_none(), "replica b exited");
 }
 
 /// The fence itself, against the real apiserver: the operator's client, built as `kube-pim run`

@@ -300,3 +300,52 @@ pub async fn wait_operator_ready(env: &TestEnv) {
         "the operator never became ready"
     );
 }
+
+/// Who holds the operator's Lease now.
+pub async fn lease_holder() -> Option<String> {
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        admin().await,
+        kube_pim::testenv::CLUSTER_SCOPE_NAMESPACE,
+    )
+    .get_opt("kube-pim")
+    .await
+    .unwrap()
+    .and_then(|l| l.spec)
+    .and_then(|s| s.holder_identity)
+}
+
+/// A second operator process beside the test environment's (see [`start_replica`]).
+pub struct Replica {
+    pub process: tokio::process::Child,
+    /// Its `/healthz`, `/readyz` and `/metrics` address.
+    pub health: String,
+    /// Its webhook port.
+    pub webhook: u16,
+}
+
+/// Starts another operator under the leader-election `identity` on free ports, with `extra`
+/// arguments, and waits until it is ready (a follower is, once its caches have synced).
+pub async fn start_replica(env: &TestEnv, identity: &str, extra: &[String]) -> Replica {
+    let [health, webhook] = kube_pim::testenv::free_ports::<2>().unwrap();
+    let mut args = vec![
+        format!("--leader-election-identity={identity}"),
+        format!("--health-addr=127.0.0.1:{health}"),
+        format!("--webhook-addr=127.0.0.1:{webhook}"),
+    ];
+    args.extend(extra.iter().cloned());
+    let process = start_operator(env, &format!("kube-pim-{identity}"), &args);
+    let health = format!("127.0.0.1:{health}");
+    eventually!(
+        Duration::from_secs(60),
+        tokio::net::TcpStream::connect(&health).await.is_ok()
+            && http_get(&health, "/readyz")
+                .await
+                .starts_with("HTTP/1.1 200"),
+        "replica {identity} never became ready"
+    );
+    Replica {
+        process,
+        health,
+        webhook,
+    }
+}
