@@ -73,7 +73,10 @@ pub async fn controller(
         t.cluster_role_bindings,
         move |b: Arc<ClusterRoleBinding>| owner(b.labels()),
     );
-    c.reconcile_all_on(acting)
+    // The safety net (and the re-check of the writer's authority) for all at once; only a
+    // window's boundary is a requeue of its own.
+    let resync = super::every(ctx.settings.resync);
+    c.reconcile_all_on(futures::stream::select(acting, resync))
         .with_config(super::controller_config())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -184,15 +187,18 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
     if ea.status.as_ref() != Some(&status) {
         write_status(&ctx, &ea, &status).await?;
     }
-    Ok(Action::requeue(next_boundary(&ea, now).map_or(
-        ctx.settings.resync,
-        |t| {
-            (t - now)
-                .to_std()
-                .unwrap_or(Duration::ZERO)
-                .min(ctx.settings.resync)
-        },
-    )))
+    // Only a boundary is scheduled here: the resync is one timer for every assignment (see
+    // `controller`). A boundary later than the next resync is scheduled then.
+    Ok(match next_boundary(&ea, now) {
+        Some(t) if t - now <= resync_delta(&ctx) => {
+            Action::requeue((t - now).to_std().unwrap_or(Duration::ZERO))
+        }
+        _ => Action::await_change(),
+    })
+}
+
+fn resync_delta(ctx: &Context) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(ctx.settings.resync).unwrap_or(chrono::TimeDelta::MAX)
 }
 
 /// The next time the phase changes by the clock alone: the start or the end of the window.
