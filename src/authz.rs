@@ -8,9 +8,11 @@
 //! controllers ask again as the identity recorded in an assignment's `kubepim.io/authorized-by`
 //! annotation whenever what it would grant changes (the key of an answer is the identity, the
 //! roles and the scope, so a widened RoleSetting is a new question), and periodically: an
-//! answer is kept for one resync period, after which the next reconcile asks again. That
-//! keeps an activation free of API calls while a revoked `bind` still ends access within a
-//! resync. API errors are not answers: they are returned, never cached, so no decision is
+//! answer is kept for half a resync period, so the resync (one timer for every assignment,
+//! one period after the last) always finds it stale and asks again; kept for a whole period,
+//! an answer given late in one resync's burst was still fresh early in the next one, and the
+//! re-check came a period late. That keeps an activation free of API calls while a revoked
+//! `bind` still ends access within a resync. API errors are not answers: they are returned, never cached, so no decision is
 //! taken on a missing fact.
 
 use std::{
@@ -200,7 +202,7 @@ pub struct Authorizer {
 }
 
 impl Authorizer {
-    /// Answers are kept for `ttl` (the resync period).
+    /// Answers are kept for `ttl` (half the resync period; see the module comment).
     pub fn new(client: Client, ttl: Duration) -> Self {
         Self {
             client,

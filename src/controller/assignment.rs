@@ -187,18 +187,29 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
     if ea.status.as_ref() != Some(&status) {
         write_status(&ctx, &ea, &status).await?;
     }
-    // Only a boundary is scheduled here: the resync is one timer for every assignment (see
-    // `controller`). A boundary later than the next resync is scheduled then.
-    Ok(match next_boundary(&ea, now) {
-        Some(t) if t - now <= resync_delta(&ctx) => {
-            Action::requeue((t - now).to_std().unwrap_or(Duration::ZERO))
-        }
-        _ => Action::await_change(),
-    })
+    Ok(
+        match wake_for(next_boundary(&ea, now), now, ctx.settings.resync) {
+            Some(wait) => Action::requeue(wait),
+            None => Action::await_change(),
+        },
+    )
 }
 
-fn resync_delta(ctx: &Context) -> chrono::TimeDelta {
-    chrono::TimeDelta::from_std(ctx.settings.resync).unwrap_or(chrono::TimeDelta::MAX)
+/// When to look at an assignment again by itself: at its next window boundary if that comes
+/// within two resyncs, else not at all. The resync is one timer for every assignment (see
+/// `controller`), and of the ticks before a boundary the last but one is one to two periods
+/// ahead of it: the boundary is scheduled to the second from there. (Within one period only,
+/// a boundary just after a tick waited behind that tick's burst of reconciles.)
+fn wake_for(
+    boundary: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    resync: Duration,
+) -> Option<Duration> {
+    let horizon =
+        chrono::TimeDelta::from_std(resync.saturating_mul(2)).unwrap_or(chrono::TimeDelta::MAX);
+    boundary
+        .filter(|t| *t - now <= horizon)
+        .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
 }
 
 /// The next time the phase changes by the clock alone: the start or the end of the window.
@@ -226,4 +237,32 @@ async fn write_status(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_boundary_within_two_resyncs_is_a_requeue_of_its_own() {
+        let now = DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let resync = Duration::from_secs(300);
+        let at = |secs: i64| Some(now + chrono::TimeDelta::seconds(secs));
+        // No boundary (a permanent or expired assignment): the shared resync only.
+        assert_eq!(wake_for(None, now, resync), None);
+        // Within two resyncs, and at exactly two: to the second.
+        assert_eq!(wake_for(at(90), now, resync), Some(Duration::from_secs(90)));
+        assert_eq!(
+            wake_for(at(450), now, resync),
+            Some(Duration::from_secs(450))
+        );
+        assert_eq!(wake_for(at(600), now, resync), Some(resync * 2));
+        // Beyond: a resync tick comes at least a period ahead of it and schedules it then.
+        assert_eq!(wake_for(at(601), now, resync), None);
+        assert_eq!(wake_for(at(86_400), now, resync), None);
+        // Already due (a boundary the clock passed during the reconcile): at once.
+        assert_eq!(wake_for(at(-1), now, resync), Some(Duration::ZERO));
+    }
 }

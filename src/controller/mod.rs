@@ -596,7 +596,7 @@ pub fn start(
     );
     let ctx = Arc::new(Context {
         recorder: events::Events::new(client.clone(), reporter),
-        authz: crate::authz::Authorizer::new(client.clone(), settings.resync),
+        authz: crate::authz::Authorizer::new(client.clone(), settings.resync / 2),
         standing: Default::default(),
         metrics,
         notifier,
