@@ -381,6 +381,34 @@ async fn self_approval_strangers_second_decisions_and_reasonless_denials_are_ref
     );
 }
 
+/// A request waiting for approval whose assignment is deleted fails and says why. (With no
+/// assignment in the cache, the controller re-reads the namespace's assignments live before it
+/// fails a request not yet decided: one applied a moment before the request may not have
+/// reached the cache. Here the live read finds none either.)
+#[tokio::test]
+async fn a_pending_request_whose_assignment_is_deleted_fails_as_not_eligible() {
+    let w = approval_world("noteligible", 1).await;
+    let ar = pending(&w).await;
+    Api::<kube_pim::api::EligibleAssignment>::namespaced(admin().await, &w.ns)
+        .delete("alice", &DeleteParams::default())
+        .await
+        .unwrap();
+    let failed = w.wait_phase(&ar.name_any(), RequestPhase::Failed).await;
+    let st = failed.status.unwrap();
+    let why = st
+        .conditions
+        .iter()
+        .find(|c| c.reason == "NotEligible")
+        .unwrap_or_else(|| panic!("no NotEligible condition: {:?}", st.conditions));
+    assert!(
+        why.message.contains("no EligibleAssignment in namespace"),
+        "{}",
+        why.message
+    );
+    assert_eq!(st.history.last().unwrap().action, HistoryAction::Failed);
+    w.access(&w.alice().await, false).await;
+}
+
 #[tokio::test]
 async fn a_quorum_of_two_distinct_approvers() {
     let w = approval_world("quorum", 2).await;

@@ -222,9 +222,29 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
     let mut authorized: Vec<&EligibleAssignment> = Vec::new();
     // Only the requester's own assignments are copied out of the cache (not all of them, per
     // reconcile: at 10,000 assignments that was most of a reconcile's work).
-    let assignments = ctx
+    let mut assignments = ctx
         .assignment_namespaces
         .select(&ctx.assignments, &ns, |ea| eligibility::names(&wanted, ea));
+    // None for a request not yet decided: read them live before failing it. An assignment
+    // applied a moment before the request may not have reached the cache (the two kinds come
+    // on separate watches; seen just after an operator start), and the webhook, which admitted
+    // the request, read them live in that case too. Only on this path: a request with an
+    // assignment in the cache costs no read.
+    let undecided = ar
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_none_or(|p| p == crate::api::RequestPhase::Pending);
+    if assignments.is_empty() && undecided && rs.is_some() {
+        assignments = Api::<EligibleAssignment>::namespaced(ctx.client.clone(), &ns)
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|ea| eligibility::names(&wanted, ea))
+            .map(Arc::new)
+            .collect();
+    }
     if let (Some(rs), true) = (rs.as_deref(), open) {
         for ea in &assignments {
             if ctx.authz.assignment(ea, rs).await.is_ok() {
