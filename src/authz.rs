@@ -12,8 +12,8 @@
 //! one period after the last) always finds it stale and asks again; kept for a whole period,
 //! an answer given late in one resync's burst was still fresh early in the next one, and the
 //! re-check came a period late. That keeps an activation free of API calls while a revoked
-//! `bind` still ends access within a resync. API errors are not answers: they are returned, never cached, so no decision is
-//! taken on a missing fact.
+//! `bind` still ends access within a resync. API errors are not answers: they are returned,
+//! never cached, so no decision is taken on a missing fact.
 
 use std::{
     collections::HashMap,

@@ -212,31 +212,38 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
         return finalize(&ar, &api, &ctx, &pctx).await.map(Next::Wait);
     }
     let wanted = Wanted::of(&ar);
-    // Only assignments whose writer may bind the roles back anything (SPEC invariant 3; the
-    // answers are cached, so this costs no API call per activation). Ended requests need none.
+    // Only assignments whose writer may bind the roles back anything (`authorized_among`).
     let open = ar
         .status
         .as_ref()
         .and_then(|s| s.phase)
         .is_none_or(|p| !request::is_terminal(p));
-    let mut authorized: Vec<&EligibleAssignment> = Vec::new();
     // Only the requester's own assignments are copied out of the cache (not all of them, per
     // reconcile: at 10,000 assignments that was most of a reconcile's work).
-    let mut assignments = ctx
+    let cached = ctx
         .assignment_namespaces
         .select(&ctx.assignments, &ns, |ea| eligibility::names(&wanted, ea));
-    // None for a request not yet decided: read them live before failing it. An assignment
-    // applied a moment before the request may not have reached the cache (the two kinds come
-    // on separate watches; seen just after an operator start), and the webhook, which admitted
-    // the request, read them live in that case too. Only on this path: a request with an
-    // assignment in the cache costs no read.
+    let live: Vec<Arc<EligibleAssignment>>;
+    let mut authorized = authorized_among(&ctx, rs.as_deref(), open, &cached).await;
+    let mut ea = eligibility::select(
+        &wanted,
+        rs.as_deref(),
+        authorized.iter().copied(),
+        cluster_ns,
+        now,
+    );
+    // None backs a request not yet decided: read them live before failing it, as the webhook
+    // that admitted it did. An assignment applied (or widened) a moment before the request may
+    // not have reached the cache: the two kinds come on separate watches (seen just after an
+    // operator start). Only on this path, which ends the request if the read finds none
+    // either: a request backed from the cache costs no read.
     let undecided = ar
         .status
         .as_ref()
         .and_then(|s| s.phase)
         .is_none_or(|p| p == crate::api::RequestPhase::Pending);
-    if assignments.is_empty() && undecided && rs.is_some() {
-        assignments = Api::<EligibleAssignment>::namespaced(ctx.client.clone(), &ns)
+    if ea.is_none() && undecided && rs.is_some() {
+        live = Api::<EligibleAssignment>::namespaced(ctx.client.clone(), &ns)
             .list(&Default::default())
             .await?
             .items
@@ -244,21 +251,15 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
             .filter(|ea| eligibility::names(&wanted, ea))
             .map(Arc::new)
             .collect();
+        authorized = authorized_among(&ctx, rs.as_deref(), open, &live).await;
+        ea = eligibility::select(
+            &wanted,
+            rs.as_deref(),
+            authorized.iter().copied(),
+            cluster_ns,
+            now,
+        );
     }
-    if let (Some(rs), true) = (rs.as_deref(), open) {
-        for ea in &assignments {
-            if ctx.authz.assignment(ea, rs).await.is_ok() {
-                authorized.push(ea);
-            }
-        }
-    }
-    let ea = eligibility::select(
-        &wanted,
-        rs.as_deref(),
-        authorized.iter().copied(),
-        cluster_ns,
-        now,
-    );
     // Decisions count only if made before the approval timeout (the webhook refuses later
     // ones; this covers a webhook that admitted one just at the deadline).
     let created = ar
@@ -375,6 +376,26 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
         Some(w) if due_now && plan.status.is_some() && !terminal => Next::Continue(Box::new(w)),
         _ => Next::Wait(requeue(plan.requeue_at, &ctx)),
     })
+}
+
+/// The assignments among `eas` whose writer may bind the RoleSetting's roles (SPEC invariant
+/// 3; the answers are cached, so this costs no API call per activation). None for an ended
+/// request, which needs none.
+async fn authorized_among<'a>(
+    ctx: &Context,
+    rs: Option<&RoleSetting>,
+    open: bool,
+    eas: &'a [Arc<EligibleAssignment>],
+) -> Vec<&'a EligibleAssignment> {
+    let mut authorized = Vec::new();
+    if let (Some(rs), true) = (rs, open) {
+        for ea in eas {
+            if ctx.authz.assignment(ea, rs).await.is_ok() {
+                authorized.push(ea.as_ref());
+            }
+        }
+    }
+    authorized
 }
 
 /// Whether every history entry of `ar` is on the audit stream.
