@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     Error,
-    decide::bindings::{ANNOTATION_EXPIRES_AT, MANAGED_SELECTOR},
+    decide::bindings::{ANNOTATION_EXPIRES_AT, Labels, MANAGED_SELECTOR},
 };
 
 /// What one sweep did.
@@ -35,24 +35,21 @@ pub struct Report {
 /// Whether a managed binding with these annotations must be gone at `now`: its expiry has
 /// passed, or it cannot be read. A binding without the annotation is permanent (a type Active
 /// assignment without an end).
-pub fn past_expiry(
-    annotations: &std::collections::BTreeMap<String, String>,
-    now: DateTime<Utc>,
-) -> bool {
-    match annotations.get(ANNOTATION_EXPIRES_AT) {
+pub fn past_expiry<A: Labels + ?Sized>(annotations: &A, now: DateTime<Utc>) -> bool {
+    match annotations.label(ANNOTATION_EXPIRES_AT) {
         None => false,
         Some(v) => DateTime::parse_from_rfc3339(v).map_or(true, |t| t <= now),
     }
 }
 
-/// How many of these managed bindings are past their expiry at `now`.
-pub fn count_past_expiry<'a, K: Resource + 'a>(
-    bindings: impl IntoIterator<Item = &'a K>,
+/// How many of these managed bindings (by their annotations) are past their expiry at `now`.
+pub fn count_past_expiry<'a, A: Labels + ?Sized + 'a>(
+    annotations: impl IntoIterator<Item = &'a A>,
     now: DateTime<Utc>,
 ) -> usize {
-    bindings
+    annotations
         .into_iter()
-        .filter(|b| past_expiry(b.annotations(), now))
+        .filter(|a| past_expiry(*a, now))
         .count()
 }
 
@@ -143,7 +140,18 @@ mod tests {
         assert!(!past_expiry(&with(None), now), "permanent");
         let mut rb = RoleBinding::default();
         rb.metadata.annotations = Some(with(Some(&(now - TimeDelta::seconds(5)).to_rfc3339())));
-        let fresh = RoleBinding::default();
-        assert_eq!(count_past_expiry([&rb, &fresh], now), 1);
+        let mut fresh = RoleBinding::default();
+        fresh.metadata.annotations = Some(with(Some(&(now + TimeDelta::seconds(5)).to_rfc3339())));
+        assert_eq!(
+            count_past_expiry([rb.annotations(), fresh.annotations()], now),
+            1
+        );
+        // As the operator's metrics count them, from its cache's projections.
+        let cached = [rb, fresh, RoleBinding::default()]
+            .map(crate::controller::cached::CachedRoleBinding::from);
+        assert_eq!(
+            count_past_expiry(cached.iter().map(|b| b.annotations()), now),
+            1
+        );
     }
 }

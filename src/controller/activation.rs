@@ -13,7 +13,7 @@
 //! conflict-and-retry counts nothing twice; the time bindings were deleted is noted when this
 //! process deletes them and observed as revocation lag when the ending transition commits.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use futures::{FutureExt, StreamExt};
@@ -29,7 +29,11 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, FINALIZER, Trigger, rbac_writes, relate, residual};
+use super::{
+    Context, FINALIZER, Trigger,
+    cached::{CachedClusterRoleBinding, CachedRoleBinding, Kept},
+    rbac_writes, relate, residual,
+};
 use crate::{
     Error,
     api::{ActivationRequest, ActivationRequestStatus, EligibleAssignment, RoleSetting},
@@ -52,9 +56,9 @@ pub struct Triggers {
     /// EligibleAssignments.
     pub assignments: Trigger<EligibleAssignment>,
     /// Managed RoleBindings.
-    pub role_bindings: Trigger<RoleBinding>,
+    pub role_bindings: Trigger<CachedRoleBinding>,
     /// Managed ClusterRoleBindings.
-    pub cluster_role_bindings: Trigger<ClusterRoleBinding>,
+    pub cluster_role_bindings: Trigger<CachedClusterRoleBinding>,
 }
 
 /// Runs the controller until shutdown.
@@ -91,12 +95,14 @@ pub async fn controller(
             .map(|ar| ObjectRef::from_obj(ar.as_ref()))
             .collect::<Vec<_>>()
     });
-    let c = relate(c, t.role_bindings, |b: Arc<RoleBinding>| {
+    let c = relate(c, t.role_bindings, |b: Arc<CachedRoleBinding>| {
         owner_ref(b.labels())
     });
-    let c = relate(c, t.cluster_role_bindings, |b: Arc<ClusterRoleBinding>| {
-        owner_ref(b.labels())
-    });
+    let c = relate(
+        c,
+        t.cluster_role_bindings,
+        |b: Arc<CachedClusterRoleBinding>| owner_ref(b.labels()),
+    );
     c.reconcile_all_on(acting)
         .with_config(super::controller_config())
         .shutdown_on_signal()
@@ -121,7 +127,7 @@ fn requests_where(
         .collect()
 }
 
-fn owner_ref(labels: &BTreeMap<String, String>) -> Option<ObjectRef<ActivationRequest>> {
+fn owner_ref(labels: &Kept) -> Option<ObjectRef<ActivationRequest>> {
     bindings::owner_of(labels).map(|(ns, name, _)| ObjectRef::new(name).within(ns))
 }
 
@@ -603,9 +609,7 @@ fn uid_of(ar: &ActivationRequest) -> &str {
 }
 
 /// Whether a managed binding (by its labels) belongs to request `ar`.
-fn request_binding(
-    ar: &ActivationRequest,
-) -> impl Fn(&BTreeMap<String, String>) -> bool + Sync + '_ {
+fn request_binding(ar: &ActivationRequest) -> impl Fn(&Kept) -> bool + Sync + '_ {
     move |labels| {
         bindings::owner_of(labels).is_some_and(|(_, _, u)| Some(u) == ar.metadata.uid.as_deref())
     }
@@ -624,7 +628,7 @@ fn status_refs(ar: &ActivationRequest) -> Vec<crate::api::BindingRef> {
 /// leftovers are found by this sweep, run at start and periodically (SPEC invariant 4).
 pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
     let now = Utc::now();
-    let assignment_holds = |labels: &BTreeMap<String, String>| {
+    let assignment_holds = |labels: &Kept| {
         bindings::assignment_owner_of(labels).is_some_and(|(ns, name, uid)| {
             ctx.assignments
                 .get(&ObjectRef::new(name).within(ns))
@@ -639,7 +643,7 @@ pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
                 })
         })
     };
-    let live = |labels: &BTreeMap<String, String>| {
+    let live = |labels: &Kept| {
         assignment_holds(labels)
             || bindings::owner_of(labels).is_some_and(|(ns, name, uid)| {
                 ctx.requests
@@ -656,7 +660,7 @@ pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
     };
     // Past its expiry annotation, a binding goes whatever its request says: after an outage
     // the requests' own passes record the expiries, but access ends first, here, in bulk.
-    let live = |labels: &BTreeMap<String, String>, annotations: &BTreeMap<String, String>| {
+    let live = |labels: &Kept, annotations: &Kept| {
         // A second's grace: a binding at its expiry is its request's to revoke (and record).
         live(labels) && !crate::sweep::past_expiry(annotations, now - chrono::TimeDelta::seconds(1))
     };

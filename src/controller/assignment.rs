@@ -14,7 +14,6 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -25,7 +24,11 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, FINALIZER, Trigger, rbac_writes, relate};
+use super::{
+    Context, FINALIZER, Trigger,
+    cached::{CachedClusterRoleBinding, CachedRoleBinding, Kept},
+    rbac_writes, relate,
+};
 use crate::{
     Error,
     api::{
@@ -41,9 +44,9 @@ pub struct Triggers {
     /// RoleSettings (an assignment's validity follows its RoleSetting).
     pub role_settings: Trigger<RoleSetting>,
     /// Managed RoleBindings (those of type Active assignments: drift).
-    pub role_bindings: Trigger<RoleBinding>,
+    pub role_bindings: Trigger<CachedRoleBinding>,
     /// Managed ClusterRoleBindings (likewise).
-    pub cluster_role_bindings: Trigger<ClusterRoleBinding>,
+    pub cluster_role_bindings: Trigger<CachedClusterRoleBinding>,
 }
 
 /// Runs the controller until shutdown.
@@ -62,16 +65,16 @@ pub async fn controller(
             .map(|ea| ObjectRef::from_obj(ea.as_ref()))
             .collect::<Vec<_>>()
     });
-    let owner = |labels: &std::collections::BTreeMap<String, String>| {
+    let owner = |labels: &Kept| {
         bindings::assignment_owner_of(labels).map(|(ns, name, _)| ObjectRef::new(name).within(ns))
     };
-    let c = relate(c, t.role_bindings, move |b: Arc<RoleBinding>| {
+    let c = relate(c, t.role_bindings, move |b: Arc<CachedRoleBinding>| {
         owner(b.labels())
     });
     let c = relate(
         c,
         t.cluster_role_bindings,
-        move |b: Arc<ClusterRoleBinding>| owner(b.labels()),
+        move |b: Arc<CachedClusterRoleBinding>| owner(b.labels()),
     );
     // The safety net (and the re-check of the writer's authority) for all at once; only a
     // window's boundary is a requeue of its own.
@@ -103,7 +106,7 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
         Api::namespaced(ctx.client.clone(), &ea.namespace().unwrap_or_default());
     let uid = ea.uid();
     let owner = ea.metadata.uid.as_deref().unwrap_or_default();
-    let mine = move |labels: &std::collections::BTreeMap<String, String>| {
+    let mine = move |labels: &Kept| {
         bindings::assignment_owner_of(labels).is_some_and(|(_, _, u)| Some(u) == uid.as_deref())
     };
     let has_finalizer = ea.finalizers().iter().any(|f| f == FINALIZER);

@@ -19,10 +19,10 @@ use kube::{
     },
 };
 
-/// Cached objects by a key derived from their metadata (e.g. their namespace, or the owner a
+/// Cached objects of kind `K` by a key derived from each (e.g. its namespace, or the owner a
 /// label names), as last seen on a watch.
-pub struct Index {
-    key: fn(&ObjectMeta) -> Option<String>,
+pub struct Index<K> {
+    key: fn(&K) -> Option<String>,
     inner: RwLock<Inner>,
 }
 
@@ -81,9 +81,9 @@ impl Inner {
     }
 }
 
-impl Index {
+impl<K: Resource<DynamicType = ()> + Clone> Index<K> {
     /// An index by `key` (objects it gives no key for are not indexed).
-    pub fn new(key: fn(&ObjectMeta) -> Option<String>) -> Self {
+    pub fn new(key: fn(&K) -> Option<String>) -> Self {
         Self {
             key,
             inner: Default::default(),
@@ -92,20 +92,20 @@ impl Index {
 
     /// An index by namespace.
     pub fn by_namespace() -> Self {
-        Self::new(|m| m.namespace.clone())
+        Self::new(|o| o.meta().namespace.clone())
     }
 
     /// Follows one watch event.
-    pub fn observe<K: Resource>(&self, ev: &Event<K>) {
+    pub fn observe(&self, ev: &Event<K>) {
         let mut inner = self.inner.write().expect("index lock");
         match ev {
             Event::Apply(o) => {
-                inner.put(id(o.meta()), (self.key)(o.meta()));
+                inner.put(id(o.meta()), (self.key)(o));
             }
             Event::Delete(o) => inner.remove(&id(o.meta())),
             Event::Init => inner.listing = Some(HashSet::new()),
             Event::InitApply(o) => {
-                let indexed = inner.put(id(o.meta()), (self.key)(o.meta()));
+                let indexed = inner.put(id(o.meta()), (self.key)(o));
                 if let (Some(listing), Some(id)) = (inner.listing.as_mut(), indexed) {
                     listing.insert(id);
                 }
@@ -128,10 +128,7 @@ impl Index {
     }
 
     /// The cached objects under `key` for which `f` holds.
-    pub fn select<K>(&self, store: &Store<K>, key: &str, f: impl Fn(&K) -> bool) -> Vec<Arc<K>>
-    where
-        K: Resource<DynamicType = ()> + Clone,
-    {
+    pub fn select(&self, store: &Store<K>, key: &str, f: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
         let ids: Vec<Arc<Id>> = {
             let inner = self.inner.read().expect("index lock");
             inner
@@ -164,7 +161,7 @@ mod tests {
         c
     }
 
-    fn names(idx: &Index, ns: &str) -> Vec<String> {
+    fn names(idx: &Index<ConfigMap>, ns: &str) -> Vec<String> {
         let mut v: Vec<String> = idx
             .inner
             .read()
@@ -179,7 +176,7 @@ mod tests {
 
     #[test]
     fn follows_applies_deletes_and_relists() {
-        let idx = Index::by_namespace();
+        let idx = Index::<ConfigMap>::by_namespace();
         idx.observe(&Event::<ConfigMap>::Init);
         idx.observe(&Event::InitApply(cm("a", "x")));
         idx.observe(&Event::InitApply(cm("a", "y")));
@@ -201,7 +198,7 @@ mod tests {
 
     #[test]
     fn an_object_whose_key_changes_moves() {
-        let idx = Index::new(|m| m.labels.as_ref()?.get("owner").cloned());
+        let idx = Index::<ConfigMap>::new(|o| o.metadata.labels.as_ref()?.get("owner").cloned());
         let owned = |name: &str, owner: Option<&str>| {
             let mut c = cm("a", name);
             c.metadata.labels = owner.map(|o| [("owner".to_string(), o.to_string())].into());
@@ -222,7 +219,7 @@ mod tests {
     #[test]
     fn selects_from_the_cache_in_one_namespace() {
         let (reader, mut writer) = store::<ConfigMap>();
-        let idx = Index::by_namespace();
+        let idx = Index::<ConfigMap>::by_namespace();
         for ev in [
             Event::Init,
             Event::InitApply(cm("a", "x")),

@@ -14,6 +14,7 @@
 pub mod activation;
 pub mod assignment;
 pub mod audit;
+pub mod cached;
 pub mod events;
 pub mod index;
 pub mod lenient;
@@ -26,7 +27,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::TimeDelta;
 use futures::{StreamExt, future::BoxFuture};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::{
     Api, Client,
     runtime::{
@@ -37,6 +38,7 @@ use kube::{
     },
 };
 
+use self::cached::{CachedClusterRoleBinding, CachedRoleBinding};
 use crate::{
     api::{ActivationRequest, EligibleAssignment, RoleSetting},
     decide::{bindings::MANAGED_SELECTOR, policy::MfaConfig},
@@ -78,17 +80,17 @@ pub struct Context {
     /// All ActivationRequests.
     pub requests: Store<ActivationRequest>,
     /// Which assignments are in which namespace (see [`index`]).
-    pub assignment_namespaces: Arc<index::Index>,
+    pub assignment_namespaces: Arc<index::Index<EligibleAssignment>>,
     /// Which requests are in which namespace (see [`index`]).
-    pub request_namespaces: Arc<index::Index>,
+    pub request_namespaces: Arc<index::Index<ActivationRequest>>,
     /// Managed RoleBindings by the uid of their request or assignment.
-    pub role_binding_owners: Arc<index::Index>,
+    pub role_binding_owners: Arc<index::Index<CachedRoleBinding>>,
     /// Managed ClusterRoleBindings by the uid of their request or assignment.
-    pub cluster_role_binding_owners: Arc<index::Index>,
-    /// RoleBindings kube-pim made (label-selected).
-    pub role_bindings: Store<RoleBinding>,
-    /// ClusterRoleBindings kube-pim made (label-selected).
-    pub cluster_role_bindings: Store<ClusterRoleBinding>,
+    pub cluster_role_binding_owners: Arc<index::Index<CachedClusterRoleBinding>>,
+    /// RoleBindings kube-pim made (label-selected; what is read of them, see [`cached`]).
+    pub role_bindings: Store<CachedRoleBinding>,
+    /// ClusterRoleBindings kube-pim made (label-selected; see [`cached`]).
+    pub cluster_role_bindings: Store<CachedClusterRoleBinding>,
     /// ClusterRoles (for RolesFound).
     pub cluster_roles: Store<ClusterRole>,
     /// Kubernetes Events.
@@ -250,13 +252,13 @@ impl Context {
         // A second's grace: a binding at its expiry is being revoked, not left behind.
         let now = chrono::Utc::now() - TimeDelta::seconds(1);
         let past = crate::sweep::count_past_expiry(
-            self.role_bindings.state().iter().map(|b| b.as_ref()),
+            self.role_bindings.state().iter().map(|b| b.annotations()),
             now,
         ) + crate::sweep::count_past_expiry(
             self.cluster_role_bindings
                 .state()
                 .iter()
-                .map(|b| b.as_ref()),
+                .map(|b| b.annotations()),
             now,
         );
         metrics
@@ -389,7 +391,7 @@ struct Shared<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     reader: Store<K>,
     writer: reflector::store::Writer<K>,
     deletes: Vec<tokio::sync::mpsc::UnboundedSender<Arc<K>>>,
-    index: Option<Arc<index::Index>>,
+    index: Option<Arc<index::Index<K>>>,
     synced: tokio::sync::watch::Sender<bool>,
 }
 
@@ -419,7 +421,7 @@ where
     }
 
     /// Keeps `index` of the cache up to date; returns it.
-    fn indexed(&mut self, index: index::Index) -> Arc<index::Index> {
+    fn indexed(&mut self, index: index::Index<K>) -> Arc<index::Index<K>> {
         self.index.get_or_insert_with(|| Arc::new(index)).clone()
     }
 
@@ -531,16 +533,21 @@ pub fn start(
     let mut ar = Shared::new(Api::<ActivationRequest>::all(client.clone()), wc.clone());
     let request_namespaces = ar.indexed(index::Index::by_namespace());
     let assignment_namespaces = ea.indexed(index::Index::by_namespace());
-    let mut rb = Shared::new(Api::<RoleBinding>::all(client.clone()), managed.clone());
-    let mut crb = Shared::new(Api::<ClusterRoleBinding>::all(client.clone()), managed);
-    let by_owner = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        m.labels
-            .as_ref()
-            .and_then(|l| crate::decide::bindings::owner_uid(l))
-            .map(String::from)
-    };
-    let role_binding_owners = rb.indexed(index::Index::new(by_owner));
-    let cluster_role_binding_owners = crb.indexed(index::Index::new(by_owner));
+    let mut rb = Shared::new(
+        Api::<CachedRoleBinding>::all(client.clone()),
+        managed.clone(),
+    );
+    let mut crb = Shared::new(
+        Api::<CachedClusterRoleBinding>::all(client.clone()),
+        managed,
+    );
+    let role_binding_owners = rb.indexed(index::Index::new(|b: &CachedRoleBinding| {
+        crate::decide::bindings::owner_uid(b.labels()).map(String::from)
+    }));
+    let cluster_role_binding_owners =
+        crb.indexed(index::Index::new(|b: &CachedClusterRoleBinding| {
+            crate::decide::bindings::owner_uid(b.labels()).map(String::from)
+        }));
     let mut cr = Shared::new(Api::<ClusterRole>::all(client.clone()), wc);
     let caches = vec![
         rs.synced(),

@@ -3,9 +3,7 @@
 //! the name), removing them, and adding or removing kube-pim's finalizer, each conditional on
 //! the resourceVersion the decision was made from.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PropagationPolicy},
@@ -13,7 +11,10 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, FIELD_MANAGER, FINALIZER};
+use super::{
+    Context, FIELD_MANAGER, FINALIZER,
+    cached::{CachedBinding, CachedClusterRoleBinding, CachedRoleBinding, Kept},
+};
 use crate::{Error, api::BindingRef, decide::bindings::Binding};
 
 /// Makes an owner's managed bindings exactly `desired`: creates or restores each (server-side
@@ -23,7 +24,7 @@ pub async fn ensure(
     ctx: &Context,
     desired: &[Binding],
     owner: &str,
-    mine: &(dyn Fn(&BTreeMap<String, String>) -> bool + Sync),
+    mine: &(dyn Fn(&Kept) -> bool + Sync),
 ) -> Result<(), Error> {
     for b in desired {
         match b {
@@ -74,26 +75,25 @@ where
     }
 }
 
-fn same_meta(a: &kube::api::ObjectMeta, b: &kube::api::ObjectMeta) -> bool {
-    let contains = |have: &Option<BTreeMap<String, String>>,
-                    want: &Option<BTreeMap<String, String>>| {
-        want.iter()
-            .flatten()
-            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
-    };
-    contains(&a.labels, &b.labels) && contains(&a.annotations, &b.annotations)
+/// Whether a cached binding is as desired: the same roleRef and subjects, and every label and
+/// annotation kube-pim wants on it.
+fn same<K>(
+    have: &CachedBinding<K>,
+    want: (&kube::api::ObjectMeta, &RoleRef, &Option<Vec<Subject>>),
+) -> bool {
+    let (meta, role_ref, subjects) = want;
+    &have.role_ref == role_ref
+        && have.subjects.as_slice() == subjects.as_deref().unwrap_or_default()
+        && have.labels().contains_all(meta.labels.as_ref())
+        && have.annotations().contains_all(meta.annotations.as_ref())
 }
 
-fn same_rb(have: &RoleBinding, want: &RoleBinding) -> bool {
-    have.role_ref == want.role_ref
-        && have.subjects == want.subjects
-        && same_meta(&have.metadata, &want.metadata)
+fn same_rb(have: &CachedRoleBinding, want: &RoleBinding) -> bool {
+    same(have, (&want.metadata, &want.role_ref, &want.subjects))
 }
 
-fn same_crb(have: &ClusterRoleBinding, want: &ClusterRoleBinding) -> bool {
-    have.role_ref == want.role_ref
-        && have.subjects == want.subjects
-        && same_meta(&have.metadata, &want.metadata)
+fn same_crb(have: &CachedClusterRoleBinding, want: &ClusterRoleBinding) -> bool {
+    same(have, (&want.metadata, &want.role_ref, &want.subjects))
 }
 
 /// Deletes every binding of an owner (those `mine` accepts in the caches, and those `also`
@@ -103,7 +103,7 @@ pub async fn remove(
     ctx: &Context,
     keep: &[String],
     owner: &str,
-    mine: &(dyn Fn(&BTreeMap<String, String>) -> bool + Sync),
+    mine: &(dyn Fn(&Kept) -> bool + Sync),
     also: &[BindingRef],
 ) -> Result<usize, Error> {
     // From the owner index: this runs on every reconcile that ensures or removes bindings, and

@@ -24,7 +24,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::Context;
+use super::{Context, cached::Kept};
 use crate::{
     Error,
     api::{ActivationRequest, RequestPhase, Scope},
@@ -269,11 +269,11 @@ fn through_kube_pim(ar: &ActivationRequest, ctx: &Context, roles: &[String]) -> 
     let own_uid = ar.uid();
     // Another request's or an Active assignment's binding, named as kube-pim names them (the
     // labels alone could be copied; the name is derived from the owner's uid and the role).
-    let other = |labels: &std::collections::BTreeMap<String, String>, name: &str, role: &str| match (
+    let other = |labels: &Kept, name: &str, role: &str| match (
         labels.get(LABEL_REQUEST_UID),
         labels.get(LABEL_ASSIGNMENT_UID),
     ) {
-        (Some(uid), _) => Some(uid) != own_uid.as_ref() && name == binding_name(uid, role),
+        (Some(uid), _) => Some(uid) != own_uid.as_deref() && name == binding_name(uid, role),
         (None, Some(uid)) => name == binding_name(&format!("assignment/{uid}"), role),
         (None, None) => false,
     };
@@ -284,7 +284,7 @@ fn through_kube_pim(ar: &ActivationRequest, ctx: &Context, roles: &[String]) -> 
             here && b.namespace() == ar.namespace()
                 && other(b.labels(), &b.name_any(), &b.role_ref.name)
                 && roles.contains(&b.role_ref.name)
-                && b.subjects.iter().flatten().any(mine)
+                && b.subjects.iter().any(mine)
         })
         .is_some()
         || ctx
@@ -292,7 +292,7 @@ fn through_kube_pim(ar: &ActivationRequest, ctx: &Context, roles: &[String]) -> 
             .find(|b| {
                 other(b.labels(), &b.name_any(), &b.role_ref.name)
                     && roles.contains(&b.role_ref.name)
-                    && b.subjects.iter().flatten().any(mine)
+                    && b.subjects.iter().any(mine)
             })
             .is_some()
 }

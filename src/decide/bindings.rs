@@ -239,39 +239,52 @@ fn build(
         .collect()
 }
 
+/// Read access to a binding's labels (or annotations), however they are held: a Kubernetes
+/// object's map, or the few kube-pim keys a cache projection keeps
+/// ([`crate::controller::cached`]).
+pub trait Labels {
+    /// The value under `key`.
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl Labels for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
 /// The assignment a managed binding belongs to: (namespace, name, uid) from its labels.
-pub fn assignment_owner_of(labels: &BTreeMap<String, String>) -> Option<(&str, &str, &str)> {
-    if labels.get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1) {
+pub fn assignment_owner_of<L: Labels + ?Sized>(labels: &L) -> Option<(&str, &str, &str)> {
+    if labels.label(MANAGED_BY.0) != Some(MANAGED_BY.1) {
         return None;
     }
     Some((
-        labels.get(LABEL_ASSIGNMENT_NAMESPACE)?,
-        labels.get(LABEL_ASSIGNMENT)?,
-        labels.get(LABEL_ASSIGNMENT_UID)?,
+        labels.label(LABEL_ASSIGNMENT_NAMESPACE)?,
+        labels.label(LABEL_ASSIGNMENT)?,
+        labels.label(LABEL_ASSIGNMENT_UID)?,
     ))
 }
 
 /// The uid of the request or assignment a managed binding belongs to, from its labels.
-pub fn owner_uid(labels: &BTreeMap<String, String>) -> Option<&str> {
-    if labels.get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1) {
+pub fn owner_uid<L: Labels + ?Sized>(labels: &L) -> Option<&str> {
+    if labels.label(MANAGED_BY.0) != Some(MANAGED_BY.1) {
         return None;
     }
     labels
-        .get(LABEL_REQUEST_UID)
-        .or_else(|| labels.get(LABEL_ASSIGNMENT_UID))
-        .map(String::as_str)
+        .label(LABEL_REQUEST_UID)
+        .or_else(|| labels.label(LABEL_ASSIGNMENT_UID))
 }
 
 /// The request a managed binding belongs to: (namespace, name, uid) from its labels.
 /// Borrowed: it runs over every cached binding in a reconcile's search for its own.
-pub fn owner_of(labels: &BTreeMap<String, String>) -> Option<(&str, &str, &str)> {
-    if labels.get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1) {
+pub fn owner_of<L: Labels + ?Sized>(labels: &L) -> Option<(&str, &str, &str)> {
+    if labels.label(MANAGED_BY.0) != Some(MANAGED_BY.1) {
         return None;
     }
     Some((
-        labels.get(LABEL_REQUEST_NAMESPACE)?,
-        labels.get(LABEL_REQUEST)?,
-        labels.get(LABEL_REQUEST_UID)?,
+        labels.label(LABEL_REQUEST_NAMESPACE)?,
+        labels.label(LABEL_REQUEST)?,
+        labels.label(LABEL_REQUEST_UID)?,
     ))
 }
 
