@@ -69,7 +69,7 @@ pub fn requester_info(r: &Requester) -> UserInfo {
         username: Some(r.username.clone()),
         uid: r.uid.clone(),
         groups: Some(r.groups.clone()),
-        extra: Some(r.extra.clone()),
+        extra: Some(r.extra.to_map()),
     }
 }
 

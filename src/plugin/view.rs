@@ -41,7 +41,7 @@ impl Me {
             username: self.username.clone(),
             uid: self.uid.clone(),
             groups: self.groups.clone(),
-            extra: self.extra.clone(),
+            extra: self.extra.clone().into(),
         }
     }
 
