@@ -160,6 +160,11 @@ impl<K: Binding> From<K> for CachedBinding<K> {
     }
 }
 
+/// A `Resource` so that the caches, indexes and triggers take it like any watched kind. Its
+/// metadata is partial (name, namespace, uid, resourceVersion): generic code that reads
+/// anything else of it (`ResourceExt::labels`, finalizers, deletionTimestamp) gets nothing;
+/// labels and annotations are read through [`CachedBinding::labels`] and
+/// [`CachedBinding::annotations`].
 impl<K: Binding> Resource for CachedBinding<K> {
     type DynamicType = ();
     type Scope = K::Scope;
@@ -193,7 +198,8 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "kubepim-0123456789ab", "namespace": "team", "uid": "b-uid",
-                "resourceVersion": "7",
+                "resourceVersion": "7", "creationTimestamp": "2026-11-24T20:58:02Z",
+                "deletionTimestamp": "2026-11-24T21:00:00Z", "finalizers": ["someone/else"],
                 "labels": {
                     "app.kubernetes.io/managed-by": "kube-pim",
                     "kubepim.io/activation-request": "ar",
@@ -232,8 +238,15 @@ mod tests {
         );
         assert_eq!(c.labels().get("someone-else/label"), None);
         assert_eq!(c.annotations().get("note"), None);
-        assert!(c.metadata.labels.is_none() && c.metadata.annotations.is_none());
-        assert!(c.metadata.owner_references.is_none());
+        // Partial metadata: whoever starts reading more of it from the cache must keep it here.
+        let kept = ObjectMeta {
+            name: c.metadata.name.clone(),
+            namespace: c.metadata.namespace.clone(),
+            uid: c.metadata.uid.clone(),
+            resource_version: c.metadata.resource_version.clone(),
+            ..Default::default()
+        };
+        assert_eq!(c.metadata, kept);
         assert_eq!(CachedRoleBinding::kind(&()), "RoleBinding");
         assert_eq!(CachedClusterRoleBinding::kind(&()), "ClusterRoleBinding");
         assert_eq!(

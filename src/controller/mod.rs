@@ -347,13 +347,16 @@ where
 /// exactly), where a `String` key took 60 bytes more per entry (three such maps at 10,000
 /// objects each). Anything else is hashed, into numbers no UUID maps to.
 fn uid_key(uid: &str) -> u128 {
+    // Only the canonical form (lowercase, hyphens at 8, 13, 18, 23), so that the mapping is
+    // one-to-one: "4D1E..." or a hyphen elsewhere is another string, and is hashed.
+    let canonical = uid.len() == 36
+        && uid.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        });
     let hex: String = uid.chars().filter(|c| *c != '-').collect();
     match u128::from_str_radix(&hex, 16) {
-        Ok(n)
-            if hex.len() == 32 && uid.len() == 36 && hex.chars().all(|c| c.is_ascii_hexdigit()) =>
-        {
-            n
-        }
+        Ok(n) if canonical => n,
         // Below 2^64: never a UUID's value, whose version digit (1 to 8, apiserver-made
         // uids are version 4) is in its top 64 bits.
         _ => u128::from(hash_of(uid)),
@@ -760,7 +763,13 @@ mod tests {
         let a = uid_key("4d1e1eea-9e3c-422b-a007-fae8b342ff45");
         assert_eq!(a, 0x4d1e1eea_9e3c_422b_a007_fae8b342ff45);
         assert_ne!(a, uid_key("4d1e1eea-9e3c-422b-a007-fae8b342ff46"));
-        for odd in ["", "not-a-uid", "+d1e1eea-9e3c-422b-a007-fae8b342ff45"] {
+        for odd in [
+            "",
+            "not-a-uid",
+            "+d1e1eea-9e3c-422b-a007-fae8b342ff45",
+            "4D1E1EEA-9E3C-422B-A007-FAE8B342FF45",
+            "4d1e1eea9e3c-422b-a007-fae8b342ff45-",
+        ] {
             assert!(uid_key(odd) < 1 << 64, "{odd:?} is hashed, below any UUID");
         }
         assert_ne!(uid_key("x"), uid_key("y"));
