@@ -103,7 +103,11 @@ pub async fn controller(
         t.cluster_role_bindings,
         |b: Arc<CachedClusterRoleBinding>| owner_ref(b.labels()),
     );
-    c.reconcile_all_on(acting)
+    // The safety net (policy, the writer's authority, anything missed), each request in its
+    // turn; what is due at a time of its own (an expiry, a start) is a requeue (`requeue`).
+    let resync = super::in_turn(ctx.requests.clone(), ctx.settings.resync);
+    c.reconcile_on(resync)
+        .reconcile_all_on(acting)
         .with_config(super::controller_config())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -411,12 +415,13 @@ fn fully_audited(ar: &ActivationRequest) -> bool {
         .is_none_or(|s| usize::try_from(s.audited_through).unwrap_or(0) >= s.history.len())
 }
 
+/// Requeued at `at` if that is near; otherwise the request's turn of the resync comes first
+/// (see `controller`).
 fn requeue(at: Option<chrono::DateTime<Utc>>, ctx: &Context) -> Action {
-    let resync = ctx.settings.resync;
-    let wait = at
-        .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-        .map_or(resync, |d| d.min(resync));
-    Action::requeue(wait)
+    match super::wake_for(at, Utc::now(), ctx.settings.resync) {
+        Some(wait) => Action::requeue(wait),
+        None => Action::await_change(),
+    }
 }
 
 /// Applies a plan: bindings first (made or removed), then the status, under a precondition,

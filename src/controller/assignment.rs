@@ -27,7 +27,7 @@ use serde_json::json;
 use super::{
     Context, FINALIZER, Trigger,
     cached::{CachedClusterRoleBinding, CachedRoleBinding, Kept},
-    rbac_writes, relate,
+    rbac_writes, relate, wake_for,
 };
 use crate::{
     Error,
@@ -77,7 +77,10 @@ pub async fn controller(
         move |b: Arc<CachedClusterRoleBinding>| owner(b.labels()),
     );
     // The safety net (and the re-check of the writer's authority) for all at once; only a
-    // window's boundary is a requeue of its own.
+    // window's boundary is a requeue of its own. At once, not in turns as requests are: the
+    // authorizer keeps an answer for half a period, so every tick asks afresh and a writer who
+    // lost `bind` loses what they granted within one period; in turns, an answer fetched for
+    // one assignment half a period earlier would still serve another's turn.
     let resync = super::every(ctx.settings.resync);
     c.reconcile_all_on(futures::stream::select(acting, resync))
         .with_config(super::controller_config())
@@ -196,23 +199,6 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
             None => Action::await_change(),
         },
     )
-}
-
-/// When to look at an assignment again by itself: at its next window boundary if that comes
-/// within two resyncs, else not at all. The resync is one timer for every assignment (see
-/// `controller`), and of the ticks before a boundary the last but one is one to two periods
-/// ahead of it: the boundary is scheduled to the second from there. (Within one period only,
-/// a boundary just after a tick waited behind that tick's burst of reconciles.)
-fn wake_for(
-    boundary: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-    resync: Duration,
-) -> Option<Duration> {
-    let horizon =
-        chrono::TimeDelta::from_std(resync.saturating_mul(2)).unwrap_or(chrono::TimeDelta::MAX);
-    boundary
-        .filter(|t| *t - now <= horizon)
-        .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
 }
 
 /// The next time the phase changes by the clock alone: the start or the end of the window.

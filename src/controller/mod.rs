@@ -135,14 +135,68 @@ pub fn when_acting(
 }
 
 /// Yields every `period`, first after one `period`: a controller's safety-net resync of every
-/// object, for objects with nothing due at a time of their own. One timer for the kind, where a
-/// requeue per object kept an entry in kube-runtime's scheduler for each (about 570 bytes, so
-/// 5.7 MB at 10,000 assignments) for the whole period.
+/// object at once, for objects with nothing due at a time of their own. One timer for the
+/// kind, where a requeue per object kept an entry in kube-runtime's scheduler for each (about
+/// 570 bytes, so 5.7 MB at 10,000 assignments) for the whole period.
 pub fn every(period: Duration) -> impl futures::Stream<Item = ()> + Send + Sync + 'static {
     futures::stream::unfold((), move |()| async move {
         tokio::time::sleep(period).await;
         Some(((), ()))
     })
+}
+
+/// The safety-net resync of a kind: every object of `store` once per `period`, in turns of
+/// 1/[`TURNS`] of them (by uid) every `period / TURNS`. For objects with nothing due at a time
+/// of their own (which they schedule themselves, see `wake_for`).
+///
+/// Not a requeue per object: each kept an entry in kube-runtime's scheduler for the whole
+/// period (about 570 bytes, 5.7 MB at 10,000 requests). Not all at once either: a burst of
+/// 10,000 reconciles every period would hold up the activations queued behind it.
+pub fn in_turn<K>(
+    store: Store<K>,
+    period: Duration,
+) -> impl futures::Stream<Item = kube::runtime::reflector::ObjectRef<K>> + Send + 'static
+where
+    K: Watched,
+{
+    let tick = period / TURNS;
+    futures::stream::unfold(0u32, move |turn| {
+        let store = store.clone();
+        async move {
+            tokio::time::sleep(tick).await;
+            let due: Vec<_> = store
+                .state_filter(|o| turn_of(o) == turn)
+                .iter()
+                .map(|o| kube::runtime::reflector::ObjectRef::from_obj(o.as_ref()))
+                .collect();
+            Some((futures::stream::iter(due), (turn + 1) % TURNS))
+        }
+    })
+    .flatten()
+}
+
+/// Turns per resync period (see [`in_turn`]).
+pub const TURNS: u32 = 60;
+
+/// Which turn of [`in_turn`] an object is resynced in.
+fn turn_of<K: kube::Resource>(o: &K) -> u32 {
+    let turn = uid_key(o.meta().uid.as_deref().unwrap_or_default()) % u128::from(TURNS);
+    u32::try_from(turn).expect("below TURNS")
+}
+
+/// When to look at an object again by itself: at `due` if that comes within two resync
+/// periods, else not (its resync, [`every`] or [`in_turn`], comes first). Of the resyncs before
+/// `due` the last but one is one to two periods ahead of it: `due` is scheduled to the second
+/// from there. (Within one period only, a `due` just after a tick of [`every`] waited behind
+/// that tick's burst of reconciles.)
+pub fn wake_for(
+    due: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+    resync: Duration,
+) -> Option<Duration> {
+    let horizon = TimeDelta::from_std(resync.saturating_mul(2)).unwrap_or(TimeDelta::MAX);
+    due.filter(|t| *t - now <= horizon)
+        .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
 }
 
 /// How many residual-access checks run at once.
@@ -756,6 +810,56 @@ mod tests {
         .expect("valid");
         ar.metadata.resource_version = Some(rv.into());
         ar
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_object_has_its_turn_once_a_period_and_the_turns_are_even() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let (reader, mut writer) = reflector::store::<ConfigMap>();
+        let n = 600;
+        for i in 0..n {
+            let mut cm = ConfigMap::default();
+            cm.metadata.name = Some(format!("cm{i}"));
+            cm.metadata.namespace = Some("ns".into());
+            // As the apiserver makes them: random version-4 UUIDs (here from a hash).
+            let r = u128::from(hash_of(i)) << 64 | u128::from(hash_of((i, "low")));
+            let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+            let h = format!("{r:032x}");
+            cm.metadata.uid = Some(format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            ));
+            writer.apply_watcher_event(&watcher::Event::Apply(cm));
+        }
+        let period = Duration::from_secs(60);
+        let t0 = tokio::time::Instant::now();
+        let mut visits: std::collections::HashMap<String, Vec<Duration>> = Default::default();
+        let mut turns = Box::pin(in_turn(reader, period));
+        // Two whole periods (the clock is paused: it moves only as the turns sleep).
+        let _ = tokio::time::timeout(period * 2 + period / TURNS / 2, async {
+            while let Some(r) = turns.next().await {
+                visits.entry(r.name).or_default().push(t0.elapsed());
+            }
+        })
+        .await;
+        assert_eq!(visits.len(), n, "every object had a turn");
+        for (name, at) in &visits {
+            assert_eq!(at.len(), 2, "{name}: once per period");
+            assert_eq!(at[1] - at[0], period, "{name}: a period apart");
+        }
+        let mut per_turn: std::collections::HashMap<Duration, usize> = Default::default();
+        for at in visits.values() {
+            *per_turn.entry(at[0]).or_default() += 1;
+        }
+        let average = n / TURNS as usize;
+        assert!(
+            per_turn.values().all(|c| *c <= average * 2),
+            "no turn takes more than twice its share: {per_turn:?}"
+        );
     }
 
     #[test]
