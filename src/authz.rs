@@ -7,12 +7,14 @@
 //! The admission webhook asks as the writer of a RoleSetting or an EligibleAssignment. The
 //! controllers ask again as the identity recorded in an assignment's `kubepim.io/authorized-by`
 //! annotation whenever what it would grant changes (the key of an answer is the identity, the
-//! roles and the scope, so a widened RoleSetting is a new question), and periodically: an
-//! answer is kept for half a resync period, so the resync (one timer for every assignment,
-//! one period after the last) always finds it stale and asks again; kept for a whole period,
-//! an answer given late in one resync's burst was still fresh early in the next one, and the
-//! re-check came a period late. That keeps an activation free of API calls while a revoked
-//! `bind` still ends access within a resync. API errors are not answers: they are returned,
+//! roles and the scope, so a widened RoleSetting is a new question), and periodically: each
+//! tick of the assignments' resync (one timer for every assignment) starts a new round, and an
+//! answer from before the round is not used in it, so the first question of each key in the
+//! round is asked afresh. Within a round an answer is kept for half a resync period. (Kept
+//! for a whole period, an answer given late in one resync's burst was still fresh early in the
+//! next one; and without rounds, an answer fetched by a request's reconcile just before a tick
+//! served that tick, so a revoked `bind` could outlast it by half a period.) That keeps an
+//! activation free of API calls while a revoked `bind` still ends access within a resync. API errors are not answers: they are returned,
 //! never cached, so no decision is taken on a missing fact.
 
 use std::{
@@ -199,6 +201,8 @@ pub struct Authorizer {
     answers: Answers<Key>,
     /// Separation-of-duties answers by (requester, approver).
     duties: Answers<(String, String)>,
+    /// When the current round began: `bind` answers from before it are not used.
+    round: Mutex<Instant>,
 }
 
 impl Authorizer {
@@ -209,7 +213,14 @@ impl Authorizer {
             ttl,
             answers: Mutex::default(),
             duties: Mutex::default(),
+            round: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Starts a new round: each `bind` question is asked afresh the first time it comes up
+    /// from now on (see the module comment).
+    pub fn new_round(&self) {
+        *self.round.lock().expect("authorizer round lock") = Instant::now();
     }
 
     /// [`could_act_as`], with answers kept for a resync: a request's approvals are counted on
@@ -270,12 +281,13 @@ impl Authorizer {
             ns.clone(),
         );
         let ttl = self.ttl;
+        let round = *self.round.lock().expect("authorizer round lock");
         let known = self
             .answers
             .lock()
             .expect("authorizer cache lock")
             .get(&key)
-            .map(|(at, _)| at.elapsed() < ttl);
+            .map(|(at, _)| at.elapsed() < ttl && *at >= round);
         if known == Some(true) {
             return Ok(());
         }
@@ -318,6 +330,7 @@ impl Authorizer {
 mod tests {
     use super::*;
     use crate::decide::test_fixtures::*;
+    use std::sync::Arc;
 
     #[test]
     fn the_recorded_writer_is_read_from_the_annotation_as_the_webhook_writes_it() {
@@ -341,6 +354,72 @@ mod tests {
         assert!(recorded_writer(&ea).is_none(), "no username: nobody");
         ea.metadata.annotations = Some([(AUTHORIZED_BY.to_string(), "carol".to_string())].into());
         assert!(recorded_writer(&ea).is_none(), "not JSON: nobody");
+    }
+
+    /// A client whose SubjectAccessReviews answer `allowed`, counting the questions.
+    fn sar_client(
+        allowed: Arc<std::sync::atomic::AtomicBool>,
+        asked: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Client {
+        use std::sync::atomic::Ordering::SeqCst;
+        let svc = tower::service_fn(move |_req: http::Request<kube::client::Body>| {
+            asked.fetch_add(1, SeqCst);
+            let body = serde_json::json!({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {}, "status": {"allowed": allowed.load(SeqCst)}
+            });
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(201)
+                        .body(kube::client::Body::from(body.to_string().into_bytes()))
+                        .unwrap(),
+                )
+            }
+        });
+        Client::new(svc, "default")
+    }
+
+    #[tokio::test]
+    async fn each_round_asks_afresh_and_within_one_an_answer_is_reused() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        let (allowed, asked) = (
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let authz = Authorizer::new(
+            sar_client(allowed.clone(), asked.clone()),
+            Duration::from_secs(3600),
+        );
+        let mut ea = assignment("a", "payments", "rs", user("alice"));
+        let writer = UserInfo {
+            username: Some("carol".into()),
+            ..Default::default()
+        };
+        ea.metadata.annotations = Some(
+            [(
+                AUTHORIZED_BY.to_string(),
+                crate::webhook::review::identity(&writer).to_string(),
+            )]
+            .into(),
+        );
+        let rs = role_setting("rs");
+        assert!(authz.assignment(&ea, &rs).await.is_ok());
+        let first = asked.load(SeqCst);
+        assert!(first > 0, "asked the apiserver");
+        assert!(authz.assignment(&ea, &rs).await.is_ok());
+        assert_eq!(asked.load(SeqCst), first, "reused within the round");
+        // carol loses bind: the kept answer still serves this round...
+        allowed.store(false, SeqCst);
+        assert!(authz.assignment(&ea, &rs).await.is_ok());
+        // ...and not the next one.
+        authz.new_round();
+        let refused = authz.assignment(&ea, &rs).await.unwrap_err();
+        assert_eq!(refused.reason, NOT_AUTHORIZED_TO_BIND);
+        assert!(asked.load(SeqCst) > first);
+        // Refusals are not kept: a grant counts at the next question.
+        allowed.store(true, SeqCst);
+        assert!(authz.assignment(&ea, &rs).await.is_ok());
     }
 
     #[test]

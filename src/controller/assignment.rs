@@ -77,11 +77,12 @@ pub async fn controller(
         move |b: Arc<CachedClusterRoleBinding>| owner(b.labels()),
     );
     // The safety net (and the re-check of the writer's authority) for all at once; only a
-    // window's boundary is a requeue of its own. At once, not in turns as requests are: the
-    // authorizer keeps an answer for half a period, so every tick asks afresh and a writer who
-    // lost `bind` loses what they granted within one period; in turns, an answer fetched for
-    // one assignment half a period earlier would still serve another's turn.
-    let resync = super::every(ctx.settings.resync);
+    // window's boundary is a requeue of its own. Each tick starts a round of the authorizer,
+    // so its reconciles ask every writer afresh: a writer who lost `bind` loses what they
+    // granted within a period. (In turns, as requests are resynced, an answer fetched for
+    // one assignment would serve another's turn.)
+    let authz = ctx.clone();
+    let resync = super::every(ctx.settings.resync).inspect(move |()| authz.authz.new_round());
     c.reconcile_all_on(futures::stream::select(acting, resync))
         .with_config(super::controller_config())
         .shutdown_on_signal()

@@ -159,17 +159,22 @@ pub fn in_turn<K>(
 where
     K: Watched,
 {
-    let tick = period / TURNS;
-    futures::stream::unfold(0u32, move |turn| {
+    // At least 10 ms: a resync set to nothing must not become a busy loop over the cache.
+    let tick = (period / TURNS).max(Duration::from_millis(10));
+    let start = tokio::time::Instant::now();
+    futures::stream::unfold((0u32, start), move |(turn, last)| {
         let store = store.clone();
         async move {
-            tokio::time::sleep(tick).await;
+            // From the last turn's time, not from now: the turns' own work does not add up
+            // into drift.
+            let at = last + tick;
+            tokio::time::sleep_until(at).await;
             let due: Vec<_> = store
                 .state_filter(|o| turn_of(o) == turn)
                 .iter()
                 .map(|o| kube::runtime::reflector::ObjectRef::from_obj(o.as_ref()))
                 .collect();
-            Some((futures::stream::iter(due), (turn + 1) % TURNS))
+            Some((futures::stream::iter(due), ((turn + 1) % TURNS, at)))
         }
     })
     .flatten()
@@ -812,6 +817,13 @@ mod tests {
         ar
     }
 
+    fn splitmix(i: u64) -> u64 {
+        let mut z = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn every_object_has_its_turn_once_a_period_and_the_turns_are_even() {
         use k8s_openapi::api::core::v1::ConfigMap;
@@ -821,8 +833,10 @@ mod tests {
             let mut cm = ConfigMap::default();
             cm.metadata.name = Some(format!("cm{i}"));
             cm.metadata.namespace = Some("ns".into());
-            // As the apiserver makes them: random version-4 UUIDs (here from a hash).
-            let r = u128::from(hash_of(i)) << 64 | u128::from(hash_of((i, "low")));
+            // As the apiserver makes them: random version-4 UUIDs (here from splitmix64, a
+            // fixed generator, so the test does not depend on std's hasher).
+            let r =
+                u128::from(splitmix(2 * i as u64)) << 64 | u128::from(splitmix(2 * i as u64 + 1));
             let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
             let h = format!("{r:032x}");
             cm.metadata.uid = Some(format!(
