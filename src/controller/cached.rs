@@ -76,7 +76,7 @@ impl Labels for Kept {
 
 /// A managed RoleBinding or ClusterRoleBinding as cached (`K` is which).
 #[derive(Clone, Debug, serde::Deserialize)]
-#[serde(from = "Full<K>", bound = "K: Binding")]
+#[serde(from = "K", bound = "K: Binding")]
 pub struct CachedBinding<K> {
     /// Name, namespace, uid and resourceVersion only.
     pub metadata: ObjectMeta,
@@ -115,11 +115,16 @@ pub trait Binding:
 {
     /// Metadata, roleRef and subjects, by value.
     fn into_parts(self) -> (ObjectMeta, RoleRef, Option<Vec<Subject>>);
+    /// Metadata, roleRef and subjects.
+    fn parts(&self) -> (&ObjectMeta, &RoleRef, &Option<Vec<Subject>>);
 }
 
 impl Binding for RoleBinding {
     fn into_parts(self) -> (ObjectMeta, RoleRef, Option<Vec<Subject>>) {
         (self.metadata, self.role_ref, self.subjects)
+    }
+    fn parts(&self) -> (&ObjectMeta, &RoleRef, &Option<Vec<Subject>>) {
+        (&self.metadata, &self.role_ref, &self.subjects)
     }
 }
 
@@ -127,15 +132,13 @@ impl Binding for ClusterRoleBinding {
     fn into_parts(self) -> (ObjectMeta, RoleRef, Option<Vec<Subject>>) {
         (self.metadata, self.role_ref, self.subjects)
     }
+    fn parts(&self) -> (&ObjectMeta, &RoleRef, &Option<Vec<Subject>>) {
+        (&self.metadata, &self.role_ref, &self.subjects)
+    }
 }
 
-/// The full object, as decoded on its way to the projection.
-#[derive(serde::Deserialize)]
-#[serde(transparent, bound = "K: Binding")]
-struct Full<K>(K);
-
-impl<K: Binding> From<Full<K>> for CachedBinding<K> {
-    fn from(Full(full): Full<K>) -> Self {
+impl<K: Binding> From<K> for CachedBinding<K> {
+    fn from(full: K) -> Self {
         let (m, role_ref, subjects) = full.into_parts();
         Self {
             metadata: ObjectMeta {
@@ -154,10 +157,14 @@ impl<K: Binding> From<Full<K>> for CachedBinding<K> {
     }
 }
 
-impl<K: Binding> From<K> for CachedBinding<K> {
-    fn from(full: K) -> Self {
-        Full(full).into()
-    }
+/// Whether a cached binding is as `want`: the same roleRef and subjects, and every label and
+/// annotation `want` has.
+pub fn same<K: Binding>(have: &CachedBinding<K>, want: &K) -> bool {
+    let (meta, role_ref, subjects) = want.parts();
+    &have.role_ref == role_ref
+        && have.subjects.as_slice() == subjects.as_deref().unwrap_or_default()
+        && have.labels.contains_all(meta.labels.as_ref())
+        && have.annotations.contains_all(meta.annotations.as_ref())
 }
 
 /// A `Resource` so that the caches, indexes and triggers take it like any watched kind. Its
@@ -298,28 +305,21 @@ mod tests {
                     "annotation {k} is not kept"
                 );
             }
-            let (labels, annotations) = match d {
+            let as_desired = match d {
                 Desired::Role(rb) => {
+                    let mut other = rb.clone();
+                    other
+                        .subjects
+                        .iter_mut()
+                        .flatten()
+                        .for_each(|s| s.name = "mallory".into());
                     let c = CachedRoleBinding::from(rb.clone());
-                    (
-                        c.labels().contains_all(rb.metadata.labels.as_ref()),
-                        c.annotations()
-                            .contains_all(rb.metadata.annotations.as_ref()),
-                    )
+                    assert!(!same(&c, &other), "another subject is drift");
+                    same(&c, &rb)
                 }
-                Desired::Cluster(crb) => {
-                    let c = CachedClusterRoleBinding::from(crb.clone());
-                    (
-                        c.labels().contains_all(crb.metadata.labels.as_ref()),
-                        c.annotations()
-                            .contains_all(crb.metadata.annotations.as_ref()),
-                    )
-                }
+                Desired::Cluster(crb) => same(&CachedClusterRoleBinding::from(crb.clone()), &crb),
             };
-            assert!(
-                labels && annotations,
-                "a desired binding looks as desired once cached"
-            );
+            assert!(as_desired, "a desired binding looks as desired once cached");
         }
     }
 }

@@ -3,7 +3,7 @@
 //! the name), removing them, and adding or removing kube-pim's finalizer, each conditional on
 //! the resourceVersion the decision was made from.
 
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PropagationPolicy},
@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::{
     Context, FIELD_MANAGER, FINALIZER,
-    cached::{CachedBinding, CachedClusterRoleBinding, CachedRoleBinding, Kept},
+    cached::{Kept, same},
 };
 use crate::{Error, api::BindingRef, decide::bindings::Binding};
 
@@ -32,7 +32,7 @@ pub async fn ensure(
                 let ns = rb.metadata.namespace.clone().unwrap_or_default();
                 let name = rb.metadata.name.clone().unwrap_or_default();
                 let cached = ctx.role_bindings.get(&ObjectRef::new(&name).within(&ns));
-                if cached.as_deref().is_none_or(|c| !same_rb(c, rb)) {
+                if cached.as_deref().is_none_or(|c| !same(c, rb)) {
                     let api = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
                     apply_or_replace(&api, &name, rb).await?;
                 }
@@ -40,7 +40,7 @@ pub async fn ensure(
             Binding::Cluster(crb) => {
                 let name = crb.metadata.name.clone().unwrap_or_default();
                 let cached = ctx.cluster_role_bindings.get(&ObjectRef::new(&name));
-                if cached.as_deref().is_none_or(|c| !same_crb(c, crb)) {
+                if cached.as_deref().is_none_or(|c| !same(c, crb)) {
                     let api = Api::<ClusterRoleBinding>::all(ctx.client.clone());
                     apply_or_replace(&api, &name, crb).await?;
                 }
@@ -73,27 +73,6 @@ where
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// Whether a cached binding is as desired: the same roleRef and subjects, and every label and
-/// annotation kube-pim wants on it.
-fn same<K>(
-    have: &CachedBinding<K>,
-    want: (&kube::api::ObjectMeta, &RoleRef, &Option<Vec<Subject>>),
-) -> bool {
-    let (meta, role_ref, subjects) = want;
-    &have.role_ref == role_ref
-        && have.subjects.as_slice() == subjects.as_deref().unwrap_or_default()
-        && have.labels().contains_all(meta.labels.as_ref())
-        && have.annotations().contains_all(meta.annotations.as_ref())
-}
-
-fn same_rb(have: &CachedRoleBinding, want: &RoleBinding) -> bool {
-    same(have, (&want.metadata, &want.role_ref, &want.subjects))
-}
-
-fn same_crb(have: &CachedClusterRoleBinding, want: &ClusterRoleBinding) -> bool {
-    same(have, (&want.metadata, &want.role_ref, &want.subjects))
 }
 
 /// Deletes every binding of an owner (those `mine` accepts in the caches, and those `also`
