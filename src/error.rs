@@ -37,6 +37,10 @@ pub enum Error {
     #[error("{0}")]
     Audit(String),
 
+    /// An object kept in a cache does not decode (see `controller::packed`).
+    #[error("{0}")]
+    Cache(String),
+
     /// Standard output was closed (e.g. `kubectl pim audit | head`): a clean end, not a failure.
     #[error("output closed")]
     OutputClosed,

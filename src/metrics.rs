@@ -520,6 +520,7 @@ pub fn error_kind(e: &Error) -> &'static str {
         Error::Kube(k) if k.to_string().contains("not the leader") => "not_leader",
         Error::Kube(_) => "transport",
         Error::Io { .. } => "audit_io",
+        Error::Cache(_) => "cache",
         _ => "other",
     }
 }
@@ -529,7 +530,7 @@ pub fn error_kind(e: &Error) -> &'static str {
 /// empties; RoleSettings that no longer exist appear only while requests name them.
 pub fn requests_by_phase<'a>(
     role_settings: impl IntoIterator<Item = &'a str>,
-    requests: impl IntoIterator<Item = &'a ActivationRequest>,
+    requests: impl IntoIterator<Item = (&'a str, Option<RequestPhase>)>,
 ) -> BTreeMap<(String, &'static str), i64> {
     let mut out = BTreeMap::new();
     for rs in role_settings {
@@ -537,14 +538,9 @@ pub fn requests_by_phase<'a>(
             out.insert((rs.to_string(), p), 0);
         }
     }
-    for ar in requests {
-        let phase = ar
-            .status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .map_or(PHASE_NEW, phase_name);
-        *out.entry((ar.spec.role_setting.clone(), phase))
-            .or_insert(0) += 1;
+    for (role_setting, phase) in requests {
+        let phase = phase.map_or(PHASE_NEW, phase_name);
+        *out.entry((role_setting.to_string(), phase)).or_insert(0) += 1;
     }
     out
 }
@@ -697,7 +693,15 @@ mod tests {
             with_phase("d", "rs1", None),
             with_phase("e", "gone", Some(RequestPhase::Pending)),
         ];
-        let counts = requests_by_phase(["rs1", "rs2"], reqs.iter());
+        let counts = requests_by_phase(
+            ["rs1", "rs2"],
+            reqs.iter().map(|r| {
+                (
+                    r.spec.role_setting.as_str(),
+                    r.status.as_ref().and_then(|s| s.phase),
+                )
+            }),
+        );
         let get = |rs: &str, p: &'static str| counts.get(&(rs.to_string(), p)).copied();
         assert_eq!(get("rs1", "Active"), Some(2));
         assert_eq!(get("rs1", "Expired"), Some(1));
@@ -1048,6 +1052,7 @@ mod tests {
             }),
             "audit_io"
         );
+        assert_eq!(error_kind(&Error::Cache("x".into())), "cache");
         assert_eq!(error_kind(&Error::Config("x".into())), "other");
     }
 

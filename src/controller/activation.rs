@@ -31,7 +31,7 @@ use serde_json::json;
 
 use super::{
     Context, FINALIZER, Trigger,
-    cached::{CachedClusterRoleBinding, CachedRoleBinding, Kept},
+    cached::{CachedAssignment, CachedClusterRoleBinding, CachedRequest, CachedRoleBinding, Kept},
     rbac_writes, relate, residual,
 };
 use crate::{
@@ -48,13 +48,13 @@ use crate::{
 /// The watches that trigger this controller.
 pub struct Triggers {
     /// ActivationRequests.
-    pub requests: ReflectHandle<ActivationRequest>,
+    pub requests: ReflectHandle<CachedRequest>,
     /// ActivationRequests again, to wake the request an extension extends.
-    pub extensions: ReflectHandle<ActivationRequest>,
+    pub extensions: ReflectHandle<CachedRequest>,
     /// RoleSettings.
     pub role_settings: Trigger<RoleSetting>,
     /// EligibleAssignments.
-    pub assignments: Trigger<EligibleAssignment>,
+    pub assignments: Trigger<CachedAssignment>,
     /// Managed RoleBindings.
     pub role_bindings: Trigger<CachedRoleBinding>,
     /// Managed ClusterRoleBindings.
@@ -82,7 +82,7 @@ pub async fn controller(
         let name = rs.name_any();
         requests_where(&by_role_setting, |ar| ar.spec.role_setting == name)
     });
-    let c = relate(c, t.assignments, move |ea: Arc<EligibleAssignment>| {
+    let c = relate(c, t.assignments, move |ea: Arc<CachedAssignment>| {
         let (store, index) = &by_assignment;
         let rs = &ea.spec.role_setting;
         index
@@ -120,9 +120,9 @@ pub async fn controller(
 }
 
 fn requests_where(
-    store: &kube::runtime::reflector::Store<ActivationRequest>,
-    f: impl Fn(&ActivationRequest) -> bool,
-) -> Vec<ObjectRef<ActivationRequest>> {
+    store: &kube::runtime::reflector::Store<CachedRequest>,
+    f: impl Fn(&CachedRequest) -> bool,
+) -> Vec<ObjectRef<CachedRequest>> {
     // Filtered in place: a cache of 10,000 requests is not copied out for each trigger.
     store
         .state_filter(f)
@@ -131,11 +131,11 @@ fn requests_where(
         .collect()
 }
 
-fn owner_ref(labels: &Kept) -> Option<ObjectRef<ActivationRequest>> {
+fn owner_ref(labels: &Kept) -> Option<ObjectRef<CachedRequest>> {
     bindings::owner_of(labels).map(|(ns, name, _)| ObjectRef::new(name).within(ns))
 }
 
-fn error_policy(ar: Arc<ActivationRequest>, e: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(ar: Arc<CachedRequest>, e: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_error("activation", e);
     let conflict = matches!(e, Error::Kube(kube::Error::Api(s)) if s.code == 409);
     if conflict {
@@ -159,12 +159,12 @@ enum Next {
 /// Passes over one request: a plan that is due again at once (the decision committed, next
 /// the bindings) continues from the object its status write returned. Each watch round trip
 /// saved is one less wait on the path from a request (or the last approval) to access.
-async fn reconcile(ar: Arc<ActivationRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(cached: Arc<CachedRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.acting() {
         // A follower, or the leader before its start sweep: reconciled again when it acts.
         return Ok(Action::await_change());
     }
-    let mut ar = ar;
+    let mut ar = Arc::new(cached.full()?);
     // Requested+Approved, then Activated: two passes; a third is slack.
     for _ in 0..3 {
         match pass(ar, &ctx).await? {
@@ -230,9 +230,13 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
         .is_none_or(|p| !request::is_terminal(p));
     // Only the requester's own assignments are copied out of the cache (not all of them, per
     // reconcile: at 10,000 assignments that was most of a reconcile's work).
-    let cached = ctx
+    let cached: Vec<Arc<EligibleAssignment>> = ctx
         .assignment_namespaces
-        .select(&ctx.assignments, &ns, |ea| eligibility::names(&wanted, ea));
+        .select(&ctx.assignments, &ns, |ea| eligibility::names(&wanted, ea))
+        .iter()
+        .filter_map(|ea| decoded(ea.full(), &ctx))
+        .map(Arc::new)
+        .collect();
     let live: Vec<Arc<EligibleAssignment>>;
     let mut authorized = authorized_among(&ctx, rs.as_deref(), open, &cached).await;
     let mut ea = eligibility::select(
@@ -311,7 +315,8 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
 
     // Extensions: the request this one extends, where its chain started, and whether an
     // Active extension of this one has taken over (all from the cache of this namespace).
-    let same_ns: Vec<Arc<ActivationRequest>> =
+    // Only those found are decoded whole.
+    let same_ns: Vec<Arc<CachedRequest>> =
         ctx.request_namespaces.select(&ctx.requests, &ns, |_| true);
     let lookup = |name: &str| {
         same_ns
@@ -319,13 +324,23 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
             .map(|r| r.as_ref())
             .find(|r| r.metadata.name.as_deref() == Some(name))
     };
-    let extended = ar.spec.extends.as_deref().and_then(lookup);
-    let chain_start = extended.and_then(|x| request::chain_start(x, lookup));
-    let successor = same_ns.iter().map(|r| r.as_ref()).find(|r| {
-        r.spec.extends.as_deref() == ar.metadata.name.as_deref()
-            && r.metadata.uid != ar.metadata.uid
-            && r.status.as_ref().and_then(|s| s.phase) == Some(crate::api::RequestPhase::Active)
-    });
+    let extended = ar
+        .spec
+        .extends
+        .as_deref()
+        .and_then(lookup)
+        .and_then(|x| decoded(x.full(), &ctx));
+    let chain_start = extended
+        .as_ref()
+        .and_then(|x| request::chain_start(x, lookup));
+    let successor = same_ns
+        .iter()
+        .find(|r| {
+            r.spec.extends.as_deref() == ar.metadata.name.as_deref()
+                && r.metadata.uid != ar.metadata.uid
+                && r.phase() == Some(crate::api::RequestPhase::Active)
+        })
+        .and_then(|r| decoded(r.full(), &ctx));
 
     // Decide.
     let plan = request::decide(&Inputs {
@@ -336,9 +351,9 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
         tally: &tally,
         policy: &pctx,
         retention: ctx.settings.retention,
-        extended,
+        extended: extended.as_ref(),
         chain_start,
-        successor,
+        successor: successor.as_ref(),
     });
 
     // Apply.
@@ -406,6 +421,17 @@ async fn authorized_among<'a>(
         }
     }
     authorized
+}
+
+/// Another object from a cache, whole; one that does not decode (a bug in kube-pim) is logged
+/// and counted, and taken as absent: it backs no request and extends nothing (fail closed),
+/// and this request's own pass goes on (to record an expiry, say).
+fn decoded<T>(full: Result<T, Error>, ctx: &Context) -> Option<T> {
+    full.inspect_err(|e| {
+        ctx.metrics.reconcile_error("activation", e);
+        tracing::error!(error = %e, "taking a cached object that does not decode as absent");
+    })
+    .ok()
 }
 
 /// Whether every history entry of `ar` is on the audit stream.
@@ -478,7 +504,7 @@ async fn write_status(
     let audited_before = current.map_or(0, |s| usize::try_from(s.audited_through).unwrap_or(0));
     let committed = current.map_or(0, |s| s.history.len());
     let audited = if committed > audited_before {
-        let (audited, fresh) = ctx.audit.write_pending(ar, audited_before)?;
+        let (audited, fresh) = ctx.audit.pending(ar, audited_before).await?;
         emit_events(ar, fresh, ctx).await;
         audited
     } else {
@@ -637,14 +663,16 @@ pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
         bindings::assignment_owner_of(labels).is_some_and(|(ns, name, uid)| {
             ctx.assignments
                 .get(&ObjectRef::new(name).within(ns))
+                .filter(|ea| ea.metadata.uid.as_deref() == Some(uid))
+                // One that does not decode holds nothing: its binding goes (fail closed).
+                .and_then(|ea| ea.full().ok())
                 .is_some_and(|ea| {
                     let rs = ctx
                         .role_settings
                         .get(&ObjectRef::new(&ea.spec.role_setting));
                     let cluster_ns = &ctx.settings.cluster_scope_namespace;
-                    ea.metadata.uid.as_deref() == Some(uid)
-                        && eligibility::phase(&ea, rs.as_deref(), Ok(()), cluster_ns, now).0
-                            == crate::api::AssignmentPhase::Active
+                    eligibility::phase(&ea, rs.as_deref(), Ok(()), cluster_ns, now).0
+                        == crate::api::AssignmentPhase::Active
                 })
         })
     };

@@ -26,7 +26,7 @@ use serde_json::json;
 
 use super::{
     Context, FINALIZER, Trigger,
-    cached::{CachedClusterRoleBinding, CachedRoleBinding, Kept},
+    cached::{CachedAssignment, CachedClusterRoleBinding, CachedRoleBinding, Kept},
     rbac_writes, relate, wake_for,
 };
 use crate::{
@@ -40,7 +40,7 @@ use crate::{
 /// The watches that trigger this controller.
 pub struct Triggers {
     /// EligibleAssignments.
-    pub assignments: ReflectHandle<EligibleAssignment>,
+    pub assignments: ReflectHandle<CachedAssignment>,
     /// RoleSettings (an assignment's validity follows its RoleSetting).
     pub role_settings: Trigger<RoleSetting>,
     /// Managed RoleBindings (those of type Active assignments: drift).
@@ -91,17 +91,18 @@ pub async fn controller(
         .await;
 }
 
-fn error_policy(ea: Arc<EligibleAssignment>, e: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(ea: Arc<CachedAssignment>, e: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_error("assignment", e);
     tracing::warn!(assignment = %ea.name_any(), error = %e, "assignment reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
 
-async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(cached: Arc<CachedAssignment>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.acting() {
         // A follower, or the leader before its start sweep: reconciled again when it acts.
         return Ok(Action::await_change());
     }
+    let ea = cached.full()?;
     let now = Utc::now();
     let rs = ctx
         .role_settings
@@ -118,14 +119,14 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
         // Deleted: its bindings go before it does.
         if has_finalizer {
             rbac_writes::remove(&ctx, &[], owner, &mine, &[]).await?;
-            rbac_writes::remove_finalizer(&api, ea.as_ref()).await?;
+            rbac_writes::remove_finalizer(&api, &ea).await?;
         }
         return Ok(Action::await_change());
     }
     let holds = ea.spec.type_ == AssignmentType::Active;
     if holds && !has_finalizer {
         // A type Active assignment holds bindings: they must not outlive it.
-        rbac_writes::add_finalizer(&api, ea.as_ref()).await?;
+        rbac_writes::add_finalizer(&api, &ea).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
     let authorized = match rs.as_deref() {
@@ -150,7 +151,7 @@ async fn reconcile(ea: Arc<EligibleAssignment>, ctx: Arc<Context>) -> Result<Act
         }
     }
     if !holds && has_finalizer {
-        rbac_writes::remove_finalizer(&api, ea.as_ref()).await?;
+        rbac_writes::remove_finalizer(&api, &ea).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
 

@@ -396,7 +396,13 @@ pub struct AuditLog {
     out: Arc<Mutex<Writer>>,
     written: Arc<Mutex<std::collections::HashMap<String, usize>>>,
     sink: Option<ship::Shipper>,
+    /// Writes waiting on a blocking thread at a time (see [`AuditLog::pending`]).
+    slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Audit writes on blocking threads at a time. They take turns on the writer anyway; more
+/// would only park threads (each with its stack) behind a slow disk.
+const WRITE_SLOTS: usize = 2;
 
 impl AuditLog {
     /// `-` for standard output (a new chain per process), else a file appended to (created if
@@ -434,6 +440,7 @@ impl AuditLog {
             out: Arc::new(Mutex::new(writer)),
             written: Default::default(),
             sink: None,
+            slots: Arc::new(tokio::sync::Semaphore::new(WRITE_SLOTS)),
         })
     }
 
@@ -499,6 +506,7 @@ impl AuditLog {
                     link: chain::Link::default(),
                 })),
                 written: Default::default(),
+                slots: Arc::new(tokio::sync::Semaphore::new(WRITE_SLOTS)),
                 sink: None,
             },
             buf,
@@ -517,18 +525,68 @@ impl AuditLog {
             return Ok((from, from..from));
         };
         let uid = req.metadata.uid.as_deref().unwrap_or_default();
-        let mut written = self.written.lock().expect("audit index not poisoned");
-        let start = from
-            .max(written.get(uid).copied().unwrap_or(0))
-            .min(status.history.len());
+        // Not held across the write: `forget` takes it on an async worker. (Two writes of one
+        // request at once do not happen: kube-runtime reconciles an object one pass at a time.)
+        let before = self
+            .written
+            .lock()
+            .expect("audit index not poisoned")
+            .get(uid)
+            .copied()
+            .unwrap_or(0);
+        let start = from.max(before).min(status.history.len());
         let mut out = self.out.lock().expect("audit writer not poisoned");
         for rec in &transition_records(req)[start..] {
             let line = serde_json::to_string(&rec).expect("audit records serialize");
             let n = out.line(&line)?;
             self.shipped_after(n);
         }
-        written.insert(uid.to_string(), status.history.len());
+        drop(out);
+        let mut written = self.written.lock().expect("audit index not poisoned");
+        let mark = written.entry(uid.to_string()).or_insert(0);
+        *mark = (*mark).max(status.history.len());
         Ok((status.history.len(), start..status.history.len()))
+    }
+
+    /// [`Self::write_pending`] on a blocking thread. Each line is made durable (fdatasync)
+    /// before this returns; waiting for the disk on a runtime worker would hold up the
+    /// reconciles and webhook calls queued on that worker (there are two on two cores), and the
+    /// writer's lock would hold up the other worker's audit writes the same way.
+    pub async fn pending(
+        &self,
+        req: &ActivationRequest,
+        from: usize,
+    ) -> Result<(usize, std::ops::Range<usize>)> {
+        let (log, req) = (self.clone(), req.clone());
+        self.off_runtime(move || log.write_pending(&req, from))
+            .await
+    }
+
+    /// [`Self::write_record`] on a blocking thread (see [`Self::pending`]).
+    pub async fn record(&self, record: serde_json::Value) -> Result<()> {
+        let log = self.clone();
+        self.off_runtime(move || log.write_record(&record)).await
+    }
+
+    /// Runs a blocking audit write on tokio's blocking pool, [`WRITE_SLOTS`] at a time, and
+    /// waits for it. A panic in it (a poisoned lock) goes on in the caller, as it did when the
+    /// write ran there.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the audit write slots are never closed");
+        match tokio::task::spawn_blocking(f).await {
+            Ok(written) => written,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(Error::Audit(format!(
+                "the audit write did not run ({e}): the operator is shutting down; the entries stay unaudited and are written after the restart"
+            ))),
+        }
     }
 
     /// Writes one record that is not a request transition (e.g. a policy write) and flushes.
@@ -653,6 +711,42 @@ mod tests {
             buf2.lock().unwrap().iter().filter(|b| **b == b'\n').count(),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn the_async_writes_write_what_the_blocking_ones_do() {
+        let (log, buf) = AuditLog::memory();
+        let mut req = request(
+            "bob-x",
+            "payments",
+            "namespace-admin",
+            requester("bob", &[]),
+        );
+        req.status = Some(ActivationRequestStatus {
+            phase: Some(RequestPhase::Pending),
+            history: vec![HistoryEntry {
+                seq: 1,
+                time: t0(),
+                actor: "bob".into(),
+                action: HistoryAction::Requested,
+                message: None,
+            }],
+            ..Default::default()
+        });
+        assert_eq!(log.pending(&req, 0).await.unwrap(), (1, 0..1));
+        assert_eq!(log.pending(&req, 0).await.unwrap(), (1, 1..1), "once");
+        log.record(serde_json::json!({"kind": "T", "id": "t/1"}))
+            .await
+            .unwrap();
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["id"], "uid-bob-x/1");
+        assert_eq!(lines[1]["id"], "t/1");
+        assert_eq!(lines[1]["chain"]["n"], 1, "one chain across both");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! What the caches keep of the managed bindings: a projection with only what the controllers
-//! read (name, namespace, uid, resourceVersion, roleRef, subjects, and kube-pim's own labels
-//! and expiry annotation), not the whole RoleBinding or ClusterRoleBinding.
+//! What the caches keep, where it is less than the whole Kubernetes object: requests
+//! ([`request`]) and assignments ([`assignment`]) as the fields scans read plus the whole object
+//! compressed; managed bindings (here) as a projection with only what the controllers read
+//! (name, namespace, uid, resourceVersion, roleRef, subjects, and kube-pim's own labels and
+//! expiry annotation), not the whole RoleBinding or ClusterRoleBinding.
 //!
 //! At 10,000 active requests the operator caches 10,000 bindings; as Kubernetes types each took
 //! 2.6 KB of heap, most of it the two `BTreeMap`s of labels and annotations (a map's first node
@@ -17,10 +19,44 @@ use std::{borrow::Cow, collections::BTreeMap, marker::PhantomData};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
 use kube::{Resource, api::ObjectMeta};
 
+pub mod assignment;
+pub mod request;
+
+pub use assignment::CachedAssignment;
+pub use request::CachedRequest;
+
 use crate::decide::bindings::{
     ANNOTATION_EXPIRES_AT, LABEL_ASSIGNMENT, LABEL_ASSIGNMENT_NAMESPACE, LABEL_ASSIGNMENT_UID,
     LABEL_REQUEST, LABEL_REQUEST_NAMESPACE, LABEL_REQUEST_UID, Labels, MANAGED_BY,
 };
+
+/// kubectl's copy of the whole object, on objects applied with client-side `kubectl apply`:
+/// never read, and as large as the object.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops from an object's metadata what nothing reads and only costs memory: managedFields,
+/// and kubectl's last-applied copy of the object.
+fn slim(m: &mut ObjectMeta) {
+    m.managed_fields = None;
+    if let Some(a) = m.annotations.as_mut()
+        && a.remove(LAST_APPLIED).is_some()
+        && a.is_empty()
+    {
+        m.annotations = None;
+    }
+}
+
+/// Name, namespace, uid and resourceVersion: what the caches' keys, the indexes and the
+/// controllers' queues read of any cached object.
+fn identity(m: ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        ..Default::default()
+    }
+}
 
 /// The labels the cache keeps: every label kube-pim puts on a binding.
 pub const KEPT_LABELS: &[&str] = &[
@@ -139,17 +175,11 @@ impl Binding for ClusterRoleBinding {
 
 impl<K: Binding> From<K> for CachedBinding<K> {
     fn from(full: K) -> Self {
-        let (m, role_ref, subjects) = full.into_parts();
+        let (mut m, role_ref, subjects) = full.into_parts();
         Self {
-            metadata: ObjectMeta {
-                name: m.name,
-                namespace: m.namespace,
-                uid: m.uid,
-                resource_version: m.resource_version,
-                ..Default::default()
-            },
-            labels: Kept::of(m.labels, KEPT_LABELS),
-            annotations: Kept::of(m.annotations, KEPT_ANNOTATIONS),
+            labels: Kept::of(m.labels.take(), KEPT_LABELS),
+            annotations: Kept::of(m.annotations.take(), KEPT_ANNOTATIONS),
+            metadata: identity(m),
             role_ref,
             subjects: subjects.unwrap_or_default(),
             kind: PhantomData,

@@ -18,6 +18,7 @@ pub mod cached;
 pub mod events;
 pub mod index;
 pub mod lenient;
+pub mod packed;
 pub mod rbac_writes;
 pub mod residual;
 pub mod role_setting;
@@ -38,9 +39,9 @@ use kube::{
     },
 };
 
-use self::cached::{CachedClusterRoleBinding, CachedRoleBinding};
+use self::cached::{CachedAssignment, CachedClusterRoleBinding, CachedRequest, CachedRoleBinding};
 use crate::{
-    api::{ActivationRequest, EligibleAssignment, RoleSetting},
+    api::RoleSetting,
     decide::{bindings::MANAGED_SELECTOR, policy::MfaConfig},
 };
 
@@ -75,14 +76,15 @@ pub struct Context {
     pub settings: Settings,
     /// RoleSettings by name.
     pub role_settings: Store<RoleSetting>,
-    /// All EligibleAssignments.
-    pub assignments: Store<EligibleAssignment>,
-    /// All ActivationRequests.
-    pub requests: Store<ActivationRequest>,
+    /// All EligibleAssignments (the fields scans read, and each whole, compressed: see
+    /// [`cached::assignment`]).
+    pub assignments: Store<CachedAssignment>,
+    /// All ActivationRequests (likewise: see [`cached::request`]).
+    pub requests: Store<CachedRequest>,
     /// Which assignments are in which namespace (see [`index`]).
-    pub assignment_namespaces: Arc<index::Index<EligibleAssignment>>,
+    pub assignment_namespaces: Arc<index::Index<CachedAssignment>>,
     /// Which requests are in which namespace (see [`index`]).
-    pub request_namespaces: Arc<index::Index<ActivationRequest>>,
+    pub request_namespaces: Arc<index::Index<CachedRequest>>,
     /// Managed RoleBindings by the uid of their request or assignment.
     pub role_binding_owners: Arc<index::Index<CachedRoleBinding>>,
     /// Managed ClusterRoleBindings by the uid of their request or assignment.
@@ -332,7 +334,9 @@ impl Context {
             role_settings
                 .iter()
                 .filter_map(|rs| rs.metadata.name.as_deref()),
-            requests.iter().map(|ar| ar.as_ref()),
+            requests
+                .iter()
+                .map(|ar| (ar.spec.role_setting.as_str(), ar.phase())),
         ));
         metrics.leader.set(i64::from(self.leader.is_leader()));
     }
@@ -350,9 +354,31 @@ pub struct Trigger<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     pub deleted: tokio::sync::mpsc::UnboundedReceiver<Arc<K>>,
 }
 
+/// An object as JSON (for [`Trigger::ignoring`]): a typed object, or a cached one decoded.
+pub trait AsJson {
+    /// The whole object (`Null` if it cannot be had).
+    fn as_json(&self) -> serde_json::Value;
+}
+
+impl AsJson for RoleSetting {
+    fn as_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+impl AsJson for CachedAssignment {
+    fn as_json(&self) -> serde_json::Value {
+        match self.full().map(serde_json::to_value) {
+            Ok(Ok(v)) => v,
+            // Not decodable (a bug): each version differs, so every change still triggers.
+            _ => serde_json::json!({ "undecodable": self.metadata.resource_version }),
+        }
+    }
+}
+
 impl<K> Trigger<K>
 where
-    K: Watched + serde::Serialize,
+    K: Watched + AsJson,
 {
     /// Only changes outside `ignored` (JSON pointers into the object, e.g. a status counter)
     /// trigger. Every activation updates its RoleSetting's and assignment's counters; without
@@ -361,7 +387,7 @@ where
     pub fn ignoring(self, ignored: &'static [&'static str]) -> Self {
         use std::hash::{Hash, Hasher};
         self.keyed(move |o: &K| {
-            let mut v = serde_json::to_value(o).unwrap_or_default();
+            let mut v = o.as_json();
             for p in ["/metadata/resourceVersion", "/metadata/managedFields"]
                 .iter()
                 .chain(ignored)
@@ -377,7 +403,12 @@ where
             h.finish()
         })
     }
+}
 
+impl<K> Trigger<K>
+where
+    K: Watched,
+{
     /// Only changes of `key` (per object) trigger.
     pub fn keyed(self, key: impl Fn(&K) -> u64 + Send + 'static) -> Self {
         // What each object (by uid) last looked like. Deleted objects' entries are not
@@ -608,8 +639,8 @@ pub fn start(
     let wc = watcher::Config::default();
     let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
     let mut rs = Shared::new(Api::<RoleSetting>::all(client.clone()), wc.clone());
-    let mut ea = Shared::new(Api::<EligibleAssignment>::all(client.clone()), wc.clone());
-    let mut ar = Shared::new(Api::<ActivationRequest>::all(client.clone()), wc.clone());
+    let mut ea = Shared::new(Api::<CachedAssignment>::all(client.clone()), wc.clone());
+    let mut ar = Shared::new(Api::<CachedRequest>::all(client.clone()), wc.clone());
     let request_namespaces = ar.indexed(index::Index::by_namespace());
     let assignment_namespaces = ea.indexed(index::Index::by_namespace());
     let mut rb = Shared::new(
@@ -806,8 +837,8 @@ pub fn start(
 mod tests {
     use super::*;
 
-    fn at(rv: &str) -> ActivationRequest {
-        let mut ar: ActivationRequest = serde_json::from_value(serde_json::json!({
+    fn at(rv: &str) -> crate::api::ActivationRequest {
+        let mut ar: crate::api::ActivationRequest = serde_json::from_value(serde_json::json!({
             "apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",
             "metadata": {"name": "a", "namespace": "n", "uid": "u1", "resourceVersion": rv},
             "spec": {"roleSetting": "rs", "requester": {"username": "alice"}}

@@ -133,7 +133,7 @@ pub async fn check(ar: &ActivationRequest, ctx: &Context) -> Result<Option<Durat
             "requester": ar.spec.requester.username,
             "message": message,
         });
-        ctx.audit.write_record(&record)?;
+        ctx.audit.record(record).await?;
         if let Some(rs) = ctx
             .role_settings
             .get(&kube::runtime::reflector::ObjectRef::new(

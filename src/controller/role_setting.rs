@@ -17,10 +17,14 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Trigger, relate};
+use super::{
+    Context, Trigger,
+    cached::{CachedAssignment, CachedRequest},
+    relate,
+};
 use crate::{
     Error,
-    api::{ActivationRequest, EligibleAssignment, RequestPhase, RoleSetting},
+    api::{RequestPhase, RoleSetting},
     decide::{approval, persistence, request::set_condition},
 };
 
@@ -31,9 +35,9 @@ pub struct Triggers {
     /// RoleSettings.
     pub role_settings: ReflectHandle<RoleSetting>,
     /// EligibleAssignments (counted).
-    pub assignments: Trigger<EligibleAssignment>,
+    pub assignments: Trigger<CachedAssignment>,
     /// ActivationRequests (active ones counted).
-    pub requests: Trigger<ActivationRequest>,
+    pub requests: Trigger<CachedRequest>,
     /// ClusterRoles (RolesFound).
     pub cluster_roles: Trigger<ClusterRole>,
 }
@@ -46,10 +50,10 @@ pub async fn controller(
 ) {
     let by_role = ctx.role_settings.clone();
     let c = Controller::for_shared_stream(t.role_settings, ctx.role_settings.clone());
-    let c = relate(c, t.assignments, |ea: Arc<EligibleAssignment>| {
+    let c = relate(c, t.assignments, |ea: Arc<CachedAssignment>| {
         Some(ObjectRef::new(&ea.spec.role_setting))
     });
-    let c = relate(c, t.requests, |ar: Arc<ActivationRequest>| {
+    let c = relate(c, t.requests, |ar: Arc<CachedRequest>| {
         Some(ObjectRef::new(&ar.spec.role_setting))
     });
     let c = relate(c, t.cluster_roles, move |cr: Arc<ClusterRole>| {

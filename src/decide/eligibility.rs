@@ -2,9 +2,12 @@
 //! the assignment that backs a request (SPEC section 3, *Eligibility*).
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::{
-    api::{AssignmentPhase, EligibleAssignment, Requester, RoleSetting, Subject, SubjectKind},
+    api::{
+        AssignmentPhase, EligibleAssignment, Requester, RoleSetting, Scope, Subject, SubjectKind,
+    },
     decide::{Violation, parse_service_account, policy},
     time::from_k8s,
 };
@@ -128,14 +131,42 @@ impl<'a> Wanted<'a> {
     }
 }
 
+/// What [`names`] reads of an assignment: the typed object, or what the cache keeps of one.
+pub trait Named {
+    /// Its metadata (namespace and deletionTimestamp are read).
+    fn object_meta(&self) -> &ObjectMeta;
+    /// `spec.roleSetting`.
+    fn role_setting(&self) -> &str;
+    /// `spec.scope`.
+    fn scope(&self) -> Scope;
+    /// `spec.subject`.
+    fn subject(&self) -> &Subject;
+}
+
+impl Named for EligibleAssignment {
+    fn object_meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn role_setting(&self) -> &str {
+        &self.spec.role_setting
+    }
+    fn scope(&self) -> Scope {
+        self.spec.scope
+    }
+    fn subject(&self) -> &Subject {
+        &self.spec.subject
+    }
+}
+
 /// Whether `ea` is about what is wanted: the same namespace, RoleSetting and scope, naming the
 /// requester, and not being deleted (whether it is valid now is for [`select`]).
-pub fn names(wanted: &Wanted<'_>, ea: &EligibleAssignment) -> bool {
-    ea.metadata.namespace.as_deref() == Some(wanted.namespace)
-        && ea.metadata.deletion_timestamp.is_none()
-        && ea.spec.role_setting == wanted.role_setting
-        && ea.spec.scope == wanted.scope
-        && subject_matches(&ea.spec.subject, wanted.requester)
+pub fn names<A: Named + ?Sized>(wanted: &Wanted<'_>, ea: &A) -> bool {
+    let meta = ea.object_meta();
+    meta.namespace.as_deref() == Some(wanted.namespace)
+        && meta.deletion_timestamp.is_none()
+        && ea.role_setting() == wanted.role_setting
+        && ea.scope() == wanted.scope
+        && subject_matches(ea.subject(), wanted.requester)
 }
 
 /// The assignment that backs a request now: in the request's namespace, for its RoleSetting
@@ -154,7 +185,7 @@ pub fn select<'a>(
     assignments
         .into_iter()
         .filter(|ea| {
-            names(wanted, ea)
+            names(wanted, *ea)
                 && !recorded_invalid(ea)
                 && window(ea, now).contains(now)
                 && policy::assignment_violations(rs, ea, namespace, cluster_scope_namespace, now)

@@ -61,23 +61,44 @@ pub struct Inputs<'a> {
     pub successor: Option<&'a ActivationRequest>,
 }
 
+/// What [`chain_start`] reads of a request: the typed object, or what a cache keeps of one.
+pub trait Link {
+    /// `spec.extends`.
+    fn extends(&self) -> Option<&str>;
+    /// `status.phase`.
+    fn phase(&self) -> Option<RequestPhase>;
+    /// `status.activationTime`.
+    fn activation_time(&self) -> Option<DateTime<Utc>>;
+}
+
+impl Link for ActivationRequest {
+    fn extends(&self) -> Option<&str> {
+        self.spec.extends.as_deref()
+    }
+    fn phase(&self) -> Option<RequestPhase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+    fn activation_time(&self) -> Option<DateTime<Utc>> {
+        self.status.as_ref().and_then(|s| s.activation_time)
+    }
+}
+
 /// When a chain of extensions started: the activation time of `x`, or of the request it
 /// extended if that one was Superseded by it, and so on back (at most 32 links).
-pub fn chain_start<'a>(
-    x: &'a ActivationRequest,
-    lookup: impl Fn(&str) -> Option<&'a ActivationRequest>,
+pub fn chain_start<'a, L: Link + 'a>(
+    x: &'a impl Link,
+    lookup: impl Fn(&str) -> Option<&'a L>,
 ) -> Option<DateTime<Utc>> {
-    let mut start = x.status.as_ref()?.activation_time?;
-    let mut cur = x;
+    let mut start = x.activation_time()?;
+    let mut extends = x.extends();
     for _ in 0..32 {
-        let Some(prev) = cur.spec.extends.as_deref().and_then(&lookup) else {
+        let Some(prev) = extends.and_then(&lookup) else {
             break;
         };
-        let ps = prev.status.as_ref();
-        match (ps.and_then(|s| s.phase), ps.and_then(|s| s.activation_time)) {
+        match (prev.phase(), prev.activation_time()) {
             (Some(RequestPhase::Superseded), Some(t)) => {
                 start = t;
-                cur = prev;
+                extends = prev.extends();
             }
             _ => break,
         }

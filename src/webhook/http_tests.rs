@@ -13,8 +13,12 @@ use tower::ServiceExt;
 
 use super::{review::Settings, router};
 use crate::{
-    api::{ActivationRequest, EligibleAssignment, RoleSetting},
-    controller::{Context, audit::AuditLog},
+    api::RoleSetting,
+    controller::{
+        Context,
+        audit::AuditLog,
+        cached::{CachedAssignment, CachedRequest},
+    },
     decide::{policy::MfaConfig, test_fixtures::*},
 };
 
@@ -45,17 +49,17 @@ fn app_with_context() -> (axum::Router, Arc<Context>) {
         vec![group("sre-leads"), user("bob")],
         1,
     )));
-    let (assignments, mut eaw) = store::<EligibleAssignment>();
+    let (assignments, mut eaw) = store::<CachedAssignment>();
     // The webhook runs on the wall clock: an assignment created long ago.
     let mut ea = assignment("alice", "payments", "rs", user("alice"));
     ea.metadata.creation_timestamp = Some(crate::time::to_k8s(
         chrono::Utc::now() - chrono::TimeDelta::days(30),
     ));
     let assignment_namespaces = Arc::new(crate::controller::index::Index::by_namespace());
-    let ev = Event::Apply(ea);
+    let ev = Event::Apply(CachedAssignment::from(ea));
     assignment_namespaces.observe(&ev);
     eaw.apply_watcher_event(&ev);
-    let (requests, _) = store::<ActivationRequest>();
+    let (requests, _) = store::<CachedRequest>();
     let ctx = Arc::new(Context {
         recorder: crate::controller::events::Events::new(
             client.clone(),

@@ -237,7 +237,7 @@ async fn validate(
     };
     let verdict = decide(&s, &req).await;
     if !matches!(verdict, Verdict::Deny(..)) && !req.dry_run {
-        audit_policy_write(&s.ctx, &req);
+        audit_policy_write(&s.ctx, &req).await;
     }
     respond(&s, "validate", started, &req, verdict)
 }
@@ -252,6 +252,15 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
             "kube-pim could not read the object: it does not match the schema".into(),
         )
     };
+    // Fail closed: without what it needed to look at, kube-pim cannot tell whether to allow.
+    let internal = |what: &str| {
+        Verdict::Deny(
+            review::Reason::Internal,
+            format!(
+                "{what}; kube-pim refuses rather than decide without it: restart the operator to rebuild its caches, and report it"
+            ),
+        )
+    };
     match (
         req.resource.resource.as_str(),
         req.sub_resource.as_deref(),
@@ -262,16 +271,23 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
                 return malformed();
             };
             let rs = role_setting(&s.ctx, &ar.spec.role_setting).await;
-            let cached: Vec<EligibleAssignment> = s
+            let wanted = crate::decide::eligibility::Wanted::of(&ar);
+            // The namespace's assignments that name the requester, decoded whole (`select`
+            // looks at no other).
+            let Ok(cached) = s
                 .ctx
                 .assignment_namespaces
-                .select(&s.ctx.assignments, &ns, |_| true)
+                .select(&s.ctx.assignments, &ns, |ea| {
+                    crate::decide::eligibility::names(&wanted, ea)
+                })
                 .iter()
-                .map(|a| a.as_ref().clone())
-                .collect();
+                .map(|ea| ea.full())
+                .collect::<Result<Vec<EligibleAssignment>, _>>()
+            else {
+                return internal("an EligibleAssignment in the cache does not decode");
+            };
             // Not eligible by the cache: read the namespace's assignments live before refusing
             // (one applied a moment ago may not have reached the cache yet).
-            let wanted = crate::decide::eligibility::Wanted::of(&ar);
             let found = crate::decide::eligibility::select(
                 &wanted,
                 rs.as_ref(),
@@ -290,11 +306,25 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
                     .unwrap_or(cached)
             };
             let eas: Vec<&EligibleAssignment> = owned.iter().collect();
-            let ars = s
-                .ctx
-                .request_namespaces
-                .select(&s.ctx.requests, &ns, |_| true);
-            let ars: Vec<&ActivationRequest> = ars.iter().map(|a| a.as_ref()).collect();
+            // For `extends`: the request it names, and any other extending that one.
+            let Ok(related) = ar
+                .spec
+                .extends
+                .as_deref()
+                .map(|target| {
+                    s.ctx.request_namespaces.select(&s.ctx.requests, &ns, |r| {
+                        r.metadata.name.as_deref() == Some(target)
+                            || r.spec.extends.as_deref() == Some(target)
+                    })
+                })
+                .unwrap_or_default()
+                .iter()
+                .map(|r| r.full())
+                .collect::<Result<Vec<ActivationRequest>, _>>()
+            else {
+                return internal("an ActivationRequest in the cache does not decode");
+            };
+            let ars: Vec<&ActivationRequest> = related.iter().collect();
             let risks = match &rs {
                 Some(rs) => role_risks(&s.ctx, rs).await,
                 None => Vec::new(),
@@ -304,9 +334,7 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
                 .requests
                 .state_filter(|r| {
                     r.spec.requester.username == ar.spec.requester.username
-                        && r.status
-                            .as_ref()
-                            .and_then(|st| st.phase)
+                        && r.phase()
                             .is_none_or(|p| !crate::decide::request::is_terminal(p))
                 })
                 .len();
@@ -441,7 +469,7 @@ async fn decide(s: &Shared, req: &AdmissionRequest<DynamicObject>) -> Verdict {
 /// apiserver authenticated (SPEC section 3, *Audit*). Recorded at admission, the one place that
 /// sees the actor of a DELETE too; so a line means "admitted", and a write that a later
 /// admission step refuses is still recorded as admitted. Dry runs are not recorded.
-fn audit_policy_write(ctx: &Context, req: &AdmissionRequest<DynamicObject>) {
+async fn audit_policy_write(ctx: &Context, req: &AdmissionRequest<DynamicObject>) {
     let resource = req.resource.resource.as_str();
     if !matches!(resource, "rolesettings" | "eligibleassignments") || req.sub_resource.is_some() {
         return;
@@ -457,7 +485,7 @@ fn audit_policy_write(ctx: &Context, req: &AdmissionRequest<DynamicObject>) {
         "name": req.name,
         "actor": review::identity(&req.user_info),
     });
-    if let Err(e) = ctx.audit.write_record(&record) {
+    if let Err(e) = ctx.audit.record(record).await {
         tracing::warn!(error = %e, "could not write a policy audit record");
     }
 }

@@ -629,7 +629,7 @@ fn an_extension_continues_without_a_gap_and_supersedes_its_predecessor() {
     e.req.spec.extends = Some("alice-x".into());
     e.req.spec.duration = Some("30m".parse().unwrap());
     e.extended = Some(x.req.clone());
-    e.chain_start = chain_start(&x.req, |_| None);
+    e.chain_start = chain_start::<ActivationRequest>(&x.req, |_| None);
     assert_eq!(e.chain_start, Some(t0()));
     let later = t0() + TimeDelta::minutes(50);
     e.step(later);
