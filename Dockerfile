@@ -16,6 +16,8 @@ WORKDIR /src
 # Dependencies first, so a source change does not download and rebuild them: a dummy crate
 # with the real manifest and lock file.
 COPY Cargo.toml Cargo.lock ./
+# jemalloc's built-in options (.cargo/config.toml): read when the dependencies build.
+COPY .cargo ./.cargo
 RUN mkdir -p src/bin \
  && echo 'fn main() {}' > src/main.rs \
  && echo 'fn main() {}' > src/bin/kube-pim-testenv.rs \
