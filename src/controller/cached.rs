@@ -30,6 +30,38 @@ use crate::decide::bindings::{
     LABEL_REQUEST, LABEL_REQUEST_NAMESPACE, LABEL_REQUEST_UID, Labels, MANAGED_BY,
 };
 
+/// `Resource` for a cached form of a kind (`$cached` for `$full`): the same kind, so the watch,
+/// cache, indexes and controller take it as that kind, with the cached form's (partial)
+/// `metadata`.
+macro_rules! resource_of {
+    ($cached:ty, $full:ty) => {
+        impl kube::Resource for $cached {
+            type DynamicType = ();
+            type Scope = <$full as kube::Resource>::Scope;
+
+            fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$full>::kind(dt)
+            }
+            fn group(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$full>::group(dt)
+            }
+            fn version(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$full>::version(dt)
+            }
+            fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$full>::plural(dt)
+            }
+            fn meta(&self) -> &kube::api::ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut kube::api::ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+use resource_of;
+
 /// kubectl's copy of the whole object, on objects applied with client-side `kubectl apply`:
 /// never read, and as large as the object.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";

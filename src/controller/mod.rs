@@ -837,6 +837,26 @@ pub fn start(
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_assignment_looks_different_to_the_triggers_at_each_version_even_undecodable() {
+        let at = |rv: &str| {
+            let mut ea = crate::decide::test_fixtures::assignment(
+                "alice-admin",
+                "payments",
+                "rs",
+                crate::decide::test_fixtures::user("alice"),
+            );
+            ea.metadata.resource_version = Some(rv.into());
+            CachedAssignment::from(ea)
+        };
+        assert_eq!(at("1").as_json()["spec"]["roleSetting"], "rs", "decoded");
+        // A bug that leaves a body undecodable must not make every version look alike (its
+        // changes would stop waking its requests).
+        let (a, b) = (at("1").undecodable(), at("2").undecodable());
+        assert_ne!(a.as_json(), b.as_json());
+        assert_ne!(a.as_json(), serde_json::Value::Null);
+    }
+
     fn at(rv: &str) -> crate::api::ActivationRequest {
         let mut ar: crate::api::ActivationRequest = serde_json::from_value(serde_json::json!({
             "apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",

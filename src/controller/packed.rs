@@ -141,6 +141,15 @@ impl Packed {
     pub fn size(&self) -> usize {
         self.bytes.len()
     }
+
+    /// A body that does not decode (tests of what happens then).
+    #[cfg(test)]
+    pub fn undecodable() -> Self {
+        Self {
+            bytes: b"not zstd".to_vec().into_boxed_slice(),
+            len: 40,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -166,10 +175,7 @@ mod tests {
 
     #[test]
     fn a_body_that_does_not_decode_is_an_error_that_says_so() {
-        let p = Packed {
-            bytes: b"not zstd".to_vec().into_boxed_slice(),
-            len: 40,
-        };
+        let p = Packed::undecodable();
         let e = p
             .unpack::<serde_json::Value>(&DICT)
             .unwrap_err()

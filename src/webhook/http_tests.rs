@@ -42,6 +42,13 @@ fn app() -> axum::Router {
 
 /// [`app`], and the context it serves from (its metrics).
 fn app_with_context() -> (axum::Router, Arc<Context>) {
+    app_with_assignment(|ea| ea)
+}
+
+/// [`app_with_context`], with alice's assignment as cached changed by `cached`.
+fn app_with_assignment(
+    cached: impl FnOnce(CachedAssignment) -> CachedAssignment,
+) -> (axum::Router, Arc<Context>) {
     let client = offline_client();
     let (role_settings, mut rsw) = store::<RoleSetting>();
     rsw.apply_watcher_event(&Event::Apply(with_approval(
@@ -56,7 +63,7 @@ fn app_with_context() -> (axum::Router, Arc<Context>) {
         chrono::Utc::now() - chrono::TimeDelta::days(30),
     ));
     let assignment_namespaces = Arc::new(crate::controller::index::Index::by_namespace());
-    let ev = Event::Apply(CachedAssignment::from(ea));
+    let ev = Event::Apply(cached(CachedAssignment::from(ea)));
     assignment_namespaces.observe(&ev);
     eaw.apply_watcher_event(&ev);
     let (requests, _) = store::<CachedRequest>();
@@ -239,6 +246,36 @@ async fn validate_allows_an_eligible_request_and_refuses_policy_with_403() {
         no["response"]["status"]["message"],
         "duration 3h exceeds maxDuration 1h of RoleSetting rs: ask for 1h or less"
     );
+}
+
+#[tokio::test]
+async fn an_assignment_that_does_not_decode_is_a_refusal_not_a_guess() {
+    // A bug in kube-pim's cache must not be read as "no assignment" (a wrong refusal that
+    // looks like policy) nor skipped into an allow: admission refuses and says why.
+    let mut o = request_object("alice", "30m");
+    o["spec"]["requester"] =
+        json!({"username": "alice", "uid": "uid-alice", "groups": ["team"], "extra": {}});
+    let (app, _) = app_with_assignment(CachedAssignment::undecodable);
+    let no = post_to(
+        app,
+        "/validate",
+        review("CREATE", None, "alice", &["team"], o.clone(), Value::Null),
+    )
+    .await;
+    assert_eq!(no["response"]["allowed"], false, "{no}");
+    let msg = no["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("does not decode") && msg.contains("restart the operator"),
+        "{msg}"
+    );
+    // The same request with the assignment readable: allowed (so the refusal above was the
+    // decode, not the request).
+    let ok = post(
+        "/validate",
+        review("CREATE", None, "alice", &["team"], o, Value::Null),
+    )
+    .await;
+    assert_eq!(ok["response"]["allowed"], true, "{ok}");
 }
 
 #[tokio::test]

@@ -5,9 +5,9 @@
 //!
 //! A typed assignment took 1.7 KB of heap; kept this way, one takes a few hundred bytes.
 
-use std::{borrow::Cow, sync::LazyLock};
+use std::sync::LazyLock;
 
-use kube::{Resource, api::ObjectMeta};
+use kube::api::ObjectMeta;
 
 use crate::api::{EligibleAssignment, Scope, Subject};
 use crate::controller::packed::{Dictionary, Packed};
@@ -48,6 +48,15 @@ impl CachedAssignment {
     pub fn body_size(&self) -> usize {
         self.body.size()
     }
+
+    /// This assignment with a body that does not decode (tests of what happens then).
+    #[cfg(test)]
+    pub fn undecodable(self) -> Self {
+        Self {
+            body: Packed::undecodable(),
+            ..self
+        }
+    }
 }
 
 impl Named for CachedAssignment {
@@ -85,32 +94,7 @@ impl From<EligibleAssignment> for CachedAssignment {
     }
 }
 
-/// A `Resource` of the same kind as [`EligibleAssignment`], so the watch, cache, indexes and
-/// controller take it as that kind. Its metadata is partial (see
-/// [`CachedAssignment::metadata`]).
-impl Resource for CachedAssignment {
-    type DynamicType = ();
-    type Scope = <EligibleAssignment as Resource>::Scope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        EligibleAssignment::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        EligibleAssignment::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        EligibleAssignment::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        EligibleAssignment::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+super::resource_of!(CachedAssignment, EligibleAssignment);
 
 /// The dictionary: an assignment as written, with every field and the values kube-pim itself
 /// puts there (see [`crate::controller::packed`]).
@@ -151,6 +135,7 @@ static DICTIONARY: LazyLock<Dictionary> = LazyLock::new(|| {
 mod tests {
     use super::*;
     use crate::decide::test_fixtures::*;
+    use kube::Resource;
 
     #[test]
     fn the_whole_assignment_comes_back_and_scans_read_the_typed_fields() {

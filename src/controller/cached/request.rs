@@ -6,10 +6,10 @@
 //! A typed request took 2.6 KB of heap; at 10,000 active requests the cache was the largest
 //! part of the operator's memory. Kept this way, one takes a few hundred bytes.
 
-use std::{borrow::Cow, sync::LazyLock};
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use kube::{Resource, api::ObjectMeta};
+use kube::api::ObjectMeta;
 
 use crate::api::{ActivationRequest, RequestPhase};
 use crate::controller::packed::{Dictionary, Packed};
@@ -112,31 +112,7 @@ impl Link for CachedRequest {
     }
 }
 
-/// A `Resource` of the same kind as [`ActivationRequest`], so the watch, cache, indexes and
-/// controller take it as that kind. Its metadata is partial (see [`CachedRequest::metadata`]).
-impl Resource for CachedRequest {
-    type DynamicType = ();
-    type Scope = <ActivationRequest as Resource>::Scope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        ActivationRequest::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        ActivationRequest::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        ActivationRequest::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        ActivationRequest::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+super::resource_of!(CachedRequest, ActivationRequest);
 
 /// The dictionary: a request as kube-pim writes it, with every field and the values kube-pim
 /// itself puts there, so that what is left to store of each is its own names, uid and times.
@@ -196,6 +172,7 @@ static DICTIONARY: LazyLock<Dictionary> = LazyLock::new(|| {
 mod tests {
     use super::*;
     use crate::decide::test_fixtures::*;
+    use kube::Resource;
 
     #[test]
     fn the_whole_request_comes_back_and_scans_read_the_typed_fields() {
