@@ -207,7 +207,7 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
         .status
         .as_ref()
         .is_some_and(|s| usize::try_from(s.audited_through).unwrap_or(0) >= s.history.len());
-    match (ar.status.as_ref().and_then(|s| s.phase), rs.as_deref()) {
+    match (ar.status.as_ref().and_then(|s| s.phase), rs.as_ref()) {
         (Some(crate::api::RequestPhase::Active), Some(rs)) if announced && !deleting => {
             ctx.notifier.schedule_expiring(rs, &ar)
         }

@@ -140,12 +140,24 @@ pub fn from_transition(
 
 /// The Expiring notification of an Active request (once per request: the key is fixed).
 pub fn expiring(req: &ActivationRequest, now: DateTime<Utc>) -> Notification {
-    let mut n = base(
+    expiring_at(expiring_of(req), now)
+}
+
+/// All of `req`'s Expiring notification but its time and message: what its timer keeps until
+/// then, rather than the whole request (with thousands of requests Active, their timers held
+/// a copy of each).
+pub fn expiring_of(req: &ActivationRequest) -> Notification {
+    base(
         req,
         NotificationEvent::Expiring,
         format!("{}/expiring", uid(req)),
-        now,
-    );
+        DateTime::UNIX_EPOCH,
+    )
+}
+
+/// [`expiring_of`]'s notification as sent at `now`.
+pub fn expiring_at(mut n: Notification, now: DateTime<Utc>) -> Notification {
+    n.time = now;
     let left = n
         .expiration_time
         .map(|t| crate::decide::human((t - now).max(chrono::TimeDelta::zero())))
@@ -324,6 +336,12 @@ mod tests {
         let n = expiring(&req(), t0() + chrono::TimeDelta::minutes(20));
         assert_eq!(n.id, "u-1/expiring");
         assert!(n.message.contains("ends in 10m"), "{}", n.message);
+        assert_eq!(n.time, t0() + chrono::TimeDelta::minutes(20));
+        assert_eq!(
+            expiring_at(expiring_of(&req()), t0() + chrono::TimeDelta::minutes(20)),
+            n,
+            "what a timer keeps makes the same notification when it fires"
+        );
         assert_eq!(
             cloudevent_type(n.event),
             "io.kubepim.activationrequest.expiring"

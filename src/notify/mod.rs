@@ -375,7 +375,7 @@ impl Notifier {
     /// Makes sure the Expiring notification of an Active request is due at
     /// `expirationTime - expiringBefore` (at once if that has passed), once. Call on every
     /// reconcile of an Active request; a changed expiry re-schedules it.
-    pub fn schedule_expiring(&self, rs: &RoleSetting, ar: &ActivationRequest) {
+    pub fn schedule_expiring(&self, rs: &Arc<RoleSetting>, ar: &ActivationRequest) {
         let Some(uid) = ar.metadata.uid.clone() else {
             return;
         };
@@ -400,10 +400,12 @@ impl Notifier {
         }
         let due = expires - n.expiring_before.as_delta();
         let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        let (me, rs, ar) = (self.clone(), rs.clone(), ar.clone());
+        // The RoleSetting as cached (shared, not copied) and the notification's fixed part,
+        // not the whole request: one timer per Active request.
+        let (me, rs, pending) = (self.clone(), Arc::clone(rs), message::expiring_of(ar));
         let task = tokio::spawn(async move {
             tokio::time::sleep(wait).await;
-            me.send(&rs, &message::expiring(&ar, Utc::now()));
+            me.send(&rs, &message::expiring_at(pending, Utc::now()));
         });
         if let Some((_, old)) = timers.insert(uid, (armed_for, task)) {
             old.abort();
