@@ -44,7 +44,8 @@ impl CachedAssignment {
         self.body.unpack(&DICTIONARY)
     }
 
-    /// Heap bytes of the compressed body (for tests and benchmarks).
+    /// Heap bytes of the compressed body.
+    #[cfg(test)]
     pub fn body_size(&self) -> usize {
         self.body.size()
     }
@@ -190,5 +191,10 @@ mod tests {
             "partial metadata: whoever reads more of it from the cache must keep it here"
         );
         assert_eq!(CachedAssignment::kind(&()), "EligibleAssignment");
+        assert!(
+            c.body_size() < serde_json::to_vec(&want).unwrap().len() / 2,
+            "compressed: {} bytes",
+            c.body_size()
+        );
     }
 }

@@ -71,7 +71,8 @@ impl CachedRequest {
         self.status.as_ref().and_then(|s| s.phase)
     }
 
-    /// Heap bytes of the compressed body (for tests and benchmarks).
+    /// Heap bytes of the compressed body.
+    #[cfg(test)]
     pub fn body_size(&self) -> usize {
         self.body.size()
     }
