@@ -372,8 +372,9 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// (VmRSS, VmHWM) in MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
+/// (VmRSS, VmHWM, RssFile) in MiB. RssFile is the part of VmRSS that is pages of mapped files
+/// (mostly the binary's own code and constants): the kernel can drop and reread them.
+fn rss_mib(pid: u32) -> (f64, f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = |key: &str| {
         status
@@ -383,7 +384,11 @@ fn rss_mib(pid: u32) -> (f64, f64) {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+    (
+        kib("VmRSS:") / 1024.0,
+        kib("VmHWM:") / 1024.0,
+        kib("RssFile:") / 1024.0,
+    )
 }
 
 fn round1(x: f64) -> f64 {
@@ -845,18 +850,19 @@ async fn memory(w: &mut World, target: usize) -> Result<Memory> {
     // Settled: every status written, nothing queued.
     w.settle().await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (rss, _) = rss_mib(w.pid()?);
+    let (rss, _, file) = rss_mib(w.pid()?);
     w.cp.stop_operator().await?;
     let t0 = Instant::now();
     w.cp.restart_operator().await?;
     let ready = ms(t0.elapsed());
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let (after, peak) = rss_mib(w.pid()?);
+    let (after, peak, _) = rss_mib(w.pid()?);
     Ok(Memory {
         assignments: target.max(count(&eas.list(&ListParams::default().limit(1)).await?)),
         active_activations: w.seen.live(),
         namespaces: w.namespaces.len(),
         rss_mib: round1(rss),
+        rss_file_mib: round1(file),
         restart_ready_ms: round1(ready),
         relist_peak_mib: round1(peak),
         rss_after_relist_mib: round1(after),
@@ -881,7 +887,7 @@ pub async fn run(o: &Options) -> Result<Report> {
     let approval = approval_latency(&w, o.samples).await?;
     w.settle().await?;
     let life = lifecycles(&w, o.samples).await?;
-    let (rss, peak) = rss_mib(w.pid()?);
+    let (rss, peak, _) = rss_mib(w.pid()?);
 
     let writes_per_activation: f64 = 1.0 // the requester's create
         + life
