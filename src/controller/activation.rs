@@ -703,14 +703,19 @@ pub async fn sweep_orphans(ctx: &Context) -> Result<usize, Error> {
         .state()
         .iter()
         .filter(|b| !live(b.labels(), b.annotations()))
-        .map(|b| (b.namespace().unwrap_or_default(), b.name_any()))
+        .map(|b| {
+            (
+                b.namespace().unwrap_or_default().to_string(),
+                b.name().to_string(),
+            )
+        })
         .collect();
     let crbs: Vec<String> = ctx
         .cluster_role_bindings
         .state()
         .iter()
         .filter(|b| !live(b.labels(), b.annotations()))
-        .map(|b| b.name_any())
+        .map(|b| b.name().to_string())
         .collect();
     let removed = rbs.len() + crbs.len();
     // A few at a time: a thousand expired at once must not wait for each other, nor flood the

@@ -1,20 +1,21 @@
 //! What the caches keep, where it is less than the whole Kubernetes object: requests
 //! ([`request`]) and assignments ([`assignment`]) as the fields scans read plus the whole object
 //! compressed; managed bindings (here) as a projection with only what the controllers read
-//! (name, namespace, uid, resourceVersion, roleRef, subjects, and kube-pim's own labels and
-//! expiry annotation), not the whole RoleBinding or ClusterRoleBinding.
+//! (name, namespace, roleRef, subjects, and kube-pim's own labels and expiry annotation), not
+//! the whole RoleBinding or ClusterRoleBinding.
 //!
 //! At 10,000 active requests the operator caches 10,000 bindings; as Kubernetes types each took
 //! 2.6 KB of heap, most of it the two `BTreeMap`s of labels and annotations (a map's first node
 //! is 544 bytes, even for one entry) and the ownerReferences, which nothing reads from the
-//! cache. The projection is built as the watch decodes each object (`serde(from)`), so the
-//! full object never reaches the cache.
+//! cache. The projection is built as the watch decodes each object, so the full object never
+//! reaches the cache; and it is not a Kubernetes object (no `ObjectMeta`), so it lives in a
+//! cache of kube-pim's own ([`super::binding_cache`]), not kube-runtime's.
 //!
 //! Labels and annotations that are not kube-pim's are dropped: nothing decides on them. A
 //! binding kube-pim writes carries only keys kept here (a unit test holds the two lists
 //! together), so comparing a desired binding with its cached projection stays exact.
 
-use std::{borrow::Cow, collections::BTreeMap, marker::PhantomData};
+use std::{collections::BTreeMap, marker::PhantomData};
 
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
 use kube::{Resource, api::ObjectMeta};
@@ -142,12 +143,14 @@ impl Labels for Kept {
     }
 }
 
-/// A managed RoleBinding or ClusterRoleBinding as cached (`K` is which).
-#[derive(Clone, Debug, serde::Deserialize)]
-#[serde(from = "K", bound = "K: Binding")]
+/// A managed RoleBinding or ClusterRoleBinding as cached (`K` is which). Not a Kubernetes
+/// object: no `ObjectMeta` (360 bytes even when nearly empty), only the name and namespace that
+/// key it (see [`crate::controller::binding_cache`]).
+#[derive(Clone, Debug, PartialEq)]
 pub struct CachedBinding<K> {
-    /// Name, namespace, uid and resourceVersion only.
-    pub metadata: ObjectMeta,
+    name: Box<str>,
+    /// Empty for a ClusterRoleBinding.
+    namespace: Box<str>,
     /// kube-pim's labels (see [`KEPT_LABELS`]).
     labels: Kept,
     /// kube-pim's annotations (see [`KEPT_ANNOTATIONS`]).
@@ -155,7 +158,7 @@ pub struct CachedBinding<K> {
     /// The role granted.
     pub role_ref: RoleRef,
     /// Who it is granted to.
-    pub subjects: Vec<Subject>,
+    pub subjects: Box<[Subject]>,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -165,13 +168,22 @@ pub type CachedRoleBinding = CachedBinding<RoleBinding>;
 pub type CachedClusterRoleBinding = CachedBinding<ClusterRoleBinding>;
 
 impl<K> CachedBinding<K> {
-    /// kube-pim's labels. (Shadows `ResourceExt::labels`, which would read the metadata's
-    /// labels: empty here, as they are kept in this projection instead.)
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its namespace (none for a ClusterRoleBinding).
+    pub fn namespace(&self) -> Option<&str> {
+        Some(&*self.namespace).filter(|ns| !ns.is_empty())
+    }
+
+    /// kube-pim's labels.
     pub fn labels(&self) -> &Kept {
         &self.labels
     }
 
-    /// kube-pim's annotations. (Shadows `ResourceExt::annotations`, as [`Self::labels`] does.)
+    /// kube-pim's annotations.
     pub fn annotations(&self) -> &Kept {
         &self.annotations
     }
@@ -207,13 +219,14 @@ impl Binding for ClusterRoleBinding {
 
 impl<K: Binding> From<K> for CachedBinding<K> {
     fn from(full: K) -> Self {
-        let (mut m, role_ref, subjects) = full.into_parts();
+        let (m, role_ref, subjects) = full.into_parts();
         Self {
-            labels: Kept::of(m.labels.take(), KEPT_LABELS),
-            annotations: Kept::of(m.annotations.take(), KEPT_ANNOTATIONS),
-            metadata: identity(m),
+            name: m.name.unwrap_or_default().into(),
+            namespace: m.namespace.unwrap_or_default().into(),
+            labels: Kept::of(m.labels, KEPT_LABELS),
+            annotations: Kept::of(m.annotations, KEPT_ANNOTATIONS),
             role_ref,
-            subjects: subjects.unwrap_or_default(),
+            subjects: subjects.unwrap_or_default().into(),
             kind: PhantomData,
         }
     }
@@ -224,38 +237,9 @@ impl<K: Binding> From<K> for CachedBinding<K> {
 pub fn same<K: Binding>(have: &CachedBinding<K>, want: &K) -> bool {
     let (meta, role_ref, subjects) = want.parts();
     &have.role_ref == role_ref
-        && have.subjects.as_slice() == subjects.as_deref().unwrap_or_default()
+        && *have.subjects == *subjects.as_deref().unwrap_or_default()
         && have.labels.contains_all(meta.labels.as_ref())
         && have.annotations.contains_all(meta.annotations.as_ref())
-}
-
-/// A `Resource` so that the caches, indexes and triggers take it like any watched kind. Its
-/// metadata is partial (name, namespace, uid, resourceVersion): generic code that reads
-/// anything else of it (`ResourceExt::labels`, finalizers, deletionTimestamp) gets nothing;
-/// labels and annotations are read through [`CachedBinding::labels`] and
-/// [`CachedBinding::annotations`].
-impl<K: Binding> Resource for CachedBinding<K> {
-    type DynamicType = ();
-    type Scope = K::Scope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        K::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        K::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        K::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        K::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
 }
 
 #[cfg(test)]
@@ -288,13 +272,9 @@ mod tests {
 
     #[test]
     fn the_projection_keeps_what_is_read_and_only_kube_pims_keys() {
-        // Decoded as the watch decodes it: from the wire form straight to the projection.
-        let c: CachedRoleBinding =
-            serde_json::from_value(serde_json::to_value(full_rb()).unwrap()).expect("decodes");
-        assert_eq!(c.metadata.name.as_deref(), Some("kubepim-0123456789ab"));
-        assert_eq!(c.metadata.namespace.as_deref(), Some("team"));
-        assert_eq!(c.metadata.uid.as_deref(), Some("b-uid"));
-        assert_eq!(c.metadata.resource_version.as_deref(), Some("7"));
+        let c = CachedRoleBinding::from(full_rb());
+        assert_eq!(c.name(), "kubepim-0123456789ab");
+        assert_eq!(c.namespace(), Some("team"));
         assert_eq!(c.role_ref.name, "view");
         assert_eq!(c.subjects[0].name, "alice");
         assert_eq!(
@@ -307,22 +287,11 @@ mod tests {
         );
         assert_eq!(c.labels().get("someone-else/label"), None);
         assert_eq!(c.annotations().get("note"), None);
-        // Partial metadata: whoever starts reading more of it from the cache must keep it here.
-        let kept = ObjectMeta {
-            name: c.metadata.name.clone(),
-            namespace: c.metadata.namespace.clone(),
-            uid: c.metadata.uid.clone(),
-            resource_version: c.metadata.resource_version.clone(),
-            ..Default::default()
-        };
-        assert_eq!(c.metadata, kept);
-        assert_eq!(CachedRoleBinding::kind(&()), "RoleBinding");
-        assert_eq!(CachedClusterRoleBinding::kind(&()), "ClusterRoleBinding");
-        assert_eq!(
-            CachedRoleBinding::from(full_rb()).labels(),
-            c.labels(),
-            "both ways of building it agree"
-        );
+        let mut crb = ClusterRoleBinding::default();
+        crb.metadata.name = Some("kubepim-cluster".into());
+        let c = CachedClusterRoleBinding::from(crb);
+        assert_eq!((c.name(), c.namespace()), ("kubepim-cluster", None));
+        assert!(c.subjects.is_empty() && c.labels().get(MANAGED_BY.0).is_none());
     }
 
     #[test]

@@ -1,16 +1,15 @@
-//! Secondary indexes of the caches: requests by namespace, managed bindings by the uid of the
-//! request or assignment that owns them. kube-runtime's caches are maps keyed by name and
-//! namespace with nothing else, so "this namespace's requests" or "this request's bindings"
-//! meant scanning the whole cache, per reconcile, per admission review and per assignment
-//! change. At 10,000 requests, assignments and bindings a restarted operator spent a minute
-//! of CPU in those scans. An index is fed from the watch stream itself, before the cache, so
+//! Secondary indexes of the caches: requests and assignments by namespace. (Managed bindings
+//! are found by owner in their own cache, [`super::binding_cache`].) kube-runtime's caches are
+//! maps keyed by name and namespace with nothing else, so "this namespace's requests" or "this
+//! request's bindings" meant scanning the whole cache, per reconcile, per admission review and
+//! per assignment change. At 10,000 requests, assignments and bindings a restarted operator
+//! spent a minute of CPU in those scans. An index is fed from the watch stream itself, before the cache, so
 //! an object is in the index no later than it is in the cache (a stale entry, for an object
 //! already gone from the cache, is skipped at lookup).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Resource,
     runtime::{
@@ -19,80 +18,53 @@ use kube::{
     },
 };
 
-/// Cached objects of kind `K` by a key derived from each (e.g. its namespace, or the owner a
-/// label names), as last seen on a watch.
+/// Names of the cached objects of kind `K` by namespace, as last seen on a watch.
+///
+/// Only names, under a namespace held once for all its objects: an object's namespace never
+/// changes, so nothing more is needed to find and remove it. (A general index by any key, with
+/// each object's key kept to move it and its name and namespace shared between two maps, took
+/// about 200 bytes per object; this takes about 60.)
 pub struct Index<K> {
-    key: fn(&K) -> Option<String>,
     inner: RwLock<Inner>,
+    kind: std::marker::PhantomData<fn() -> K>,
 }
 
-/// Each object's name and key are held once and shared (`Arc`) between the two maps, and a key
-/// (a namespace, an owner) once for all its objects. With a copy of each per map and per
-/// object, the indexes took 10 MB of the operator's heap at 10,000 objects of each indexed kind.
 #[derive(Default)]
 struct Inner {
-    /// Key -> the objects (namespace, name) under it.
-    by: HashMap<Arc<str>, HashSet<Arc<Id>>>,
-    /// Each object's key, to move it when its key changes.
-    keys: HashMap<Arc<Id>, Arc<str>>,
-    /// During a (re)list: the indexed objects it has brought so far; at its end, the others go.
-    listing: Option<HashSet<Arc<Id>>>,
+    /// Namespace -> the names of the objects in it.
+    by: Names,
+    /// During a (re)list: the objects it has brought so far; at its end, all there is.
+    listing: Option<Names>,
 }
 
-type Id = (String, String);
+type Names = HashMap<Arc<str>, HashSet<Box<str>>>;
 
-fn id(m: &ObjectMeta) -> Id {
+fn put(names: &mut Names, ns: &str, name: &str) {
+    match names.get_mut(ns) {
+        Some(in_ns) => {
+            in_ns.insert(name.into());
+        }
+        None => {
+            names.insert(ns.into(), HashSet::from([name.into()]));
+        }
+    }
+}
+
+fn id<K: Resource>(o: &K) -> (&str, &str) {
+    let m = o.meta();
     (
-        m.namespace.clone().unwrap_or_default(),
-        m.name.clone().unwrap_or_default(),
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default(),
     )
 }
 
-impl Inner {
-    /// Indexes `id` under `key` (or not at all); returns the shared id if indexed.
-    fn put(&mut self, id: Id, key: Option<String>) -> Option<Arc<Id>> {
-        if let Some((shared, old)) = self.keys.get_key_value(&id)
-            && key.as_deref() == Some(&**old)
-        {
-            // Unchanged (most updates).
-            return Some(shared.clone());
-        }
-        self.remove(&id);
-        let key = key?;
-        let id = Arc::new(id);
-        let key: Arc<str> = match self.by.get_key_value(key.as_str()) {
-            Some((k, _)) => k.clone(),
-            None => key.into(),
-        };
-        self.by.entry(key.clone()).or_default().insert(id.clone());
-        self.keys.insert(id.clone(), key);
-        Some(id)
-    }
-
-    fn remove(&mut self, id: &Id) {
-        if let Some(old) = self.keys.remove(id)
-            && let Some(ids) = self.by.get_mut(&old)
-        {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.by.remove(&old);
-            }
-        }
-    }
-}
-
 impl<K: Resource<DynamicType = ()> + Clone> Index<K> {
-    /// An index by `key` (objects it gives no key for are not indexed).
-    pub fn new(key: fn(&K) -> Option<String>) -> Self {
-        Self {
-            key,
-            inner: Default::default(),
-        }
-    }
-
     /// An index by namespace.
     pub fn by_namespace() -> Self {
-        Self::new(|o| o.meta().namespace.clone())
+        Self {
+            inner: Default::default(),
+            kind: std::marker::PhantomData,
+        }
     }
 
     /// Follows one watch event.
@@ -100,49 +72,50 @@ impl<K: Resource<DynamicType = ()> + Clone> Index<K> {
         let mut inner = self.inner.write().expect("index lock");
         match ev {
             Event::Apply(o) => {
-                inner.put(id(o.meta()), (self.key)(o));
+                let (ns, name) = id(o);
+                put(&mut inner.by, ns, name);
             }
-            Event::Delete(o) => inner.remove(&id(o.meta())),
-            Event::Init => inner.listing = Some(HashSet::new()),
-            Event::InitApply(o) => {
-                let indexed = inner.put(id(o.meta()), (self.key)(o));
-                if let (Some(listing), Some(id)) = (inner.listing.as_mut(), indexed) {
-                    listing.insert(id);
+            Event::Delete(o) => {
+                let (ns, name) = id(o);
+                if let Some(in_ns) = inner.by.get_mut(ns) {
+                    in_ns.remove(name);
+                    if in_ns.is_empty() {
+                        inner.by.remove(ns);
+                    }
                 }
+            }
+            Event::Init => inner.listing = Some(Names::new()),
+            Event::InitApply(o) => {
+                // Found at once (as in the cache, which serves its old list until the new one
+                // is complete), and noted as listed.
+                let (ns, name) = id(o);
+                put(&mut inner.by, ns, name);
+                put(inner.listing.get_or_insert_with(Names::new), ns, name);
             }
             Event::InitDone => {
                 // Objects deleted while the watch was down are not in the new list.
                 if let Some(listed) = inner.listing.take() {
-                    let gone: Vec<Arc<Id>> = inner
-                        .keys
-                        .keys()
-                        .filter(|id| !listed.contains(*id))
-                        .cloned()
-                        .collect();
-                    for id in gone {
-                        inner.remove(&id);
-                    }
+                    inner.by = listed;
                 }
             }
         }
     }
 
-    /// The cached objects under `key` for which `f` holds.
-    pub fn select(&self, store: &Store<K>, key: &str, f: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
-        let ids: Vec<Arc<Id>> = {
+    /// The cached objects in namespace `ns` for which `f` holds.
+    pub fn select(&self, store: &Store<K>, ns: &str, f: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
+        let names: Vec<ObjectRef<K>> = {
             let inner = self.inner.read().expect("index lock");
             inner
                 .by
-                .get(key)
-                .map(|ids| ids.iter().cloned().collect())
-                .unwrap_or_default()
+                .get(ns)
+                .into_iter()
+                .flatten()
+                .map(|name| ObjectRef::new(name).within(ns))
+                .collect()
         };
-        ids.iter()
-            .filter_map(|id| {
-                let (ns, name) = &**id;
-                let r = ObjectRef::new(name);
-                store.get(&if ns.is_empty() { r } else { r.within(ns) })
-            })
+        names
+            .iter()
+            .filter_map(|r| store.get(r))
             .filter(|o| f(o))
             .collect()
     }
@@ -168,7 +141,7 @@ mod tests {
             .unwrap()
             .by
             .get(ns)
-            .map(|s| s.iter().map(|id| id.1.clone()).collect())
+            .map(|s| s.iter().map(|name| name.to_string()).collect())
             .unwrap_or_default();
         v.sort();
         v
@@ -194,26 +167,6 @@ mod tests {
         idx.observe(&Event::<ConfigMap>::InitDone);
         assert_eq!(names(&idx, "a"), Vec::<String>::new());
         assert_eq!(names(&idx, "b"), ["v", "w"]);
-    }
-
-    #[test]
-    fn an_object_whose_key_changes_moves() {
-        let idx = Index::<ConfigMap>::new(|o| o.metadata.labels.as_ref()?.get("owner").cloned());
-        let owned = |name: &str, owner: Option<&str>| {
-            let mut c = cm("a", name);
-            c.metadata.labels = owner.map(|o| [("owner".to_string(), o.to_string())].into());
-            c
-        };
-        idx.observe(&Event::Apply(owned("x", Some("u1"))));
-        idx.observe(&Event::Apply(owned("y", Some("u1"))));
-        assert_eq!(names(&idx, "u1"), ["x", "y"]);
-        idx.observe(&Event::Apply(owned("x", Some("u2"))));
-        assert_eq!(names(&idx, "u1"), ["y"]);
-        assert_eq!(names(&idx, "u2"), ["x"]);
-        // Its label removed: no longer indexed at all.
-        idx.observe(&Event::Apply(owned("y", None)));
-        assert!(names(&idx, "u1").is_empty());
-        assert!(idx.inner.read().unwrap().keys.len() == 1);
     }
 
     #[test]

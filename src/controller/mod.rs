@@ -14,6 +14,7 @@
 pub mod activation;
 pub mod assignment;
 pub mod audit;
+pub mod binding_cache;
 pub mod cached;
 pub mod events;
 pub mod index;
@@ -28,7 +29,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::TimeDelta;
 use futures::{StreamExt, future::BoxFuture};
-use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::{
     Api, Client,
     runtime::{
@@ -39,7 +40,10 @@ use kube::{
     },
 };
 
-use self::cached::{CachedAssignment, CachedClusterRoleBinding, CachedRequest, CachedRoleBinding};
+use self::{
+    binding_cache::BindingCache,
+    cached::{CachedAssignment, CachedRequest},
+};
 use crate::{
     api::RoleSetting,
     decide::{bindings::MANAGED_SELECTOR, policy::MfaConfig},
@@ -85,14 +89,11 @@ pub struct Context {
     pub assignment_namespaces: Arc<index::Index<CachedAssignment>>,
     /// Which requests are in which namespace (see [`index`]).
     pub request_namespaces: Arc<index::Index<CachedRequest>>,
-    /// Managed RoleBindings by the uid of their request or assignment.
-    pub role_binding_owners: Arc<index::Index<CachedRoleBinding>>,
-    /// Managed ClusterRoleBindings by the uid of their request or assignment.
-    pub cluster_role_binding_owners: Arc<index::Index<CachedClusterRoleBinding>>,
-    /// RoleBindings kube-pim made (label-selected; what is read of them, see [`cached`]).
-    pub role_bindings: Store<CachedRoleBinding>,
-    /// ClusterRoleBindings kube-pim made (label-selected; see [`cached`]).
-    pub cluster_role_bindings: Store<CachedClusterRoleBinding>,
+    /// RoleBindings kube-pim made (label-selected; what is read of them, see [`cached`]), by
+    /// name and by owner (see [`binding_cache`]).
+    pub role_bindings: BindingCache<RoleBinding>,
+    /// ClusterRoleBindings kube-pim made (likewise).
+    pub cluster_role_bindings: BindingCache<ClusterRoleBinding>,
     /// ClusterRoles (for RolesFound).
     pub cluster_roles: Store<ClusterRole>,
     /// Kubernetes Events.
@@ -347,7 +348,7 @@ impl Context {
 /// object up in the cache, where a deleted one no longer is), so deletions come separately,
 /// straight from the watch; losing them would mean not revoking when an assignment or a
 /// RoleSetting is deleted, or not restoring a binding deleted by hand.
-pub struct Trigger<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+pub struct Trigger<K: 'static> {
     /// Created or updated objects.
     pub changed: futures::stream::BoxStream<'static, Arc<K>>,
     /// Deleted objects (their last state).
@@ -481,7 +482,7 @@ impl<K> Watched for K where
 pub fn relate<K, O, M, I>(c: Controller<K>, t: Trigger<O>, map: M) -> Controller<K>
 where
     K: Watched,
-    O: Watched,
+    O: Send + Sync + 'static,
     M: Fn(Arc<O>) -> I + Clone + Send + Sync + 'static,
     I: IntoIterator<Item = kube::runtime::reflector::ObjectRef<K>> + Send + 'static,
     I::IntoIter: Send,
@@ -490,8 +491,8 @@ where
     let mut rx = t.deleted;
     let deleted = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
         .flat_map(move |o| futures::stream::iter(on_delete(o)));
-    c.watches_shared_stream(t.changed, map)
-        .reconcile_on(deleted)
+    let changed = t.changed.flat_map(move |o| futures::stream::iter(map(o)));
+    c.reconcile_on(changed).reconcile_on(deleted)
 }
 
 /// One watch of a resource type: its cache, and triggers for the controllers it concerns.
@@ -643,21 +644,8 @@ pub fn start(
     let mut ar = Shared::new(Api::<CachedRequest>::all(client.clone()), wc.clone());
     let request_namespaces = ar.indexed(index::Index::by_namespace());
     let assignment_namespaces = ea.indexed(index::Index::by_namespace());
-    let mut rb = Shared::new(
-        Api::<CachedRoleBinding>::all(client.clone()),
-        managed.clone(),
-    );
-    let mut crb = Shared::new(
-        Api::<CachedClusterRoleBinding>::all(client.clone()),
-        managed,
-    );
-    let role_binding_owners = rb.indexed(index::Index::new(|b: &CachedRoleBinding| {
-        crate::decide::bindings::owner_uid(b.labels()).map(String::from)
-    }));
-    let cluster_role_binding_owners =
-        crb.indexed(index::Index::new(|b: &CachedClusterRoleBinding| {
-            crate::decide::bindings::owner_uid(b.labels()).map(String::from)
-        }));
+    let mut rb = binding_cache::Watch::<RoleBinding>::new(client.clone(), managed.clone());
+    let mut crb = binding_cache::Watch::<ClusterRoleBinding>::new(client.clone(), managed);
     let mut cr = Shared::new(Api::<ClusterRole>::all(client.clone()), wc);
     let caches = vec![
         rs.synced(),
@@ -727,8 +715,6 @@ pub fn start(
         assignments: ea.start(),
         request_namespaces,
         assignment_namespaces,
-        role_binding_owners,
-        cluster_role_binding_owners,
         requests: ar.start(),
         role_bindings: rb.start(),
         cluster_role_bindings: crb.start(),

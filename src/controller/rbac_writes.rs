@@ -7,7 +7,6 @@ use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PropagationPolicy},
-    runtime::reflector::ObjectRef,
 };
 use serde_json::json;
 
@@ -31,7 +30,7 @@ pub async fn ensure(
             Binding::Role(rb) => {
                 let ns = rb.metadata.namespace.clone().unwrap_or_default();
                 let name = rb.metadata.name.clone().unwrap_or_default();
-                let cached = ctx.role_bindings.get(&ObjectRef::new(&name).within(&ns));
+                let cached = ctx.role_bindings.get(Some(&ns), &name);
                 if cached.as_deref().is_none_or(|c| !same(c, rb)) {
                     let api = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
                     apply_or_replace(&api, &name, rb).await?;
@@ -39,7 +38,7 @@ pub async fn ensure(
             }
             Binding::Cluster(crb) => {
                 let name = crb.metadata.name.clone().unwrap_or_default();
-                let cached = ctx.cluster_role_bindings.get(&ObjectRef::new(&name));
+                let cached = ctx.cluster_role_bindings.get(None, &name);
                 if cached.as_deref().is_none_or(|c| !same(c, crb)) {
                     let api = Api::<ClusterRoleBinding>::all(ctx.client.clone());
                     apply_or_replace(&api, &name, crb).await?;
@@ -88,16 +87,21 @@ pub async fn remove(
     // From the owner index: this runs on every reconcile that ensures or removes bindings, and
     // scanning every cached binding's labels for each was most of a restart's CPU at 10,000.
     let mut rbs: Vec<(String, String)> = ctx
-        .role_binding_owners
-        .select(&ctx.role_bindings, owner, |b| mine(b.labels()))
+        .role_bindings
+        .owned_by(owner, |b| mine(b.labels()))
         .iter()
-        .map(|b| (b.namespace().unwrap_or_default(), b.name_any()))
+        .map(|b| {
+            (
+                b.namespace().unwrap_or_default().to_string(),
+                b.name().to_string(),
+            )
+        })
         .collect();
     let mut crbs: Vec<String> = ctx
-        .cluster_role_binding_owners
-        .select(&ctx.cluster_role_bindings, owner, |b| mine(b.labels()))
+        .cluster_role_bindings
+        .owned_by(owner, |b| mine(b.labels()))
         .iter()
-        .map(|b| b.name_any())
+        .map(|b| b.name().to_string())
         .collect();
     for r in also {
         match r.kind {

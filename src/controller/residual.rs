@@ -281,8 +281,8 @@ fn through_kube_pim(ar: &ActivationRequest, ctx: &Context, roles: &[String]) -> 
     let here = ar.spec.scope == Scope::Namespace;
     ctx.role_bindings
         .find(|b| {
-            here && b.namespace() == ar.namespace()
-                && other(b.labels(), &b.name_any(), &b.role_ref.name)
+            here && b.namespace() == ar.metadata.namespace.as_deref()
+                && other(b.labels(), b.name(), &b.role_ref.name)
                 && roles.contains(&b.role_ref.name)
                 && b.subjects.iter().any(mine)
         })
@@ -290,7 +290,7 @@ fn through_kube_pim(ar: &ActivationRequest, ctx: &Context, roles: &[String]) -> 
         || ctx
             .cluster_role_bindings
             .find(|b| {
-                other(b.labels(), &b.name_any(), &b.role_ref.name)
+                other(b.labels(), b.name(), &b.role_ref.name)
                     && roles.contains(&b.role_ref.name)
                     && b.subjects.iter().any(mine)
             })

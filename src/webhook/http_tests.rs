@@ -102,10 +102,8 @@ fn app_with_assignment(
         request_namespaces: Arc::new(crate::controller::index::Index::by_namespace()),
         assignment_namespaces,
         // The operator's own keys (unused by the webhook, which reads no bindings).
-        role_binding_owners: Arc::new(crate::controller::index::Index::new(|_| None)),
-        cluster_role_binding_owners: Arc::new(crate::controller::index::Index::new(|_| None)),
-        role_bindings: store().0,
-        cluster_role_bindings: store().0,
+        role_bindings: Default::default(),
+        cluster_role_bindings: Default::default(),
         cluster_roles: store().0,
         audit: AuditLog::memory().0,
     });
