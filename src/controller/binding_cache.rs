@@ -198,10 +198,12 @@ impl<K: PartialEq> BindingCache<K> {
             }
             watcher::Event::Delete(b) => {
                 let (ns, name) = key_of(&b);
-                inner.remove(ns, name);
+                // As last seen here, where the owner labels were kube-pim's; the event's own
+                // copy is the object's final state, which its owners may not be told by.
+                let gone = inner.remove(ns, name).unwrap_or_else(|| Arc::new(b));
                 Changes {
                     changed: Vec::new(),
-                    deleted: vec![Arc::new(b)],
+                    deleted: vec![gone],
                 }
             }
             watcher::Event::Init => {
@@ -465,8 +467,17 @@ mod tests {
         assert!(cache.owned_by(A, |_| true).is_empty());
         assert_eq!(names(&cache.owned_by(B, |_| true)), ["a/x"]);
         assert_eq!(cache.len(), 1);
-        let c = cache.apply(Event::Delete(rb("a", "x", B, "view")));
+        // Deleted with its labels stripped (the final state the watch sends): its owner is
+        // still the one told.
+        let mut stripped = RoleBinding::default();
+        stripped.metadata.namespace = Some("a".into());
+        stripped.metadata.name = Some("x".into());
+        let c = cache.apply(Event::Delete(stripped.into()));
         assert_eq!(names(&c.deleted), ["a/x"]);
+        assert_eq!(
+            crate::decide::bindings::owner_uid(c.deleted[0].labels()),
+            Some(B)
+        );
         assert!(c.changed.is_empty());
         assert!(cache.is_empty() && cache.owned_by(B, |_| true).is_empty());
     }

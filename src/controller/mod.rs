@@ -448,8 +448,10 @@ fn uid_key(uid: &str) -> u128 {
     let hex: String = uid.chars().filter(|c| *c != '-').collect();
     match u128::from_str_radix(&hex, 16) {
         Ok(n) if canonical => n,
-        // Below 2^64: never a UUID's value, whose version digit (1 to 8, apiserver-made
-        // uids are version 4) is in its top 64 bits.
+        // Below 2^64: never the value of a versioned UUID, whose version digit (1 to 8;
+        // apiserver-made uids are version 4) is in its top 64 bits. (A canonical string with
+        // version digit 0, such as the nil UUID, can share a number with a hash: maps keyed by
+        // this hold no security decision, and the owner lookup compares the strings too.)
         _ => u128::from(hash_of(uid)),
     }
 }
