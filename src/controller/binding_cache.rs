@@ -3,9 +3,10 @@
 //!
 //! A reflector store keeps every object as a Kubernetes object (an `ObjectMeta` is 360 bytes
 //! however little of it is set) under a key that copies its name, namespace, uid and
-//! resourceVersion (about 220 bytes more); the owner index kept beside it added about
-//! 400 bytes per binding. At 10,000 active requests that was 10 MB of the operator's heap for
-//! the name and owner of each binding alone. Here each binding is one [`CachedBinding`]
+//! resourceVersion (285 bytes with its map entry); the owner index kept beside it added
+//! 404 bytes per binding. At 10,000 active requests that was 10 MB of the operator's heap for
+//! the name and owner of each binding alone (936 bytes per binding now, all in; measured with
+//! jemalloc's `stats.allocated`, BENCHMARKS.md run M). Here each binding is one [`CachedBinding`]
 //! (name, namespace, kube-pim's labels and annotations, roleRef, subjects), found by name in a
 //! table that holds only a pointer to it, and by owner in a map keyed by the owner's uid as a
 //! number.
