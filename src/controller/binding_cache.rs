@@ -24,10 +24,7 @@ use std::{
 
 use futures::StreamExt;
 use hashbrown::HashTable;
-use kube::{
-    Api, Client,
-    runtime::{WatchStreamExt, watcher},
-};
+use kube::{Client, runtime::watcher};
 
 use super::{
     Trigger,
@@ -268,11 +265,13 @@ impl<K> BindingCache<K> {
     }
 
     /// How many bindings there are.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inner.read().expect("binding cache lock").by_name.len()
     }
 
     /// Whether there are none.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -280,7 +279,7 @@ impl<K> BindingCache<K> {
 
 /// The watch of one kind of managed binding: its cache and the triggers it feeds.
 pub struct Watch<K> {
-    api: Api<kube::api::DynamicObject>,
+    client: Client,
     wc: watcher::Config,
     cache: BindingCache<K>,
     changed: Vec<tokio::sync::mpsc::UnboundedSender<Entry<K>>>,
@@ -291,10 +290,8 @@ pub struct Watch<K> {
 impl<K: Binding + PartialEq + Send + Sync> Watch<K> {
     /// A watch of the `K`s that `wc` selects.
     pub fn new(client: Client, wc: watcher::Config) -> Self {
-        // Untyped on the wire, typed one object at a time (see `lenient`).
-        let api = Api::all_with(client, &kube::api::ApiResource::erase::<K>(&()));
         Self {
-            api,
+            client,
             wc,
             cache: BindingCache::default(),
             changed: Vec::new(),
@@ -324,7 +321,7 @@ impl<K: Binding + PartialEq + Send + Sync> Watch<K> {
     /// Starts the watch; returns the cache it keeps.
     pub fn start(self) -> BindingCache<K> {
         let Self {
-            api,
+            client,
             wc,
             cache,
             changed,
@@ -332,23 +329,19 @@ impl<K: Binding + PartialEq + Send + Sync> Watch<K> {
             synced,
         } = self;
         let feed = cache.clone();
-        let stream = watcher(api, wc)
-            .default_backoff()
-            .for_each(move |ev| {
+        let stream = lenient::watch::<K>(client, wc).for_each(move |ev| {
                 match ev {
                     Ok(ev) => {
                         let init_done = matches!(ev, watcher::Event::InitDone);
-                        if let Some(ev) = lenient::event::<K>(ev) {
-                            let c = feed.apply(projected(ev));
-                            for b in c.changed {
-                                for tx in &changed {
-                                    let _ = tx.send(b.clone());
-                                }
+                        let c = feed.apply(projected(ev));
+                        for b in c.changed {
+                            for tx in &changed {
+                                let _ = tx.send(b.clone());
                             }
-                            for b in c.deleted {
-                                for tx in &deleted {
-                                    let _ = tx.send(b.clone());
-                                }
+                        }
+                        for b in c.deleted {
+                            for tx in &deleted {
+                                let _ = tx.send(b.clone());
                             }
                         }
                         if init_done {

@@ -57,6 +57,30 @@ where
     })
 }
 
+/// A watch of every `K` that `wc` selects: untyped on the wire, typed one object at a time (see
+/// the module's doc), retried with kube-runtime's default backoff. The stream every cache of
+/// the controllers is fed from.
+pub fn watch<K>(
+    client: kube::Client,
+    wc: kube::runtime::watcher::Config,
+) -> impl futures::Stream<Item = Result<Event<K>, kube::runtime::watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    let untyped: kube::Api<DynamicObject> =
+        kube::Api::all_with(client, &kube::api::ApiResource::erase::<K>(&()));
+    kube::runtime::watcher(untyped, wc)
+        .default_backoff()
+        .filter_map(|ev| {
+            futures::future::ready(match ev {
+                Ok(e) => event::<K>(e).map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

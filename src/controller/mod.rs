@@ -560,19 +560,7 @@ where
         let deletes = self.deletes;
         let index = self.index;
         let synced = self.synced;
-        // Untyped on the wire, typed one object at a time (see `lenient`).
-        let untyped: Api<kube::api::DynamicObject> = Api::all_with(
-            self.api.into_client(),
-            &kube::api::ApiResource::erase::<K>(&()),
-        );
-        let stream = watcher(untyped, self.wc)
-            .default_backoff()
-            .filter_map(|ev| {
-                futures::future::ready(match ev {
-                    Ok(e) => lenient::event::<K>(e).map(Ok),
-                    Err(e) => Some(Err(e)),
-                })
-            })
+        let stream = lenient::watch::<K>(self.api.into_client(), self.wc)
             .modify(|o: &mut K| {
                 // Caches hold what reconcilers read; managedFields is never read.
                 o.meta_mut().managed_fields = None;
