@@ -1,7 +1,8 @@
-//! Faults (SPEC invariant 4): the operator crashing right after each of its writes, and the
-//! operator's permission to delete bindings withdrawn for a while. Each test ends in the state
-//! an undisturbed run ends in: no duplicate or missing binding, one history entry per
-//! transition, every transition on the audit stream, access gone at the end.
+//! Faults (SPEC invariant 4): the operator crashing right after each of its writes, the
+//! operator's permission to delete bindings withdrawn for a while, and its caches lagging.
+//! Each test ends in the state an undisturbed run ends in: no duplicate or missing binding,
+//! one history entry per transition, every transition on the audit stream, access gone (or,
+//! for the lag, kept) at the end.
 //!
 //! In its own test binary (the tests stop the operator and change its RBAC), and the tests
 //! here run one at a time.
@@ -411,4 +412,61 @@ async fn with_the_webhook_unreachable_requests_and_approvals_fail_closed_and_rev
     )
     .await
     .unwrap();
+}
+
+/// A lagging cache (SPEC invariant 4, survival): each kind comes on its own watch, and under
+/// load one can trail another. Here the operator sees RoleSettings and assignments 4 s late,
+/// so a request arrives before either: the operator confirms from live reads before it fails
+/// or revokes, and the request activates and stays Active, with no Revoked in its history.
+#[tokio::test]
+async fn a_request_ahead_of_its_assignment_in_the_caches_is_granted_and_kept() {
+    let _serial = SERIAL.lock().await;
+    stop_the_first_operator();
+    let env = operated();
+    let vars = [(
+        kube_pim::controller::lenient::FAULT_WATCH_DELAY,
+        "RoleSetting=4000,EligibleAssignment=4000".to_string(),
+    )];
+    let _op = start_operator_with_env(env, "kube-pim-lagging", &[], &vars);
+    common::wait_operator_ready(env).await;
+    let w = World::new("lag", json!({})).await;
+    let alice = w.alice().await;
+    let ar = w.ask(alice.clone(), json!({})).await.unwrap();
+    let name = ar.name_any();
+    w.wait_phase(&name, RequestPhase::Active).await;
+    w.access(&alice, true).await;
+
+    // The assignment reaches the operator's cache: its controller records it Eligible.
+    let eas: Api<kube_pim::api::EligibleAssignment> = Api::namespaced(admin().await, &w.ns);
+    eventually!(
+        Duration::from_secs(30),
+        eas.get("alice")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.phase)
+            .is_some(),
+        "the operator's cache never saw the assignment"
+    );
+    let now = w.requests(admin().await).get(&name).await.unwrap();
+    let actions: Vec<HistoryAction> = now
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .iter()
+        .map(|h| h.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            HistoryAction::Requested,
+            HistoryAction::Approved,
+            HistoryAction::Activated
+        ],
+        "decided from a lagging cache: {:?}",
+        now.status
+    );
+    assert_eq!(phase(&now), Some(RequestPhase::Active));
+    w.access(&alice, true).await;
 }

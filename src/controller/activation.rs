@@ -222,65 +222,11 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
         return finalize(&ar, &api, &ctx, &pctx).await.map(Next::Wait);
     }
     let wanted = Wanted::of(&ar);
-    // Only assignments whose writer may bind the roles back anything (`authorized_among`).
     let open = ar
         .status
         .as_ref()
         .and_then(|s| s.phase)
         .is_none_or(|p| !request::is_terminal(p));
-    // Only the requester's own assignments are copied out of the cache (not all of them, per
-    // reconcile: at 10,000 assignments that was most of a reconcile's work).
-    let cached: Vec<Arc<EligibleAssignment>> = ctx
-        .assignment_namespaces
-        .select(&ctx.assignments, &ns, |ea| eligibility::names(&wanted, ea))
-        .iter()
-        .filter_map(|ea| decoded(ea.full(), &ctx))
-        .map(Arc::new)
-        .collect();
-    let live: Vec<Arc<EligibleAssignment>>;
-    let mut authorized = authorized_among(&ctx, rs.as_deref(), open, &cached).await;
-    let mut ea = eligibility::select(
-        &wanted,
-        rs.as_deref(),
-        authorized.iter().copied(),
-        cluster_ns,
-        now,
-    );
-    // None backs a request not yet decided: read them live before failing it, as the webhook
-    // that admitted it did. An assignment applied (or widened) a moment before the request may
-    // not have reached the cache: the two kinds come on separate watches (seen just after an
-    // operator start). Only on this path, which ends the request if the read finds none
-    // either: a request backed from the cache costs no read.
-    let undecided = ar
-        .status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .is_none_or(|p| p == crate::api::RequestPhase::Pending);
-    if ea.is_none() && undecided && rs.is_some() {
-        live = Api::<EligibleAssignment>::namespaced(ctx.client.clone(), &ns)
-            .list(&Default::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|ea| eligibility::names(&wanted, ea))
-            .map(Arc::new)
-            .collect();
-        authorized = authorized_among(&ctx, rs.as_deref(), open, &live).await;
-        ea = eligibility::select(
-            &wanted,
-            rs.as_deref(),
-            authorized.iter().copied(),
-            cluster_ns,
-            now,
-        );
-    }
-    // Decisions count only if made before the approval timeout (the webhook refuses later
-    // ones; this covers a webhook that admitted one just at the deadline).
-    let created = ar
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(crate::time::from_k8s);
     // Separation of duties: approvals from anyone the requester could impersonate or mint
     // tokens for do not count (asked only while decisions can still change anything).
     let mut acts_as = std::collections::HashMap::new();
@@ -300,18 +246,6 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
             }
         }
     }
-    let tally = rs
-        .as_deref()
-        .map(|rs| {
-            let deadline = created.map(|c| c + rs.spec.approval.timeout.as_delta());
-            approval::tally(&rs.spec.approval, &ar, |a| {
-                if deadline.is_some_and(|d| a.time >= d) {
-                    return Some("decided after the approval timeout".to_string());
-                }
-                acts_as.get(&a.approver.username).cloned().flatten()
-            })
-        })
-        .unwrap_or_default();
 
     // Extensions: the request this one extends, where its chain started, and whether an
     // Active extension of this one has taken over (all from the cache of this namespace).
@@ -341,20 +275,53 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
                 && r.phase() == Some(crate::api::RequestPhase::Active)
         })
         .and_then(|r| decoded(r.full(), &ctx));
-
-    // Decide.
-    let plan = request::decide(&Inputs {
+    let facts = Facts {
         now,
         request: &ar,
-        role_setting: rs.as_deref(),
-        assignment: ea,
-        tally: &tally,
+        wanted: &wanted,
+        open,
+        acts_as: &acts_as,
         policy: &pctx,
-        retention: ctx.settings.retention,
         extended: extended.as_ref(),
         chain_start,
         successor: successor.as_ref(),
-    });
+    };
+
+    // Decide, from the caches. Only the requester's own assignments are copied out of the
+    // cache (not all of them, per reconcile: at 10,000 assignments that was most of a
+    // reconcile's work).
+    let cached: Vec<Arc<EligibleAssignment>> = ctx
+        .assignment_namespaces
+        .select(&ctx.assignments, &ns, |ea| eligibility::names(&wanted, ea))
+        .iter()
+        .filter_map(|ea| decoded(ea.full(), &ctx))
+        .map(Arc::new)
+        .collect();
+    let mut plan = decide(&ctx, &facts, rs.as_deref(), &cached).await;
+    // An ending the caches decided (not eligible, policy, quorum) is confirmed from live reads
+    // first, as the webhook that admitted the request did: an assignment or RoleSetting applied
+    // (or widened) a moment before the request may not have reached its cache yet, since each
+    // kind comes on its own watch. Only on this path, which ends the request anyway: a request
+    // the caches back costs no read.
+    if request::withdraws(&ar, &plan) {
+        match live(&ctx, &ns, &ar.spec.role_setting, &wanted).await {
+            Ok((rs, eas)) => plan = decide(&ctx, &facts, rs.as_ref(), &eas).await,
+            // Nothing granted yet: try again rather than fail the request on a failed read.
+            Err(e)
+                if ar
+                    .status
+                    .as_ref()
+                    .is_none_or(|s| s.activation_time.is_none()) =>
+            {
+                return Err(e);
+            }
+            // Access held: fail closed, revoke on what the caches say.
+            Err(e) => {
+                tracing::warn!(request = %ar.name_any(), namespace = %ns, error = %e,
+                    "could not confirm a revocation from live reads; revoking on the caches' word")
+            }
+        }
+    }
 
     // Apply.
     let terminal = ar
@@ -401,6 +368,95 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
         Some(w) if due_now && plan.status.is_some() && !terminal => Next::Continue(Box::new(w)),
         _ => Next::Wait(requeue(plan.requeue_at, &ctx)),
     })
+}
+
+/// What a decision reads besides the RoleSetting and the assignments (the two a decision may
+/// be confirmed with, read live: see `pass`).
+struct Facts<'a> {
+    now: chrono::DateTime<Utc>,
+    request: &'a ActivationRequest,
+    wanted: &'a Wanted<'a>,
+    open: bool,
+    /// Approvers the requester could act as, and how (separation of duties).
+    acts_as: &'a std::collections::HashMap<String, Option<String>>,
+    policy: &'a policy::Context<'a>,
+    extended: Option<&'a ActivationRequest>,
+    chain_start: Option<chrono::DateTime<Utc>>,
+    successor: Option<&'a ActivationRequest>,
+}
+
+/// The plan for `f.request` given its RoleSetting and the namespace's assignments that name
+/// its requester (only those whose writer may bind the roles back it: `authorized_among`).
+async fn decide(
+    ctx: &Context,
+    f: &Facts<'_>,
+    rs: Option<&RoleSetting>,
+    eas: &[Arc<EligibleAssignment>],
+) -> Plan {
+    let authorized = authorized_among(ctx, rs, f.open, eas).await;
+    let ea = eligibility::select(
+        f.wanted,
+        rs,
+        authorized.iter().copied(),
+        f.policy.cluster_scope_namespace,
+        f.now,
+    );
+    // Decisions count only if made before the approval timeout (the webhook refuses later
+    // ones; this covers a webhook that admitted one just at the deadline).
+    let created = f
+        .request
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(crate::time::from_k8s);
+    let tally = rs
+        .map(|rs| {
+            let deadline = created.map(|c| c + rs.spec.approval.timeout.as_delta());
+            approval::tally(&rs.spec.approval, f.request, |a| {
+                if deadline.is_some_and(|d| a.time >= d) {
+                    return Some("decided after the approval timeout".to_string());
+                }
+                f.acts_as.get(&a.approver.username).cloned().flatten()
+            })
+        })
+        .unwrap_or_default();
+    request::decide(&Inputs {
+        now: f.now,
+        request: f.request,
+        role_setting: rs,
+        assignment: ea,
+        tally: &tally,
+        policy: f.policy,
+        retention: ctx.settings.retention,
+        extended: f.extended,
+        chain_start: f.chain_start,
+        successor: f.successor,
+    })
+}
+
+/// The RoleSetting `rs_name` and the assignments in `ns` that name the requester, read live.
+async fn live(
+    ctx: &Context,
+    ns: &str,
+    rs_name: &str,
+    wanted: &Wanted<'_>,
+) -> Result<(Option<RoleSetting>, Vec<Arc<EligibleAssignment>>), Error> {
+    let rs = if rs_name.is_empty() {
+        None
+    } else {
+        Api::<RoleSetting>::all(ctx.client.clone())
+            .get_opt(rs_name)
+            .await?
+    };
+    let eas = Api::<EligibleAssignment>::namespaced(ctx.client.clone(), ns)
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|ea| eligibility::names(wanted, ea))
+        .map(Arc::new)
+        .collect();
+    Ok((rs, eas))
 }
 
 /// The assignments among `eas` whose writer may bind the RoleSetting's roles (SPEC invariant

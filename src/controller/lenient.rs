@@ -71,14 +71,51 @@ where
     use kube::runtime::WatchStreamExt;
     let untyped: kube::Api<DynamicObject> =
         kube::Api::all_with(client, &kube::api::ApiResource::erase::<K>(&()));
-    kube::runtime::watcher(untyped, wc)
+    let typed = kube::runtime::watcher(untyped, wc)
         .default_backoff()
         .filter_map(|ev| {
             futures::future::ready(match ev {
                 Ok(e) => event::<K>(e).map(Ok),
                 Err(e) => Some(Err(e)),
             })
-        })
+        });
+    match fault_delay(
+        std::env::var(FAULT_WATCH_DELAY).ok().as_deref(),
+        &K::kind(&()),
+    ) {
+        None => typed.left_stream(),
+        // Each change held back `delay` from when it arrived, in order (`buffered` keeps it).
+        Some(delay) => typed
+            .map(move |ev| {
+                let due = tokio::time::Instant::now() + delay;
+                async move {
+                    if matches!(ev, Ok(Event::Apply(_) | Event::Delete(_))) {
+                        tokio::time::sleep_until(due).await;
+                    }
+                    ev
+                }
+            })
+            .buffered(4096)
+            .right_stream(),
+    }
+}
+
+/// The environment variable that holds back the changes a cache sees, as
+/// `Kind=milliseconds[,Kind=milliseconds...]` (e.g. `EligibleAssignment=4000`): the cache-lag
+/// tests use it to make one watch trail the others, as it can under load, and check that no
+/// decision the operator takes from a lagging cache ends a request wrongly. Only live changes
+/// are held back, not the initial list. Unset in production; nothing else reads it.
+pub const FAULT_WATCH_DELAY: &str = "KUBE_PIM_FAULT_WATCH_DELAY";
+
+/// How long `kind`'s changes are held back by a [`FAULT_WATCH_DELAY`] value, if at all.
+fn fault_delay(value: Option<&str>, kind: &str) -> Option<std::time::Duration> {
+    value?.split(',').find_map(|entry| {
+        let (k, ms) = entry.trim().split_once('=')?;
+        (k == kind)
+            .then(|| ms.parse().ok())
+            .flatten()
+            .map(std::time::Duration::from_millis)
+    })
 }
 
 #[cfg(test)]
@@ -114,5 +151,17 @@ mod tests {
             event::<EligibleAssignment>(Event::InitDone),
             Some(Event::InitDone)
         ));
+    }
+
+    #[test]
+    fn the_watch_delay_fault_names_kinds_and_milliseconds() {
+        let v = Some("RoleSetting=250, EligibleAssignment=4000");
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(fault_delay(v, "EligibleAssignment"), Some(ms(4000)));
+        assert_eq!(fault_delay(v, "RoleSetting"), Some(ms(250)));
+        assert_eq!(fault_delay(v, "ActivationRequest"), None);
+        assert_eq!(fault_delay(None, "RoleSetting"), None);
+        assert_eq!(fault_delay(Some("RoleSetting=soon"), "RoleSetting"), None);
+        assert_eq!(fault_delay(Some(""), "RoleSetting"), None);
     }
 }

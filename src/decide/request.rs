@@ -158,6 +158,27 @@ pub fn is_terminal(p: RequestPhase) -> bool {
     )
 }
 
+/// Whether `plan` ends `before`, an open request, for a reason read from its RoleSetting or
+/// the assignments: Failed (not eligible, policy, quorum out of reach), Revoked (eligibility or
+/// policy withdrawn) or TimedOut (the RoleSetting's approval timeout). The controller decides
+/// from caches, which can lag the apiserver by a moment (an assignment applied just before its
+/// request arrives on another watch): it confirms these endings from live reads first.
+/// Endings the request itself decides (expiry, deactivation, denial, an extension taking over)
+/// need no confirmation.
+pub fn withdraws(before: &ActivationRequest, plan: &Plan) -> bool {
+    let was_open = before
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_none_or(|p| !is_terminal(p));
+    let ends = plan.status.as_ref().and_then(|s| s.phase);
+    was_open
+        && matches!(
+            ends,
+            Some(RequestPhase::Failed | RequestPhase::Revoked | RequestPhase::TimedOut)
+        )
+}
+
 /// Sets a condition, keeping its lastTransitionTime when the status does not change.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,

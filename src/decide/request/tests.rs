@@ -806,3 +806,55 @@ fn whoever_deactivated_is_the_actor() {
         Some("bob ended the activation early")
     );
 }
+
+/// Which endings the controller confirms from live reads before carrying them out: those
+/// read from the RoleSetting or the assignments, for an open request only.
+#[test]
+fn only_endings_read_from_the_role_setting_or_assignments_are_confirmed() {
+    let start = World::new();
+    // Granting is never confirmed.
+    let mut w = World::new();
+    let p = w.step(t0());
+    assert!(!withdraws(&start.req, &p), "Requested+Approved");
+    let before = w.req.clone();
+    let p = w.step(t0() + TimeDelta::seconds(1));
+    assert!(!withdraws(&before, &p), "Activated");
+    let active = w.req.clone();
+
+    // Not eligible, and RoleSetting gone: Pending (Failed) and Active (Revoked).
+    for gone in ["assignment", "role setting"] {
+        for (what, req) in [("new", &start.req), ("active", &active)] {
+            let mut x = World::new();
+            x.req = req.clone();
+            match gone {
+                "assignment" => x.assignment_gone = true,
+                _ => x.rs_gone = true,
+            }
+            let p = x.decide_at(t0() + TimeDelta::seconds(2));
+            assert!(withdraws(req, &p), "{what} request, {gone} gone: {p:?}");
+        }
+    }
+
+    // Endings the request decides itself: expiry, deactivation.
+    let mut x = World::new();
+    x.req = active.clone();
+    let p = x.decide_at(t0() + TimeDelta::hours(2));
+    assert_eq!(
+        p.status.as_ref().and_then(|s| s.phase),
+        Some(RequestPhase::Expired)
+    );
+    assert!(!withdraws(&active, &p), "Expired");
+    x.req.spec.deactivate = true;
+    let p = x.decide_at(t0() + TimeDelta::seconds(2));
+    assert!(!withdraws(&active, &p), "Deactivated");
+
+    // An ended request is not confirmed again, even with its assignment gone.
+    let mut x = World::new();
+    x.req = active;
+    x.assignment_gone = true;
+    x.step(t0() + TimeDelta::seconds(2));
+    assert_eq!(x.phase(), RequestPhase::Revoked);
+    let ended = x.req.clone();
+    let p = x.decide_at(t0() + TimeDelta::seconds(3));
+    assert!(!withdraws(&ended, &p));
+}
