@@ -13,6 +13,10 @@ pub enum Error {
     #[error("cannot find a cluster to talk to ({0}): set KUBECONFIG or run inside a cluster")]
     Config(String),
 
+    /// The apiserver did not answer in time (the message says what was asked).
+    #[error("{0}: the apiserver did not answer in time; retrying")]
+    Timeout(String),
+
     /// Reading or writing a local file failed.
     #[error("{action} {path}: {source}")]
     Io {

@@ -518,7 +518,7 @@ pub fn error_kind(e: &Error) -> &'static str {
             _ => "api",
         },
         Error::Kube(k) if k.to_string().contains("not the leader") => "not_leader",
-        Error::Kube(_) => "transport",
+        Error::Kube(_) | Error::Timeout(_) => "transport",
         Error::Io { .. } => "audit_io",
         Error::Cache(_) => "cache",
         _ => "other",

@@ -418,6 +418,9 @@ async fn with_the_webhook_unreachable_requests_and_approvals_fail_closed_and_rev
 /// load one can trail another. Here the operator sees RoleSettings and assignments 4 s late,
 /// so a request arrives before either: the operator confirms from live reads before it fails
 /// or revokes, and the request activates and stays Active, with no Revoked in its history.
+/// (Before the fix, a lagging RoleSetting failed the request as RoleSettingNotFound; with only
+/// the assignment lagging, it went Active and was revoked as NotEligible a moment later.)
+/// Deleting the assignment still revokes it.
 #[tokio::test]
 async fn a_request_ahead_of_its_assignment_in_the_caches_is_granted_and_kept() {
     let _serial = SERIAL.lock().await;
@@ -434,10 +437,17 @@ async fn a_request_ahead_of_its_assignment_in_the_caches_is_granted_and_kept() {
     let ar = w.ask(alice.clone(), json!({})).await.unwrap();
     let name = ar.name_any();
     w.wait_phase(&name, RequestPhase::Active).await;
+    // Active before the operator's cache had the assignment (its controller has not recorded
+    // it yet): the lag this test is about did happen.
+    let eas: Api<kube_pim::api::EligibleAssignment> = Api::namespaced(admin().await, &w.ns);
+    let unseen = eas.get("alice").await.unwrap();
+    assert!(
+        unseen.status.as_ref().and_then(|s| s.phase).is_none(),
+        "the assignment reached the operator's cache before the request was Active: no lag"
+    );
     w.access(&alice, true).await;
 
     // The assignment reaches the operator's cache: its controller records it Eligible.
-    let eas: Api<kube_pim::api::EligibleAssignment> = Api::namespaced(admin().await, &w.ns);
     eventually!(
         Duration::from_secs(30),
         eas.get("alice")
@@ -469,4 +479,16 @@ async fn a_request_ahead_of_its_assignment_in_the_caches_is_granted_and_kept() {
     );
     assert_eq!(phase(&now), Some(RequestPhase::Active));
     w.access(&alice, true).await;
+
+    // The assignment goes: the request is revoked, however late the cache hears of it.
+    eas.delete("alice", &Default::default()).await.unwrap();
+    let ended = w.wait_phase(&name, RequestPhase::Revoked).await;
+    let reason = ended
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Active"))
+        .map(|c| c.reason.clone());
+    assert_eq!(reason.as_deref(), Some("NotEligible"));
+    w.access(&alice, false).await;
+    assert!(managed(&w.ns).await.is_empty());
 }

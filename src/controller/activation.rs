@@ -20,7 +20,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams},
     runtime::{
         controller::{Action, Controller},
         events::{Event, EventType},
@@ -304,21 +304,33 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
     // kind comes on its own watch. Only on this path, which ends the request anyway: a request
     // the caches back costs no read.
     if request::withdraws(&ar, &plan) {
-        match live(&ctx, &ns, &ar.spec.role_setting, &wanted).await {
-            Ok((rs, eas)) => plan = decide(&ctx, &facts, rs.as_ref(), &eas).await,
-            // Nothing granted yet: try again rather than fail the request on a failed read.
-            Err(e)
-                if ar
-                    .status
-                    .as_ref()
-                    .is_none_or(|s| s.activation_time.is_none()) =>
-            {
-                return Err(e);
+        match tokio::time::timeout(
+            LIVE_READ_TIMEOUT,
+            live(&ctx, &ns, &ar.spec.role_setting, &wanted),
+        )
+        .await
+        {
+            Ok(Ok((rs, eas))) => plan = decide(&ctx, &facts, rs.as_ref(), &eas).await,
+            // Nothing can be bound yet (no decision committed): try again rather than fail the
+            // request on a failed read. From the committed decision on, bindings may exist
+            // (they are made before Active is written): fail closed, end it on what the caches
+            // say, without waiting for the apiserver any longer.
+            failed if !request::decision_committed(&ar) => {
+                return Err(match failed {
+                    Ok(Err(e)) => e,
+                    _ => Error::Timeout(format!(
+                        "reading RoleSetting {} and the assignments of namespace {ns} live",
+                        ar.spec.role_setting
+                    )),
+                });
             }
-            // Access held: fail closed, revoke on what the caches say.
-            Err(e) => {
-                tracing::warn!(request = %ar.name_any(), namespace = %ns, error = %e,
-                    "could not confirm a revocation from live reads; revoking on the caches' word")
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                tracing::warn!(request = %ar.name_any(), namespace = %ns, %error,
+                    "could not confirm an ending from live reads; ending it on the caches' word")
             }
         }
     }
@@ -434,25 +446,37 @@ async fn decide(
     })
 }
 
+/// How long an ending waits for its live confirmation (see `pass`): a revocation must not
+/// wait on a slow apiserver any longer than this.
+const LIVE_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The RoleSetting `rs_name` and the assignments in `ns` that name the requester, read live.
+/// Untyped, then converted one at a time as the caches are ([`super::lenient`]): an object
+/// kube-pim cannot read is taken as absent (it backs nothing) and does not fail the read.
 async fn live(
     ctx: &Context,
     ns: &str,
     rs_name: &str,
     wanted: &Wanted<'_>,
 ) -> Result<(Option<RoleSetting>, Vec<Arc<EligibleAssignment>>), Error> {
+    let untyped = |ns: Option<&str>, ar: ApiResource| match ns {
+        Some(ns) => Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &ar),
+        None => Api::<DynamicObject>::all_with(ctx.client.clone(), &ar),
+    };
     let rs = if rs_name.is_empty() {
         None
     } else {
-        Api::<RoleSetting>::all(ctx.client.clone())
+        untyped(None, ApiResource::erase::<RoleSetting>(&()))
             .get_opt(rs_name)
             .await?
+            .and_then(|o| super::lenient::typed::<RoleSetting>(o).ok())
     };
-    let eas = Api::<EligibleAssignment>::namespaced(ctx.client.clone(), ns)
+    let eas = untyped(Some(ns), ApiResource::erase::<EligibleAssignment>(&()))
         .list(&Default::default())
         .await?
         .items
         .into_iter()
+        .filter_map(|o| super::lenient::typed::<EligibleAssignment>(o).ok())
         .filter(|ea| eligibility::names(wanted, ea))
         .map(Arc::new)
         .collect();

@@ -85,18 +85,21 @@ where
     ) {
         None => typed.left_stream(),
         // Each change held back `delay` from when it arrived, in order (`buffered` keeps it).
-        Some(delay) => typed
-            .map(move |ev| {
-                let due = tokio::time::Instant::now() + delay;
-                async move {
-                    if matches!(ev, Ok(Event::Apply(_) | Event::Delete(_))) {
-                        tokio::time::sleep_until(due).await;
+        Some(delay) => {
+            tracing::warn!(kind = %K::kind(&()), ?delay, "{FAULT_WATCH_DELAY} is set: this cache trails the apiserver on purpose (a test fault; never set it in production)");
+            typed
+                .map(move |ev| {
+                    let due = tokio::time::Instant::now() + delay;
+                    async move {
+                        if matches!(ev, Ok(Event::Apply(_) | Event::Delete(_))) {
+                            tokio::time::sleep_until(due).await;
+                        }
+                        ev
                     }
-                    ev
-                }
-            })
-            .buffered(4096)
-            .right_stream(),
+                })
+                .buffered(4096)
+                .right_stream()
+        }
     }
 }
 

@@ -179,6 +179,14 @@ pub fn withdraws(before: &ActivationRequest, plan: &Plan) -> bool {
         )
 }
 
+/// Whether `ar`'s decision is committed (the Approved condition, or any later phase): from
+/// then on it may have bindings, made before `Active` is written.
+pub fn decision_committed(ar: &ActivationRequest) -> bool {
+    ar.status.as_ref().is_some_and(|s| {
+        condition_true(s, CONDITION_APPROVED) || s.phase.is_some_and(|p| p != RequestPhase::Pending)
+    })
+}
+
 /// Sets a condition, keeping its lastTransitionTime when the status does not change.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,

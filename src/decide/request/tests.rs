@@ -811,6 +811,7 @@ fn whoever_deactivated_is_the_actor() {
 /// read from the RoleSetting or the assignments, for an open request only.
 #[test]
 fn only_endings_read_from_the_role_setting_or_assignments_are_confirmed() {
+    assert!(!decision_committed(&World::new().req));
     let start = World::new();
     // Granting is never confirmed.
     let mut w = World::new();
@@ -848,6 +849,26 @@ fn only_endings_read_from_the_role_setting_or_assignments_are_confirmed() {
     let p = x.decide_at(t0() + TimeDelta::seconds(2));
     assert!(!withdraws(&active, &p), "Deactivated");
 
+    // A denial is the approvers' (the webhook checked them against the RoleSetting); an
+    // approval timeout is the RoleSetting's.
+    let mut x = approval_world(1);
+    let pending = x.req.clone();
+    x.approve(approval("carol", Denied, None));
+    let p = x.decide_at(t0());
+    assert_eq!(
+        p.status.as_ref().and_then(|s| s.phase),
+        Some(RequestPhase::Denied)
+    );
+    assert!(!withdraws(&pending, &p), "Denied");
+    let x = approval_world(1);
+    let pending = x.req.clone();
+    let p = x.decide_at(t0() + TimeDelta::hours(24));
+    assert_eq!(
+        p.status.as_ref().and_then(|s| s.phase),
+        Some(RequestPhase::TimedOut)
+    );
+    assert!(withdraws(&pending, &p), "TimedOut");
+
     // An ended request is not confirmed again, even with its assignment gone.
     let mut x = World::new();
     x.req = active;
@@ -857,4 +878,20 @@ fn only_endings_read_from_the_role_setting_or_assignments_are_confirmed() {
     let ended = x.req.clone();
     let p = x.decide_at(t0() + TimeDelta::seconds(3));
     assert!(!withdraws(&ended, &p));
+}
+
+#[test]
+fn a_decision_is_committed_from_approval_on() {
+    let mut w = approval_world(1);
+    assert!(!decision_committed(&w.req), "Pending, undecided");
+    w.approve(approval("bob", Approved, None));
+    w.step(t0());
+    assert_eq!(w.phase(), RequestPhase::Pending);
+    assert!(
+        decision_committed(&w.req),
+        "Pending, Approved: bindings may exist"
+    );
+    w.step(t0());
+    assert_eq!(w.phase(), RequestPhase::Active);
+    assert!(decision_committed(&w.req));
 }
