@@ -14,7 +14,11 @@ use super::{
     Context, FIELD_MANAGER, FINALIZER,
     cached::{Kept, same},
 };
-use crate::{Error, api::BindingRef, decide::bindings::Binding};
+use crate::{
+    Error,
+    api::{BindingKind, BindingRef},
+    decide::bindings::Binding,
+};
 
 /// Makes an owner's managed bindings exactly `desired`: creates or restores each (server-side
 /// apply, skipped when the cache shows it as desired), and deletes any other binding that
@@ -46,7 +50,7 @@ pub async fn ensure(
             }
         }
     }
-    let keep: Vec<String> = desired.iter().map(|b| b.reference().name).collect();
+    let keep: Vec<BindingRef> = desired.iter().map(Binding::reference).collect();
     remove(ctx, &keep, owner, mine, &[]).await.map(|_| ())
 }
 
@@ -75,11 +79,12 @@ where
 }
 
 /// Deletes every binding of an owner (those `mine` accepts in the caches, and those `also`
-/// names) except those named in `keep`. Returns how many this call deleted (those already gone
-/// do not count: the revocation-lag metric is observed only for deletions this process made).
+/// names) except those `keep` names (by kind, namespace and name). Returns how many this call
+/// deleted (those already gone do not count: the revocation-lag metric is observed only for
+/// deletions this process made).
 pub async fn remove(
     ctx: &Context,
-    keep: &[String],
+    keep: &[BindingRef],
     owner: &str,
     mine: &(dyn Fn(&Kept) -> bool + Sync),
     also: &[BindingRef],
@@ -120,11 +125,21 @@ pub async fn remove(
         ..Default::default()
     };
     let mut deleted = 0;
-    for (ns, name) in rbs.into_iter().filter(|(_, n)| !keep.contains(n)) {
+    let kept = |kind, ns: Option<&str>, name: &str| {
+        keep.iter()
+            .any(|k| k.kind == kind && k.namespace.as_deref() == ns && k.name == name)
+    };
+    for (ns, name) in rbs
+        .into_iter()
+        .filter(|(ns, n)| !kept(BindingKind::RoleBinding, Some(ns), n))
+    {
         let api = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
         deleted += delete(api, name, dp.clone()).await?;
     }
-    for name in crbs.into_iter().filter(|n| !keep.contains(n)) {
+    for name in crbs
+        .into_iter()
+        .filter(|n| !kept(BindingKind::ClusterRoleBinding, None, n))
+    {
         let api = Api::<ClusterRoleBinding>::all(ctx.client.clone());
         deleted += delete(api, name, dp.clone()).await?;
     }
