@@ -492,3 +492,47 @@ async fn a_request_ahead_of_its_assignment_in_the_caches_is_granted_and_kept() {
     w.access(&alice, false).await;
     assert!(managed(&w.ns).await.is_empty());
 }
+
+/// A lagging RoleSetting cache and the assignment controller: an assignment applied with its
+/// RoleSetting (as GitOps does) can reach the operator before the RoleSetting. It is not
+/// recorded Invalid (RoleSettingNotFound, which refuses requests) on the cache's word: the
+/// operator reads the RoleSetting live and records it Eligible.
+#[tokio::test]
+async fn an_assignment_ahead_of_its_role_setting_in_the_caches_is_eligible() {
+    let _serial = SERIAL.lock().await;
+    stop_the_first_operator();
+    let env = operated();
+    let vars = [(
+        kube_pim::controller::lenient::FAULT_WATCH_DELAY,
+        "RoleSetting=8000".to_string(),
+    )];
+    let _op = start_operator_with_env(env, "kube-pim-rs-lagging", &[], &vars);
+    common::wait_operator_ready(env).await;
+    let w = World::new("rslag", json!({})).await;
+    let eas: Api<kube_pim::api::EligibleAssignment> = Api::namespaced(admin().await, &w.ns);
+    let mut recorded: Option<kube_pim::api::EligibleAssignmentStatus>;
+    eventually!(
+        Duration::from_secs(30),
+        {
+            recorded = eas.get("alice").await.unwrap().status;
+            recorded.as_ref().and_then(|s| s.phase).is_some()
+        },
+        "the operator never recorded the assignment"
+    );
+    let recorded = recorded.unwrap();
+    // Recorded while the operator's RoleSetting cache still lacked the RoleSetting (its
+    // controller has not written the RoleSetting's status yet): the lag did happen.
+    let rs = Api::<kube_pim::api::RoleSetting>::all(admin().await)
+        .get(&w.rs)
+        .await
+        .unwrap();
+    assert!(
+        rs.status.and_then(|s| s.observed_generation).is_none(),
+        "the RoleSetting reached the operator's cache first: no lag"
+    );
+    assert_eq!(
+        recorded.phase,
+        Some(kube_pim::api::AssignmentPhase::Eligible),
+        "recorded from a lagging cache: {recorded:?}"
+    );
+}

@@ -459,19 +459,9 @@ async fn live(
     rs_name: &str,
     wanted: &Wanted<'_>,
 ) -> Result<(Option<RoleSetting>, Vec<Arc<EligibleAssignment>>), Error> {
-    let untyped = |ns: Option<&str>, ar: ApiResource| match ns {
-        Some(ns) => Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &ar),
-        None => Api::<DynamicObject>::all_with(ctx.client.clone(), &ar),
-    };
-    let rs = if rs_name.is_empty() {
-        None
-    } else {
-        untyped(None, ApiResource::erase::<RoleSetting>(&()))
-            .get_opt(rs_name)
-            .await?
-            .and_then(|o| super::lenient::typed::<RoleSetting>(o).ok())
-    };
-    let eas = untyped(Some(ns), ApiResource::erase::<EligibleAssignment>(&()))
+    let rs = ctx.live_role_setting(rs_name).await?;
+    let ar = ApiResource::erase::<EligibleAssignment>(&());
+    let eas = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &ar)
         .list(&Default::default())
         .await?
         .items

@@ -104,9 +104,9 @@ async fn reconcile(cached: Arc<CachedAssignment>, ctx: Arc<Context>) -> Result<A
     }
     let ea = cached.full()?;
     let now = Utc::now();
-    let rs = ctx
-        .role_settings
-        .get(&ObjectRef::new(&ea.spec.role_setting));
+    // Live when the cache lacks it: not recorded Invalid (RoleSettingNotFound, which refuses
+    // requests) only because the RoleSetting's watch trails the assignment's.
+    let rs = ctx.role_setting(&ea.spec.role_setting).await?;
     let api: Api<EligibleAssignment> =
         Api::namespaced(ctx.client.clone(), &ea.namespace().unwrap_or_default());
     let uid = ea.uid();

@@ -300,6 +300,34 @@ impl Written {
 }
 
 impl Context {
+    /// RoleSetting `name` from the cache, or read live when the cache does not have it (yet):
+    /// each kind comes on its own watch, so a RoleSetting applied together with an assignment
+    /// or a request can reach its cache after them. A missing RoleSetting costs one GET.
+    pub async fn role_setting(&self, name: &str) -> Result<Option<Arc<RoleSetting>>, crate::Error> {
+        match self
+            .role_settings
+            .get(&kube::runtime::reflector::ObjectRef::new(name))
+        {
+            Some(rs) => Ok(Some(rs)),
+            None => Ok(self.live_role_setting(name).await?.map(Arc::new)),
+        }
+    }
+
+    /// RoleSetting `name` read live, converted as the caches convert it ([`lenient`]): one
+    /// kube-pim cannot read is taken as absent.
+    pub async fn live_role_setting(&self, name: &str) -> Result<Option<RoleSetting>, crate::Error> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        let ar = kube::api::ApiResource::erase::<RoleSetting>(&());
+        Ok(
+            kube::Api::<kube::api::DynamicObject>::all_with(self.client.clone(), &ar)
+                .get_opt(name)
+                .await?
+                .and_then(|o| lenient::typed::<RoleSetting>(o).ok()),
+        )
+    }
+
     /// The `/metrics` exposition, with the cache-derived gauges brought up to date first
     /// (from the watch caches only: a scrape makes no API call).
     pub fn scrape(&self) -> String {

@@ -556,17 +556,11 @@ fn unanswered(e: &Error) -> Verdict {
 
 /// A RoleSetting from the cache, or read live when the cache does not have it (yet).
 async fn role_setting(ctx: &Context, name: &str) -> Option<RoleSetting> {
-    if name.is_empty() {
-        return None;
-    }
-    if let Some(rs) = ctx.role_settings.get(&ObjectRef::new(name)) {
-        return Some(rs.as_ref().clone());
-    }
-    Api::<RoleSetting>::all(ctx.client.clone())
-        .get_opt(name)
+    ctx.role_setting(name)
         .await
         .ok()
         .flatten()
+        .map(|rs| rs.as_ref().clone())
 }
 
 /// Whether a namespace is being deleted (then its requests and assignments may go).
