@@ -104,9 +104,6 @@ async fn reconcile(cached: Arc<CachedAssignment>, ctx: Arc<Context>) -> Result<A
     }
     let ea = cached.full()?;
     let now = Utc::now();
-    // Live when the cache lacks it: not recorded Invalid (RoleSettingNotFound, which refuses
-    // requests) only because the RoleSetting's watch trails the assignment's.
-    let rs = ctx.role_setting(&ea.spec.role_setting).await?;
     let api: Api<EligibleAssignment> =
         Api::namespaced(ctx.client.clone(), &ea.namespace().unwrap_or_default());
     let uid = ea.uid();
@@ -129,6 +126,17 @@ async fn reconcile(cached: Arc<CachedAssignment>, ctx: Arc<Context>) -> Result<A
         rbac_writes::add_finalizer(&api, &ea).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
+    // Live when the cache lacks it: not recorded Invalid (RoleSettingNotFound, which refuses
+    // requests) only because the RoleSetting's watch trails the assignment's. A failed read
+    // counts as missing (fail closed: a type Active assignment's bindings go).
+    let rs = ctx
+        .role_setting(&ea.spec.role_setting)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(assignment = %ea.name_any(), role_setting = %ea.spec.role_setting, error = %e,
+                "could not read the RoleSetting live; taking it as missing");
+            None
+        });
     let authorized = match rs.as_deref() {
         Some(rs) => ctx.authz.assignment(&ea, rs).await,
         None => Ok(()),
