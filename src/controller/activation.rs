@@ -305,7 +305,7 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
     // the caches back costs no read.
     if request::withdraws(&ar, &plan) {
         match tokio::time::timeout(
-            LIVE_READ_TIMEOUT,
+            super::LIVE_READ_TIMEOUT,
             live(&ctx, &ns, &ar.spec.role_setting, &wanted),
         )
         .await
@@ -445,10 +445,6 @@ async fn decide(
         successor: f.successor,
     })
 }
-
-/// How long an ending waits for its live confirmation (see `pass`): a revocation must not
-/// wait on a slow apiserver any longer than this.
-const LIVE_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The RoleSetting `rs_name` and the assignments in `ns` that name the requester, read live.
 /// Untyped, then converted one at a time as the caches are ([`super::lenient`]): an object

@@ -97,6 +97,41 @@ fn error_policy(ea: Arc<CachedAssignment>, e: &Error, ctx: Arc<Context>) -> Acti
     Action::requeue(Duration::from_secs(5))
 }
 
+/// The assignment's RoleSetting: from the cache, or read live when the cache lacks it, so that
+/// an assignment is not recorded Invalid (RoleSettingNotFound, which refuses requests) only
+/// because the RoleSetting's watch trails the assignment's. Not read again while the status
+/// already records it missing for this generation: a RoleSetting that appears later reaches
+/// the cache and triggers its assignments (`relate`), and assignments naming one that does
+/// not exist cost no GET per resync. A failed or slow read counts as missing (fail closed: a
+/// type Active assignment's bindings go).
+async fn role_setting(ea: &EligibleAssignment, ctx: &Context) -> Option<Arc<RoleSetting>> {
+    let name = &ea.spec.role_setting;
+    if let Some(rs) = ctx.role_settings.get(&ObjectRef::new(name)) {
+        return Some(rs);
+    }
+    let known_missing = ea.status.as_ref().is_some_and(|s| {
+        s.observed_generation == ea.metadata.generation
+            && s.conditions.iter().any(|c| {
+                c.type_ == "Valid" && c.status == "False" && c.reason == "RoleSettingNotFound"
+            })
+    });
+    if known_missing {
+        return None;
+    }
+    match tokio::time::timeout(super::LIVE_READ_TIMEOUT, ctx.live_role_setting(name)).await {
+        Ok(Ok(rs)) => rs.map(Arc::new),
+        failed => {
+            let error = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".to_string(),
+            };
+            tracing::warn!(assignment = %ea.name_any(), role_setting = %name, %error,
+                "could not read the RoleSetting live; taking it as missing");
+            None
+        }
+    }
+}
+
 async fn reconcile(cached: Arc<CachedAssignment>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.acting() {
         // A follower, or the leader before its start sweep: reconciled again when it acts.
@@ -126,17 +161,7 @@ async fn reconcile(cached: Arc<CachedAssignment>, ctx: Arc<Context>) -> Result<A
         rbac_writes::add_finalizer(&api, &ea).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
-    // Live when the cache lacks it: not recorded Invalid (RoleSettingNotFound, which refuses
-    // requests) only because the RoleSetting's watch trails the assignment's. A failed read
-    // counts as missing (fail closed: a type Active assignment's bindings go).
-    let rs = ctx
-        .role_setting(&ea.spec.role_setting)
-        .await
-        .unwrap_or_else(|e| {
-            tracing::warn!(assignment = %ea.name_any(), role_setting = %ea.spec.role_setting, error = %e,
-                "could not read the RoleSetting live; taking it as missing");
-            None
-        });
+    let rs = role_setting(&ea, &ctx).await;
     let authorized = match rs.as_deref() {
         Some(rs) => ctx.authz.assignment(&ea, rs).await,
         None => Ok(()),

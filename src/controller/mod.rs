@@ -299,6 +299,10 @@ impl Written {
     }
 }
 
+/// How long a live read that confirms a cache's answer may take (see `activation::pass`,
+/// `assignment::role_setting`): a revocation must not wait on a slow apiserver any longer.
+pub(crate) const LIVE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Context {
     /// RoleSetting `name` from the cache, or read live when the cache does not have it (yet):
     /// each kind comes on its own watch, so a RoleSetting applied together with an assignment
