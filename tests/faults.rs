@@ -414,6 +414,20 @@ async fn with_the_webhook_unreachable_requests_and_approvals_fail_closed_and_rev
     .unwrap();
 }
 
+/// An operator (in place of the test environment's) whose watches trail by `delays` (see
+/// [`kube_pim::controller::lenient::FAULT_WATCH_DELAY`]), ready, and a new world.
+async fn lagging(prefix: &str, delays: &str) -> (Child, World) {
+    stop_the_first_operator();
+    let env = operated();
+    let vars = [(
+        kube_pim::controller::lenient::FAULT_WATCH_DELAY,
+        delays.to_string(),
+    )];
+    let op = start_operator_with_env(env, &format!("kube-pim-{prefix}"), &[], &vars);
+    common::wait_operator_ready(env).await;
+    (op, World::new(prefix, json!({})).await)
+}
+
 /// A lagging cache (SPEC invariant 4, survival): each kind comes on its own watch, and under
 /// load one can trail another. Here the operator sees RoleSettings and assignments 4 s late,
 /// so a request arrives before either: the operator confirms from live reads before it fails
@@ -424,15 +438,7 @@ async fn with_the_webhook_unreachable_requests_and_approvals_fail_closed_and_rev
 #[tokio::test]
 async fn a_request_ahead_of_its_assignment_in_the_caches_is_granted_and_kept() {
     let _serial = SERIAL.lock().await;
-    stop_the_first_operator();
-    let env = operated();
-    let vars = [(
-        kube_pim::controller::lenient::FAULT_WATCH_DELAY,
-        "RoleSetting=4000,EligibleAssignment=4000".to_string(),
-    )];
-    let _op = start_operator_with_env(env, "kube-pim-lagging", &[], &vars);
-    common::wait_operator_ready(env).await;
-    let w = World::new("lag", json!({})).await;
+    let (_op, w) = lagging("lag", "RoleSetting=4000,EligibleAssignment=4000").await;
     let alice = w.alice().await;
     let ar = w.ask(alice.clone(), json!({})).await.unwrap();
     let name = ar.name_any();
@@ -500,15 +506,7 @@ async fn a_request_ahead_of_its_assignment_in_the_caches_is_granted_and_kept() {
 #[tokio::test]
 async fn an_assignment_ahead_of_its_role_setting_in_the_caches_is_eligible() {
     let _serial = SERIAL.lock().await;
-    stop_the_first_operator();
-    let env = operated();
-    let vars = [(
-        kube_pim::controller::lenient::FAULT_WATCH_DELAY,
-        "RoleSetting=8000".to_string(),
-    )];
-    let _op = start_operator_with_env(env, "kube-pim-rs-lagging", &[], &vars);
-    common::wait_operator_ready(env).await;
-    let w = World::new("rslag", json!({})).await;
+    let (_op, w) = lagging("rslag", "RoleSetting=8000").await;
     let eas: Api<kube_pim::api::EligibleAssignment> = Api::namespaced(admin().await, &w.ns);
     let mut recorded: Option<kube_pim::api::EligibleAssignmentStatus>;
     eventually!(
