@@ -14,7 +14,7 @@ pub enum Error {
     Config(String),
 
     /// The apiserver did not answer in time (the message says what was asked).
-    #[error("{0}: the apiserver did not answer in time; retrying")]
+    #[error("{0}: the apiserver did not answer in time (check its load and the network to it)")]
     Timeout(String),
 
     /// Reading or writing a local file failed.

@@ -152,16 +152,8 @@ async fn lifecycle_with_a_crash_after(w: &World, n: usize) -> bool {
         }) && ar.finalizers().is_empty()
     })
     .await;
-    let actions: Vec<HistoryAction> = ended
-        .status
-        .as_ref()
-        .unwrap()
-        .history
-        .iter()
-        .map(|h| h.action)
-        .collect();
     assert_eq!(
-        actions,
+        actions(&ended),
         [
             HistoryAction::Requested,
             HistoryAction::Approved,
@@ -465,16 +457,8 @@ async fn a_request_ahead_of_its_assignment_in_the_caches_is_granted_and_kept() {
         "the operator's cache never saw the assignment"
     );
     let now = w.requests(admin().await).get(&name).await.unwrap();
-    let actions: Vec<HistoryAction> = now
-        .status
-        .as_ref()
-        .unwrap()
-        .history
-        .iter()
-        .map(|h| h.action)
-        .collect();
     assert_eq!(
-        actions,
+        actions(&now),
         [
             HistoryAction::Requested,
             HistoryAction::Approved,

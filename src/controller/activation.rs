@@ -304,32 +304,24 @@ async fn pass(ar: Arc<ActivationRequest>, ctx: &Arc<Context>) -> Result<Next, Er
     // kind comes on its own watch. Only on this path, which ends the request anyway: a request
     // the caches back costs no read.
     if request::withdraws(&ar, &plan) {
-        match tokio::time::timeout(
-            super::LIVE_READ_TIMEOUT,
+        let read = super::live_read(
+            || {
+                format!(
+                    "reading RoleSetting {} and the assignments of namespace {ns} live",
+                    ar.spec.role_setting
+                )
+            },
             live(&ctx, &ns, &ar.spec.role_setting, &wanted),
-        )
-        .await
-        {
-            Ok(Ok((rs, eas))) => plan = decide(&ctx, &facts, rs.as_ref(), &eas).await,
+        );
+        match read.await {
+            Ok((rs, eas)) => plan = decide(&ctx, &facts, rs.as_ref(), &eas).await,
             // Nothing can be bound yet (no decision committed): try again rather than fail the
             // request on a failed read. From the committed decision on, bindings may exist
             // (they are made before Active is written): fail closed, end it on what the caches
             // say, without waiting for the apiserver any longer.
-            failed if !request::decision_committed(&ar) => {
-                return Err(match failed {
-                    Ok(Err(e)) => e,
-                    _ => Error::Timeout(format!(
-                        "reading RoleSetting {} and the assignments of namespace {ns} live",
-                        ar.spec.role_setting
-                    )),
-                });
-            }
-            failed => {
-                let error = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "timed out".to_string(),
-                };
-                tracing::warn!(request = %ar.name_any(), namespace = %ns, %error,
+            Err(e) if !request::decision_committed(&ar) => return Err(e),
+            Err(e) => {
+                tracing::warn!(request = %ar.name_any(), namespace = %ns, error = %e,
                     "could not confirm an ending from live reads; ending it on the caches' word")
             }
         }

@@ -118,18 +118,17 @@ async fn role_setting(ea: &EligibleAssignment, ctx: &Context) -> Option<Arc<Role
     if known_missing {
         return None;
     }
-    match tokio::time::timeout(super::LIVE_READ_TIMEOUT, ctx.live_role_setting(name)).await {
-        Ok(Ok(rs)) => rs.map(Arc::new),
-        failed => {
-            let error = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".to_string(),
-            };
-            tracing::warn!(assignment = %ea.name_any(), role_setting = %name, %error,
-                "could not read the RoleSetting live; taking it as missing");
-            None
-        }
-    }
+    super::live_read(
+        || format!("reading RoleSetting {name} live"),
+        ctx.live_role_setting(name),
+    )
+    .await
+    .map(|rs| rs.map(Arc::new))
+    .unwrap_or_else(|e| {
+        tracing::warn!(assignment = %ea.name_any(), role_setting = %name, error = %e,
+            "could not read the RoleSetting live; taking it as missing");
+        None
+    })
 }
 
 async fn reconcile(cached: Arc<CachedAssignment>, ctx: Arc<Context>) -> Result<Action, Error> {

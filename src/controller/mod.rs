@@ -303,6 +303,16 @@ impl Written {
 /// `assignment::role_setting`): a revocation must not wait on a slow apiserver any longer.
 pub(crate) const LIVE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// `read`, given up after [`LIVE_READ_TIMEOUT`] as [`crate::Error::Timeout`] naming `what`.
+pub(crate) async fn live_read<T>(
+    what: impl FnOnce() -> String,
+    read: impl std::future::Future<Output = Result<T, crate::Error>>,
+) -> Result<T, crate::Error> {
+    tokio::time::timeout(LIVE_READ_TIMEOUT, read)
+        .await
+        .unwrap_or_else(|_| Err(crate::Error::Timeout(what())))
+}
+
 impl Context {
     /// RoleSetting `name` from the cache, or read live when the cache does not have it (yet):
     /// each kind comes on its own watch, so a RoleSetting applied together with an assignment
