@@ -168,6 +168,13 @@ pub struct ReconcileErrorLabels {
     pub kind: &'static str,
 }
 
+/// Labels of metrics per controller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// `activation`, `assignment` or `role_setting`.
+    pub controller: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Labels of dropped notifications.
@@ -233,6 +240,11 @@ pub struct Metrics {
     pub webhook_denials: Family<DenialLabels, Counter<u64, AtomicU64>>,
     /// Failed reconciles by controller and error kind.
     pub reconcile_errors: Family<ReconcileErrorLabels, Counter<u64, AtomicU64>>,
+    /// Triggers handed to kube-runtime's scheduler whose reconcile had not started 30 s later,
+    /// by controller (should stay 0; see `controller::paced`). A new reconcile of an object
+    /// waits for the running one, so a reconcile stuck behind an apiserver that does not
+    /// answer counts here too.
+    pub stale_triggers: Family<ControllerLabels, Counter<u64, AtomicU64>>,
     /// 1 while this replica holds the leader Lease (or runs without election).
     pub leader: Gauge<i64, AtomicI64>,
     /// Notification delivery.
@@ -327,6 +339,12 @@ impl Default for Metrics {
             "Failed reconciles (retried), by controller and error kind",
             reconcile_errors.clone(),
         );
+        let stale_triggers = Family::default();
+        registry.register(
+            "stale_triggers",
+            "Triggers whose reconcile had not started 30s after they were handed to the scheduler, by controller (should stay 0: a reconcile stuck behind an unanswering apiserver, or a bug)",
+            stale_triggers.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -376,6 +394,7 @@ impl Default for Metrics {
             webhook_duration,
             webhook_denials,
             reconcile_errors,
+            stale_triggers,
             leader,
             notifications,
             audit_sink_lag,

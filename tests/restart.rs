@@ -1,12 +1,16 @@
 //! Access ends even when no operator was running at expiry (SPEC invariant 4): the operator is
 //! killed while an activation is Active, the expiry passes, and a new operator process revokes
-//! it as soon as it starts (its start-up pass reconciles every request).
+//! it as soon as it starts (its start-up pass reconciles every request). Its start-up pass also
+//! reaches every one of more assignments than the controllers hand on at once
+//! (`controller::paced`), each freeing its slot as its reconcile starts.
 //!
 //! In its own test binary, so killing the operator disturbs no other test.
 
 mod common;
 
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use common::{admin, namespace, operated, suffix, user};
 use k8s_openapi::api::{core::v1::Secret, rbac::v1::RoleBinding};
@@ -42,6 +46,41 @@ async fn an_activation_that_expired_while_the_operator_was_down_is_revoked_when_
         .create(&PostParams::default(), &rb)
         .await
         .unwrap();
+
+    // More assignments than the controllers hand on to kube-runtime's scheduler at once, each
+    // recorded by the operator.
+    let fillers = 2 * kube_pim::controller::paced::PACE_LIMIT + 10;
+    let names: Vec<String> = (0..fillers).map(|i| format!("filler-{i}")).collect();
+    futures::stream::iter(names.iter().map(|n| {
+        let eas = eas.clone();
+        let pp = pp.clone();
+        let body = json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment", "metadata": {"name": n},
+            "spec": {"roleSetting": rs, "subject": {"kind": "User", "name": format!("{n}-{s}")}}});
+        async move { eas.patch(n, &pp, &Patch::Apply(body)).await.unwrap() }
+    }))
+    .buffer_unordered(8)
+    .collect::<Vec<_>>()
+    .await;
+    let recorded =
+        |ea: &kube_pim::api::EligibleAssignment| ea.status.as_ref().and_then(|s| s.phase).is_some();
+    let unrecorded = || async {
+        eas.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|ea| names.contains(&ea.metadata.name.clone().unwrap_or_default()))
+            .filter(|ea| !recorded(ea))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while unrecorded().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the operator never recorded the fillers"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let alice_c = user(&alice, &[]).await;
     let ar: ActivationRequest = serde_json::from_value(json!({"apiVersion": "kubepim.io/v1alpha1", "kind": "ActivationRequest",
@@ -100,6 +139,23 @@ async fn an_activation_that_expired_while_the_operator_was_down_is_revoked_when_
         refused.message.contains("failed calling webhook"),
         "{}",
         refused.message
+    );
+
+    // What the operator recorded of the fillers, erased while it is down: only its start-up
+    // pass can record them again.
+    for n in &names {
+        eas.patch_status(
+            n,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": null})),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        unrecorded().await,
+        fillers,
+        "the fillers' status was not erased"
     );
 
     // Past the expiry, with nobody to revoke: the binding is still there, and so is access.
@@ -169,6 +225,38 @@ async fn an_activation_that_expired_while_the_operator_was_down_is_revoked_when_
         assert!(Instant::now() < deadline, "access outlived the revocation");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Every filler recorded again: none was left behind in the pacing queue, and no slot had
+    // to be freed for a reconcile that never started.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = unrecorded().await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} of {fillers} assignments never reconciled after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let health = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--health-addr="))
+        .expect("the operator's health address");
+    let metrics = common::http_get(health, "/metrics").await;
+    for controller in ["activation", "assignment", "role_setting"] {
+        let line = format!("kube_pim_stale_triggers_total{{controller=\"{controller}\"}} 0");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{controller}: a trigger's reconcile never started (or the metric is missing):\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.contains("stale_triggers"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
     let expired = ars.get("short").await.unwrap();
     assert_eq!(
         expired.status.unwrap().history.last().unwrap().action,

@@ -22,7 +22,7 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams},
     runtime::{
-        controller::{Action, Controller},
+        controller::Action,
         events::{Event, EventType},
         reflector::{ObjectRef, ReflectHandle},
     },
@@ -32,7 +32,7 @@ use serde_json::json;
 use super::{
     Context, FINALIZER, Trigger,
     cached::{CachedAssignment, CachedClusterRoleBinding, CachedRequest, CachedRoleBinding, Kept},
-    rbac_writes, relate, residual,
+    rbac_writes, related, residual,
 };
 use crate::{
     Error,
@@ -69,54 +69,52 @@ pub async fn controller(
 ) {
     let by_role_setting = ctx.requests.clone();
     let by_assignment = (ctx.requests.clone(), ctx.request_namespaces.clone());
-    let c = Controller::for_shared_stream(t.requests, ctx.requests.clone())
+    let triggers = vec![
+        super::own(t.requests),
         // An extension's progress decides its predecessor's (Superseded once it is Active).
-        .watches_shared_stream(t.extensions, |ar| {
-            let ns = ar.namespace()?;
-            ar.spec
-                .extends
-                .as_ref()
-                .map(|x| ObjectRef::new(x).within(&ns))
-        });
-    let c = relate(c, t.role_settings, move |rs: Arc<RoleSetting>| {
-        let name = rs.name_any();
-        requests_where(&by_role_setting, |ar| ar.spec.role_setting == name)
-    });
-    let c = relate(c, t.assignments, move |ea: Arc<CachedAssignment>| {
-        let (store, index) = &by_assignment;
-        let rs = &ea.spec.role_setting;
-        index
-            .select(
-                store,
-                ea.metadata.namespace.as_deref().unwrap_or_default(),
-                |ar| &ar.spec.role_setting == rs,
-            )
-            .iter()
-            .map(|ar| ObjectRef::from_obj(ar.as_ref()))
-            .collect::<Vec<_>>()
-    });
-    let c = relate(c, t.role_bindings, |b: Arc<CachedRoleBinding>| {
-        owner_ref(b.labels())
-    });
-    let c = relate(
-        c,
-        t.cluster_role_bindings,
-        |b: Arc<CachedClusterRoleBinding>| owner_ref(b.labels()),
-    );
-    // The safety net (policy, the writer's authority, anything missed), each request in its
-    // turn; what is due at a time of its own (an expiry, a start) is a requeue (`requeue`).
-    let resync = super::in_turn(ctx.requests.clone(), ctx.settings.resync);
-    c.reconcile_on(resync)
-        .reconcile_all_on(acting)
-        .with_config(super::controller_config())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "activation reconcile");
-            }
-        })
-        .await;
+        t.extensions
+            .filter_map(|ar| {
+                let to = ar.namespace().and_then(|ns| {
+                    ar.spec
+                        .extends
+                        .as_ref()
+                        .map(|x| ObjectRef::new(x).within(&ns))
+                });
+                async move { to }
+            })
+            .boxed(),
+        related(t.role_settings, move |rs: Arc<RoleSetting>| {
+            let name = rs.name_any();
+            requests_where(&by_role_setting, |ar| ar.spec.role_setting == name)
+        }),
+        related(t.assignments, move |ea: Arc<CachedAssignment>| {
+            let (store, index) = &by_assignment;
+            let rs = &ea.spec.role_setting;
+            index
+                .select(
+                    store,
+                    ea.metadata.namespace.as_deref().unwrap_or_default(),
+                    |ar| &ar.spec.role_setting == rs,
+                )
+                .iter()
+                .map(|ar| ObjectRef::from_obj(ar.as_ref()))
+                .collect::<Vec<_>>()
+        }),
+        related(t.role_bindings, |b: Arc<CachedRoleBinding>| {
+            owner_ref(b.labels())
+        }),
+        related(
+            t.cluster_role_bindings,
+            |b: Arc<CachedClusterRoleBinding>| owner_ref(b.labels()),
+        ),
+        // The safety net (policy, the writer's authority, anything missed), each request in
+        // its turn; what is due at a time of its own (an expiry, a start) is a requeue
+        // (`requeue`).
+        super::in_turn(ctx.requests.clone(), ctx.settings.resync).boxed(),
+        super::all_on(ctx.requests.clone(), acting),
+    ];
+    let store = ctx.requests.clone();
+    super::run("activation", store, triggers, reconcile, error_policy, ctx).await;
 }
 
 fn requests_where(

@@ -18,7 +18,7 @@ use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        controller::{Action, Controller},
+        controller::Action,
         reflector::{ObjectRef, ReflectHandle},
     },
 };
@@ -27,7 +27,7 @@ use serde_json::json;
 use super::{
     Context, FINALIZER, Trigger,
     cached::{CachedAssignment, CachedClusterRoleBinding, CachedRoleBinding, Kept},
-    rbac_writes, relate, wake_for,
+    rbac_writes, related, wake_for,
 };
 use crate::{
     Error,
@@ -56,26 +56,9 @@ pub async fn controller(
     acting: impl futures::Stream<Item = ()> + Send + Sync + 'static,
 ) {
     let store = ctx.assignments.clone();
-    let c = Controller::for_shared_stream(t.assignments, ctx.assignments.clone());
-    let c = relate(c, t.role_settings, move |rs: Arc<RoleSetting>| {
-        let name = rs.name_any();
-        store
-            .state_filter(|ea| ea.spec.role_setting == name)
-            .iter()
-            .map(|ea| ObjectRef::from_obj(ea.as_ref()))
-            .collect::<Vec<_>>()
-    });
     let owner = |labels: &Kept| {
         bindings::assignment_owner_of(labels).map(|(ns, name, _)| ObjectRef::new(name).within(ns))
     };
-    let c = relate(c, t.role_bindings, move |b: Arc<CachedRoleBinding>| {
-        owner(b.labels())
-    });
-    let c = relate(
-        c,
-        t.cluster_role_bindings,
-        move |b: Arc<CachedClusterRoleBinding>| owner(b.labels()),
-    );
     // The safety net (and the re-check of the writer's authority) for all at once; only a
     // window's boundary is a requeue of its own. Each tick starts a round of the authorizer,
     // so its reconciles ask every writer afresh: a writer who lost `bind` loses what they
@@ -83,12 +66,30 @@ pub async fn controller(
     // one assignment would serve another's turn.)
     let authz = ctx.clone();
     let resync = super::every(ctx.settings.resync).inspect(move |()| authz.authz.new_round());
-    c.reconcile_all_on(futures::stream::select(acting, resync))
-        .with_config(super::controller_config())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+    let triggers = vec![
+        super::own(t.assignments),
+        related(t.role_settings, move |rs: Arc<RoleSetting>| {
+            let name = rs.name_any();
+            store
+                .state_filter(|ea| ea.spec.role_setting == name)
+                .iter()
+                .map(|ea| ObjectRef::from_obj(ea.as_ref()))
+                .collect::<Vec<_>>()
+        }),
+        related(t.role_bindings, move |b: Arc<CachedRoleBinding>| {
+            owner(b.labels())
+        }),
+        related(
+            t.cluster_role_bindings,
+            move |b: Arc<CachedClusterRoleBinding>| owner(b.labels()),
+        ),
+        super::all_on(
+            ctx.assignments.clone(),
+            futures::stream::select(acting, resync),
+        ),
+    ];
+    let store = ctx.assignments.clone();
+    super::run("assignment", store, triggers, reconcile, error_policy, ctx).await;
 }
 
 fn error_policy(ea: Arc<CachedAssignment>, e: &Error, ctx: Arc<Context>) -> Action {

@@ -19,6 +19,7 @@ pub mod cached;
 pub mod events;
 pub mod index;
 pub mod lenient;
+pub mod paced;
 pub mod packed;
 pub mod rbac_writes;
 pub mod residual;
@@ -28,14 +29,14 @@ pub mod standing;
 use std::{sync::Arc, time::Duration};
 
 use chrono::TimeDelta;
-use futures::{StreamExt, future::BoxFuture};
+use futures::{StreamExt, future::BoxFuture, stream::BoxStream};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::{
     Api, Client,
     runtime::{
         Controller, WatchStreamExt,
         events::Reporter,
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -521,14 +522,14 @@ impl<K> Watched for K where
 {
 }
 
-/// Adds `t` as a trigger of controller `c`: `map` names the objects of `c` to reconcile when
-/// an object of `t` changes or is deleted.
-pub fn relate<K, O, M, I>(c: Controller<K>, t: Trigger<O>, map: M) -> Controller<K>
+/// The objects of a controller's kind to reconcile when an object of `t` changes or is
+/// deleted: `map` names them.
+pub fn related<K, O, M, I>(t: Trigger<O>, map: M) -> BoxStream<'static, ObjectRef<K>>
 where
     K: Watched,
     O: Send + Sync + 'static,
     M: Fn(Arc<O>) -> I + Clone + Send + Sync + 'static,
-    I: IntoIterator<Item = kube::runtime::reflector::ObjectRef<K>> + Send + 'static,
+    I: IntoIterator<Item = ObjectRef<K>> + Send + 'static,
     I::IntoIter: Send,
 {
     let on_delete = map.clone();
@@ -536,7 +537,87 @@ where
     let deleted = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
         .flat_map(move |o| futures::stream::iter(on_delete(o)));
     let changed = t.changed.flat_map(move |o| futures::stream::iter(map(o)));
-    c.reconcile_on(changed).reconcile_on(deleted)
+    futures::stream::select(changed, deleted).boxed()
+}
+
+/// The objects of a subscription to a controller's own kind, each as it changes.
+pub fn own<K: Watched>(
+    changed: impl futures::Stream<Item = Arc<K>> + Send + 'static,
+) -> BoxStream<'static, ObjectRef<K>> {
+    changed.map(|o| ObjectRef::from_obj(o.as_ref())).boxed()
+}
+
+/// Every object of `store`, each time `tick` yields.
+pub fn all_on<K: Watched>(
+    store: Store<K>,
+    tick: impl futures::Stream<Item = ()> + Send + 'static,
+) -> BoxStream<'static, ObjectRef<K>> {
+    tick.flat_map(move |()| {
+        let all: Vec<_> = store
+            .state()
+            .iter()
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect();
+        futures::stream::iter(all)
+    })
+    .boxed()
+}
+
+/// Runs the controller of `store`'s kind until shutdown: `triggers` name the objects to
+/// reconcile, handed on to kube-runtime's scheduler at the pace reconciles start
+/// ([`paced`]); `name` is for the logs.
+pub async fn run<K, F, Fut>(
+    name: &'static str,
+    store: Store<K>,
+    triggers: Vec<BoxStream<'static, ObjectRef<K>>>,
+    mut reconcile: F,
+    error_policy: fn(Arc<K>, &crate::Error, Arc<Context>) -> kube::runtime::controller::Action,
+    ctx: Arc<Context>,
+) where
+    K: Watched,
+    F: FnMut(Arc<K>, Arc<Context>) -> Fut,
+    Fut: std::future::Future<Output = Result<kube::runtime::controller::Action, crate::Error>>
+        + Send
+        + 'static,
+{
+    let stale = ctx
+        .metrics
+        .stale_triggers
+        .get_or_create(&crate::metrics::ControllerLabels { controller: name })
+        .clone();
+    let pace = paced::Pace::new(paced::PACE_LIMIT, stale);
+    let queue = paced::paced(futures::stream::select_all(triggers), pace.clone());
+    let starts = pace.clone();
+    // Every trigger comes through `queue`; the controller's own stream is none of them.
+    Controller::for_shared_stream(futures::stream::pending(), store)
+        .reconcile_on(queue)
+        .with_config(controller_config())
+        .shutdown_on_signal()
+        .run(
+            move |o: Arc<K>, ctx| {
+                // Before the reconcile reads anything past the object it was handed: a trigger
+                // that arrives from here on is handed on anew (see `paced`).
+                starts.started(
+                    o.meta().namespace.as_deref(),
+                    &o.meta().name.clone().unwrap_or_default(),
+                );
+                reconcile(o, ctx)
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(move |r| {
+            match r {
+                Err(kube::runtime::controller::Error::ObjectNotFound(o)) => {
+                    // Deleted after it was triggered: no reconcile starts for it.
+                    pace.started(o.namespace.as_deref(), &o.name);
+                }
+                Err(e) => tracing::debug!(controller = name, error = %e, "reconcile"),
+                Ok(_) => {}
+            }
+            async {}
+        })
+        .await;
 }
 
 /// One watch of a resource type: its cache, and triggers for the controllers it concerns.

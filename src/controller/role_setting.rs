@@ -5,13 +5,12 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use futures::StreamExt;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        controller::{Action, Controller},
+        controller::Action,
         reflector::{ObjectRef, ReflectHandle},
     },
 };
@@ -20,7 +19,7 @@ use serde_json::json;
 use super::{
     Context, Trigger,
     cached::{CachedAssignment, CachedRequest},
-    relate,
+    related,
 };
 use crate::{
     Error,
@@ -49,30 +48,40 @@ pub async fn controller(
     acting: impl futures::Stream<Item = ()> + Send + Sync + 'static,
 ) {
     let by_role = ctx.role_settings.clone();
-    let c = Controller::for_shared_stream(t.role_settings, ctx.role_settings.clone());
-    let c = relate(c, t.assignments, |ea: Arc<CachedAssignment>| {
-        Some(ObjectRef::new(&ea.spec.role_setting))
-    });
-    let c = relate(c, t.requests, |ar: Arc<CachedRequest>| {
-        Some(ObjectRef::new(&ar.spec.role_setting))
-    });
-    let c = relate(c, t.cluster_roles, move |cr: Arc<ClusterRole>| {
-        let name = cr.name_any();
-        by_role
-            .state()
-            .iter()
-            .filter(|rs| rs.spec.role_refs.iter().any(|r| r.name == name))
-            .map(|rs| ObjectRef::from_obj(rs.as_ref()))
-            .collect::<Vec<_>>()
-    });
     let mut rx = t.discovered;
-    let c = c.reconcile_all_on(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-    c.reconcile_all_on(acting)
-        .with_config(super::controller_config())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+    let discovered = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let triggers = vec![
+        super::own(t.role_settings),
+        related(t.assignments, |ea: Arc<CachedAssignment>| {
+            Some(ObjectRef::new(&ea.spec.role_setting))
+        }),
+        related(t.requests, |ar: Arc<CachedRequest>| {
+            Some(ObjectRef::new(&ar.spec.role_setting))
+        }),
+        related(t.cluster_roles, move |cr: Arc<ClusterRole>| {
+            let name = cr.name_any();
+            by_role
+                .state()
+                .iter()
+                .filter(|rs| rs.spec.role_refs.iter().any(|r| r.name == name))
+                .map(|rs| ObjectRef::from_obj(rs.as_ref()))
+                .collect::<Vec<_>>()
+        }),
+        super::all_on(
+            ctx.role_settings.clone(),
+            futures::stream::select(discovered, acting),
+        ),
+    ];
+    let store = ctx.role_settings.clone();
+    super::run(
+        "role_setting",
+        store,
+        triggers,
+        reconcile,
+        error_policy,
+        ctx,
+    )
+    .await;
 }
 
 fn error_policy(rs: Arc<RoleSetting>, e: &Error, ctx: Arc<Context>) -> Action {
