@@ -61,6 +61,24 @@ fn the_benchmark_runs_and_writes_its_results() {
             .is_some_and(|w| w > 0.0),
         "{results}"
     );
+    // Which process a throughput limit is: each one's cores, and the machine's.
+    for cores in [
+        &results["throughput"]["steps"][0]["cpu_cores"],
+        &results["throughput"]["baseline_writes_cpu_cores"],
+    ] {
+        for who in ["etcd", "kube-apiserver", "benchmark", "machine"] {
+            assert!(
+                cores[who].as_f64().is_some_and(|c| c >= 0.0),
+                "{who}: {results}"
+            );
+        }
+    }
+    assert!(
+        results["throughput"]["steps"][0]["cpu_cores"]["kube-pim"]
+            .as_f64()
+            .is_some_and(|c| c >= 0.0),
+        "{results}"
+    );
     let memory = &results["memory"][0];
     assert!(
         memory["assignments"].as_u64().is_some_and(|n| n >= 20)

@@ -95,6 +95,19 @@ pub fn per_activation(counts: &BTreeMap<String, f64>, activations: usize) -> BTr
         .collect()
 }
 
+/// Cores by process, for the report: "kube-apiserver 0.92, etcd 0.31, ..., machine 1.95".
+fn cores(c: &BTreeMap<String, f64>) -> String {
+    let mut parts: Vec<String> = c
+        .iter()
+        .filter(|(k, _)| k.as_str() != "machine")
+        .map(|(k, v)| format!("{k} {v:.2}"))
+        .collect();
+    if let Some(m) = c.get("machine") {
+        parts.push(format!("machine {m:.2}"));
+    }
+    parts.join(", ")
+}
+
 /// One throughput step: an offered rate of activations, open loop.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Step {
@@ -113,6 +126,9 @@ pub struct Step {
     pub backlog_flat: bool,
     /// Activations whose binding was not seen within the step's length plus a minute.
     pub not_seen: usize,
+    /// Cores used over the step's offered window, by process (`etcd`, `kube-apiserver`,
+    /// `kube-controller-manager`, `kube-pim`, `benchmark`) and by the whole `machine`.
+    pub cpu_cores: BTreeMap<String, f64>,
 }
 
 /// Sustained throughput against the baseline's write capacity.
@@ -120,6 +136,8 @@ pub struct Step {
 pub struct Throughput {
     /// Creates per second the baseline apiserver sustains from 16 concurrent clients.
     pub baseline_writes_per_s: f64,
+    /// Cores used while the baseline's write capacity was measured (as [`Step::cpu_cores`]).
+    pub baseline_writes_cpu_cores: BTreeMap<String, f64>,
     /// Writes per activation lifecycle (the requester's create plus the operator's writes).
     pub writes_per_activation: f64,
     /// SPEC section 8: 70 % of the baseline's write capacity divided by writes per activation.
@@ -283,6 +301,10 @@ impl Report {
             "throughput: sustained {:.1}/s; target {:.1}/s (70% of {:.0} writes/s over {:.1} writes per activation)\n",
             th.sustained_per_s, th.target_per_s, th.baseline_writes_per_s, th.writes_per_activation
         ));
+        t.push_str(&format!(
+            "  baseline write capacity, cores: {}\n",
+            cores(&th.baseline_writes_cpu_cores)
+        ));
         for s in &th.steps {
             t.push_str(&format!(
                 "  offered {:>6.1}/s achieved {:>6.1}/s  p50 {:>7.1} p99 {:>7.1} max {:>7.1} ms  backlog {}\n",
@@ -293,6 +315,7 @@ impl Report {
                 s.latency.max_ms,
                 if s.backlog_flat { "flat" } else { "growing" }
             ));
+            t.push_str(&format!("    cores: {}\n", cores(&s.cpu_cores)));
         }
         for m in &self.memory {
             t.push_str(&format!(

@@ -226,6 +226,8 @@ struct Baseline {
     approval: Vec<f64>,
     revocation: Vec<f64>,
     writes_per_s: f64,
+    /// Cores each process used while the write capacity was measured.
+    writes_cpu_cores: BTreeMap<String, f64>,
     delete_n_ms: f64,
 }
 
@@ -289,6 +291,7 @@ async fn baseline(o: &Options) -> Result<Baseline> {
     // Write capacity: WORKERS clients creating small objects back to back.
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
     let window = Duration::from_secs(o.rate_secs.clamp(2, 10));
+    let meter = CpuMeter::start(&cp);
     let t0 = Instant::now();
     let counts = join_all((0..WORKERS).map(|w| {
         let cms = cms.clone();
@@ -311,6 +314,7 @@ async fn baseline(o: &Options) -> Result<Baseline> {
         writes += c?;
     }
     let writes_per_s = writes as f64 / t0.elapsed().as_secs_f64();
+    let writes_cpu_cores = meter.cores();
     // N bindings deleted by WORKERS clients: the least a restart sweep must do.
     let names: Vec<String> = (0..o.restart).map(|i| format!("sweep-{i}")).collect();
     bulk(names.clone(), |n| {
@@ -350,6 +354,7 @@ async fn baseline(o: &Options) -> Result<Baseline> {
         approval,
         revocation,
         writes_per_s,
+        writes_cpu_cores,
         delete_n_ms,
     })
 }
@@ -370,6 +375,64 @@ fn cpu_seconds(pid: u32) -> f64 {
     };
     // utime and stime are fields 14 and 15; index 11 and 12 after the state field.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The machine's busy and total CPU seconds over all cores, from /proc/stat.
+fn machine_cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let total: f64 = ticks.iter().take(8).sum();
+    // idle and iowait are fields 4 and 5.
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    ((total - idle) / 100.0, total / 100.0)
+}
+
+/// CPU use of each process of a control plane, of this benchmark and of the whole machine
+/// over a window: which of them a throughput limit is.
+struct CpuMeter {
+    at: Instant,
+    machine: f64,
+    procs: Vec<(String, u32, f64)>,
+}
+
+impl CpuMeter {
+    fn start(cp: &ControlPlane) -> Self {
+        let mut pids = cp.pids();
+        pids.push(("benchmark".into(), std::process::id()));
+        Self {
+            at: Instant::now(),
+            machine: machine_cpu_seconds().0,
+            procs: pids
+                .into_iter()
+                .map(|(name, pid)| (name, pid, cpu_seconds(pid)))
+                .collect(),
+        }
+    }
+
+    /// Cores used since `start`, by process name, and `machine` for every process together.
+    fn cores(&self) -> BTreeMap<String, f64> {
+        let secs = self.at.elapsed().as_secs_f64().max(0.001);
+        let round2 = |x: f64| (x * 100.0).round() / 100.0;
+        let mut out: BTreeMap<String, f64> = self
+            .procs
+            .iter()
+            .map(|(name, pid, cpu)| (name.clone(), round2((cpu_seconds(*pid) - cpu) / secs)))
+            .collect();
+        out.insert(
+            "machine".into(),
+            round2((machine_cpu_seconds().0 - self.machine) / secs),
+        );
+        out
+    }
 }
 
 /// (VmRSS, VmHWM, RssFile) in MiB. RssFile is the part of VmRSS that is pages of mapped files
@@ -717,7 +780,12 @@ async fn throughput_step(w: &World, rate: f64, secs: u64) -> Result<Step> {
             Ok::<_, Error>((t0, seen))
         }
     });
-    let results = join_all(sends).await;
+    // CPU over the offered window only (not the wait for stragglers after it).
+    let meter = CpuMeter::start(&w.cp);
+    let (results, cpu_cores) = futures::join!(join_all(sends), async {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        meter.cores()
+    });
     let mut lat = Vec::new();
     let mut last = Instant::now();
     let first = Instant::now();
@@ -747,6 +815,7 @@ async fn throughput_step(w: &World, rate: f64, secs: u64) -> Result<Step> {
         // A backlog shows as latency that grows through the step (or bindings never seen).
         backlog_flat: missing == 0 && late <= early * 1.5 + 50.0,
         not_seen: missing,
+        cpu_cores,
     })
 }
 
@@ -965,6 +1034,7 @@ pub async fn run(o: &Options) -> Result<Report> {
         rss_peak_mib: round1(peak),
         throughput: Throughput {
             baseline_writes_per_s: round1(base.writes_per_s),
+            baseline_writes_cpu_cores: base.writes_cpu_cores,
             writes_per_activation: round1(writes_per_activation),
             target_per_s,
             steps,

@@ -716,6 +716,15 @@ impl ControlPlane {
         write(&self.env.dir.join("pids"), pids)
     }
 
+    /// Each running process's name and id (etcd, kube-apiserver, kube-controller-manager,
+    /// kube-pim).
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.processes
+            .iter()
+            .filter_map(|p| p.pid().map(|pid| (p.name().to_string(), pid)))
+            .collect()
+    }
+
     /// The operator process's id, while it runs.
     pub fn operator_pid(&self) -> Option<u32> {
         self.processes
