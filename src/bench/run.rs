@@ -61,6 +61,9 @@ pub struct Options {
     pub operator_bin: PathBuf,
     /// Scratch directory for the control planes.
     pub dir: PathBuf,
+    /// Where kube-apiserver's CPU profiles of the throughput steps and of the baseline's
+    /// write capacity go, if anywhere.
+    pub profile_dir: Option<PathBuf>,
 }
 
 const NS: &str = "bench";
@@ -292,29 +295,40 @@ async fn baseline(o: &Options) -> Result<Baseline> {
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
     let window = Duration::from_secs(o.rate_secs.clamp(2, 10));
     let meter = CpuMeter::start(&cp);
+    let profile = apiserver_profile(
+        &admin,
+        window.as_secs(),
+        o.profile_dir
+            .as_ref()
+            .map(|d| d.join("apiserver-baseline-writes.pb.gz")),
+    );
     let t0 = Instant::now();
-    let counts = join_all((0..WORKERS).map(|w| {
-        let cms = cms.clone();
-        async move {
-            let mut n = 0u64;
-            while t0.elapsed() < window {
-                let cm: ConfigMap = serde_json::from_value(
-                    json!({"metadata": {"name": format!("w{w}-{n}")}, "data": {"k": "v"}}),
-                )
-                .expect("valid");
-                cms.create(&PostParams::default(), &cm).await?;
-                n += 1;
+    let writers = async {
+        let counts = join_all((0..WORKERS).map(|w| {
+            let cms = cms.clone();
+            async move {
+                let mut n = 0u64;
+                while t0.elapsed() < window {
+                    let cm: ConfigMap = serde_json::from_value(
+                        json!({"metadata": {"name": format!("w{w}-{n}")}, "data": {"k": "v"}}),
+                    )
+                    .expect("valid");
+                    cms.create(&PostParams::default(), &cm).await?;
+                    n += 1;
+                }
+                Ok::<_, Error>(n)
             }
-            Ok::<_, Error>(n)
-        }
-    }))
-    .await;
+        }))
+        .await;
+        // Taken here: the profile's answer may come a little after the window.
+        (counts, t0.elapsed(), meter.cores())
+    };
+    let ((counts, elapsed, writes_cpu_cores), ()) = futures::join!(writers, profile);
     let mut writes = 0u64;
     for c in counts {
         writes += c?;
     }
-    let writes_per_s = writes as f64 / t0.elapsed().as_secs_f64();
-    let writes_cpu_cores = meter.cores();
+    let writes_per_s = writes as f64 / elapsed.as_secs_f64();
     // N bindings deleted by WORKERS clients: the least a restart sweep must do.
     let names: Vec<String> = (0..o.restart).map(|i| format!("sweep-{i}")).collect();
     bulk(names.clone(), |n| {
@@ -375,6 +389,28 @@ fn cpu_seconds(pid: u32) -> f64 {
     };
     // utime and stime are fields 14 and 15; index 11 and 12 after the state field.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// kube-apiserver's CPU profile over the next `secs` seconds (its `/debug/pprof/profile`,
+/// which `--profiling`, on by default, serves to cluster admins), written to `path`; with no
+/// path, nothing. A failure is reported and does not end the benchmark.
+async fn apiserver_profile(admin: &Client, secs: u64, path: Option<PathBuf>) {
+    use futures::AsyncReadExt;
+    let Some(path) = path else { return };
+    let fetch = async {
+        let req = http::Request::get(format!("/debug/pprof/profile?seconds={secs}"))
+            .body(Vec::new())
+            .map_err(|e| err(e.to_string()))?;
+        let mut body = admin.request_stream(req).await?;
+        let mut buf = Vec::new();
+        body.read_to_end(&mut buf)
+            .await
+            .map_err(|e| err(format!("reading the profile: {e}")))?;
+        std::fs::write(&path, buf).map_err(Error::io("write", &path))
+    };
+    if let Err(e) = fetch.await {
+        tracing::warn!(error = %e, path = %path.display(), "no apiserver profile");
+    }
 }
 
 /// The machine's busy and total CPU seconds over all cores, from /proc/stat.
@@ -759,7 +795,12 @@ async fn lifecycles(w: &World, n: usize) -> Result<Lifecycles> {
 
 /// Open-loop load: `rate` activations per second for `secs`, spread over the namespaces, each
 /// timed from its create call to its binding.
-async fn throughput_step(w: &World, rate: f64, secs: u64) -> Result<Step> {
+async fn throughput_step(
+    w: &World,
+    rate: f64,
+    secs: u64,
+    profile: Option<PathBuf>,
+) -> Result<Step> {
     let n = ((rate * secs as f64).round() as usize).max(1);
     let start = tokio::time::Instant::now();
     let sends = (0..n).map(|i| {
@@ -782,10 +823,14 @@ async fn throughput_step(w: &World, rate: f64, secs: u64) -> Result<Step> {
     });
     // CPU over the offered window only (not the wait for stragglers after it).
     let meter = CpuMeter::start(&w.cp);
-    let (results, cpu_cores) = futures::join!(join_all(sends), async {
-        tokio::time::sleep(Duration::from_secs(secs)).await;
-        meter.cores()
-    });
+    let (results, cpu_cores, ()) = futures::join!(
+        join_all(sends),
+        async {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            meter.cores()
+        },
+        apiserver_profile(&w.admin, secs, profile)
+    );
     let mut lat = Vec::new();
     let mut last = Instant::now();
     let first = Instant::now();
@@ -971,7 +1016,11 @@ pub async fn run(o: &Options) -> Result<Report> {
     let mut steps = Vec::new();
     for &rate in &o.rates {
         w.settle().await?;
-        let s = throughput_step(&w, rate, o.rate_secs).await?;
+        let profile = o
+            .profile_dir
+            .as_ref()
+            .map(|d| d.join(format!("apiserver-{rate}-per-s.pb.gz")));
+        let s = throughput_step(&w, rate, o.rate_secs, profile).await?;
         let ok = s.latency.p99_ms < 1000.0 && s.backlog_flat;
         steps.push(s);
         if !ok {

@@ -39,6 +39,10 @@ struct Cli {
     /// Scratch directory for the control planes (emptied first).
     #[arg(long, default_value = "target/bench/run")]
     dir: PathBuf,
+    /// Also write kube-apiserver's CPU profile (pprof) of each throughput step and of the
+    /// baseline's write capacity here; read them with `go tool pprof -top FILE`.
+    #[arg(long)]
+    profile_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,12 @@ fn main() -> ExitCode {
         "warn,kube_client::client::builder=off",
     );
     let _ = std::fs::remove_dir_all(&cli.dir);
+    if let Some(d) = &cli.profile_dir
+        && let Err(e) = std::fs::create_dir_all(d)
+    {
+        eprintln!("kube-pim-bench: cannot create {}: {e}", d.display());
+        return ExitCode::FAILURE;
+    }
     let opts = kube_pim::bench::run::Options {
         samples: cli.samples,
         runs: cli.runs,
@@ -59,6 +69,10 @@ fn main() -> ExitCode {
         scale: cli.scale.clone(),
         operator_bin: std::path::absolute(&cli.operator_bin).unwrap_or(cli.operator_bin.clone()),
         dir: cli.dir.clone(),
+        profile_dir: cli
+            .profile_dir
+            .as_ref()
+            .map(|d| std::path::absolute(d).unwrap_or(d.clone())),
     };
     match kube_pim::cli::runtime().block_on(kube_pim::bench::run::run(&opts)) {
         Ok(report) => {
