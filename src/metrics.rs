@@ -245,6 +245,9 @@ pub struct Metrics {
     /// waits for the running one, so a reconcile stuck behind an apiserver that does not
     /// answer counts here too.
     pub stale_triggers: Family<ControllerLabels, Counter<u64, AtomicU64>>,
+    /// Triggers handed to kube-runtime's scheduler whose reconcile has not started yet, by
+    /// controller (at most 64 each; 0 when the controller is idle).
+    pub triggers_in_flight: Family<ControllerLabels, Gauge<i64, AtomicI64>>,
     /// 1 while this replica holds the leader Lease (or runs without election).
     pub leader: Gauge<i64, AtomicI64>,
     /// Notification delivery.
@@ -345,6 +348,12 @@ impl Default for Metrics {
             "Triggers whose reconcile had not started 30s after they were handed to the scheduler, by controller (should stay 0: a reconcile stuck behind an unanswering apiserver, or a bug)",
             stale_triggers.clone(),
         );
+        let triggers_in_flight = Family::default();
+        registry.register(
+            "triggers_in_flight",
+            "Triggers handed to kube-runtime's scheduler whose reconcile has not started yet, by controller (at most 64; 0 when idle)",
+            triggers_in_flight.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -395,6 +404,7 @@ impl Default for Metrics {
             webhook_denials,
             reconcile_errors,
             stale_triggers,
+            triggers_in_flight,
             leader,
             notifications,
             audit_sink_lag,

@@ -243,7 +243,33 @@ async fn an_activation_that_expired_while_the_operator_was_down_is_revoked_when_
         .iter()
         .find_map(|a| a.strip_prefix("--health-addr="))
         .expect("the operator's health address");
-    let metrics = common::http_get(health, "/metrics").await;
+    // Once quiet, no trigger is held between the pacing queue and a reconcile start (a slot
+    // that leaked would stay held until it went stale 30 s later), and none went stale.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let metrics = common::http_get(health, "/metrics").await;
+        let held: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("kube_pim_triggers_in_flight{") && !l.ends_with(" 0"))
+            .collect();
+        let all = ["activation", "assignment", "role_setting"]
+            .iter()
+            .all(|c| {
+                metrics.lines().any(|l| {
+                    l.starts_with(&format!(
+                        "kube_pim_triggers_in_flight{{controller=\"{c}\"}}"
+                    ))
+                })
+            });
+        if all && held.is_empty() {
+            break metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "triggers still held after the restart settled: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     for controller in ["activation", "assignment", "role_setting"] {
         let line = format!("kube_pim_stale_triggers_total{{controller=\"{controller}\"}} 0");
         assert!(

@@ -47,6 +47,8 @@ use crate::{
 
 /// The watches that trigger this controller.
 pub struct Triggers {
+    /// Turns true once the cache of this controller's own kind has listed its objects.
+    pub synced: tokio::sync::watch::Receiver<bool>,
     /// ActivationRequests.
     pub requests: ReflectHandle<CachedRequest>,
     /// ActivationRequests again, to wake the request an extension extends.
@@ -107,6 +109,8 @@ pub async fn controller(
             t.cluster_role_bindings,
             |b: Arc<CachedClusterRoleBinding>| owner_ref(b.labels()),
         ),
+    ];
+    let bulk = vec![
         // The safety net (policy, the writer's authority, anything missed), each request in
         // its turn; what is due at a time of its own (an expiry, a start) is a requeue
         // (`requeue`).
@@ -114,7 +118,17 @@ pub async fn controller(
         super::all_on(ctx.requests.clone(), acting),
     ];
     let store = ctx.requests.clone();
-    super::run("activation", store, triggers, reconcile, error_policy, ctx).await;
+    super::run(
+        "activation",
+        store,
+        t.synced,
+        triggers,
+        bulk,
+        reconcile,
+        error_policy,
+        ctx,
+    )
+    .await;
 }
 
 fn requests_where(

@@ -39,6 +39,8 @@ use crate::{
 
 /// The watches that trigger this controller.
 pub struct Triggers {
+    /// Turns true once the cache of this controller's own kind has listed its objects.
+    pub synced: tokio::sync::watch::Receiver<bool>,
     /// EligibleAssignments.
     pub assignments: ReflectHandle<CachedAssignment>,
     /// RoleSettings (an assignment's validity follows its RoleSetting).
@@ -83,13 +85,23 @@ pub async fn controller(
             t.cluster_role_bindings,
             move |b: Arc<CachedClusterRoleBinding>| owner(b.labels()),
         ),
-        super::all_on(
-            ctx.assignments.clone(),
-            futures::stream::select(acting, resync),
-        ),
     ];
+    let bulk = vec![super::all_on(
+        ctx.assignments.clone(),
+        futures::stream::select(acting, resync),
+    )];
     let store = ctx.assignments.clone();
-    super::run("assignment", store, triggers, reconcile, error_policy, ctx).await;
+    super::run(
+        "assignment",
+        store,
+        t.synced,
+        triggers,
+        bulk,
+        reconcile,
+        error_policy,
+        ctx,
+    )
+    .await;
 }
 
 fn error_policy(ea: Arc<CachedAssignment>, e: &Error, ctx: Arc<Context>) -> Action {

@@ -34,7 +34,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::{
     Api, Client,
     runtime::{
-        Controller, WatchStreamExt,
+        WatchStreamExt,
         events::Reporter,
         reflector::{self, ObjectRef, Store},
         watcher,
@@ -563,14 +563,18 @@ pub fn all_on<K: Watched>(
     .boxed()
 }
 
-/// Runs the controller of `store`'s kind until shutdown: `triggers` name the objects to
-/// reconcile, handed on to kube-runtime's scheduler at the pace reconciles start
-/// ([`paced`]); `name` is for the logs.
+/// Runs the controller of `store`'s kind until shutdown: `events` (something happened) and
+/// `bulk` (sweeps over every object) name the objects to reconcile, handed on to kube-runtime's
+/// scheduler at the pace reconciles start, events first, once `synced` (the store has listed
+/// its objects) says so ([`paced`]); `name` is for the logs and metrics.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<K, F, Fut>(
     name: &'static str,
     store: Store<K>,
-    triggers: Vec<BoxStream<'static, ObjectRef<K>>>,
-    mut reconcile: F,
+    mut synced: tokio::sync::watch::Receiver<bool>,
+    events: Vec<BoxStream<'static, ObjectRef<K>>>,
+    bulk: Vec<BoxStream<'static, ObjectRef<K>>>,
+    reconcile: F,
     error_policy: fn(Arc<K>, &crate::Error, Arc<Context>) -> kube::runtime::controller::Action,
     ctx: Arc<Context>,
 ) where
@@ -580,44 +584,27 @@ pub async fn run<K, F, Fut>(
         + Send
         + 'static,
 {
-    let stale = ctx
-        .metrics
-        .stale_triggers
-        .get_or_create(&crate::metrics::ControllerLabels { controller: name })
-        .clone();
-    let pace = paced::Pace::new(paced::PACE_LIMIT, stale);
-    let queue = paced::paced(futures::stream::select_all(triggers), pace.clone());
-    let starts = pace.clone();
-    // Every trigger comes through `queue`; the controller's own stream is none of them.
-    Controller::for_shared_stream(futures::stream::pending(), store)
-        .reconcile_on(queue)
-        .with_config(controller_config())
-        .shutdown_on_signal()
-        .run(
-            move |o: Arc<K>, ctx| {
-                // Before the reconcile reads anything past the object it was handed: a trigger
-                // that arrives from here on is handed on anew (see `paced`).
-                starts.started(
-                    o.meta().namespace.as_deref(),
-                    &o.meta().name.clone().unwrap_or_default(),
-                );
-                reconcile(o, ctx)
-            },
-            error_policy,
-            ctx,
-        )
-        .for_each(move |r| {
-            match r {
-                Err(kube::runtime::controller::Error::ObjectNotFound(o)) => {
-                    // Deleted after it was triggered: no reconcile starts for it.
-                    pace.started(o.namespace.as_deref(), &o.name);
-                }
-                Err(e) => tracing::debug!(controller = name, error = %e, "reconcile"),
-                Ok(_) => {}
-            }
-            async {}
-        })
-        .await;
+    let label = crate::metrics::ControllerLabels { controller: name };
+    let metrics = paced::PaceMetrics {
+        stale: ctx.metrics.stale_triggers.get_or_create(&label).clone(),
+        in_flight: ctx.metrics.triggers_in_flight.get_or_create(&label).clone(),
+    };
+    let pace = paced::Pace::new(paced::PACE_LIMIT, metrics);
+    let ready = async move {
+        // An error: the watch task ended, which only happens at shutdown.
+        let _ = synced.wait_for(|s| *s).await;
+    };
+    let queue = paced::paced(events, bulk, Box::pin(ready), pace.clone());
+    paced::drive(
+        store,
+        queue,
+        pace,
+        reconcile,
+        error_policy,
+        ctx,
+        |e| tracing::debug!(controller = name, error = %e, "reconcile"),
+    )
+    .await;
 }
 
 /// One watch of a resource type: its cache, and triggers for the controllers it concerns.
@@ -773,6 +760,7 @@ pub fn start(
     const RS_COUNTERS: &[&str] = &["/status/activeActivations", "/status/assignments"];
     const EA_COUNTERS: &[&str] = &["/status/activations", "/status/lastActivationTime"];
     let activation_triggers = activation::Triggers {
+        synced: ar.synced().1,
         requests: ar.subscribe(),
         extensions: ar.subscribe(),
         role_settings: rs.trigger().ignoring(RS_COUNTERS),
@@ -781,6 +769,7 @@ pub fn start(
         cluster_role_bindings: crb.trigger(),
     };
     let assignment_triggers = assignment::Triggers {
+        synced: ea.synced().1,
         assignments: ea.subscribe(),
         role_settings: rs.trigger().ignoring(RS_COUNTERS),
         role_bindings: rb.trigger(),
@@ -788,6 +777,7 @@ pub fn start(
     };
     let (discovered_tx, discovered_rx) = tokio::sync::mpsc::unbounded_channel();
     let role_setting_triggers = role_setting::Triggers {
+        synced: rs.synced().1,
         discovered: discovered_rx,
         role_settings: rs.subscribe(),
         // A RoleSetting's status counts the assignments naming it and its Active requests:

@@ -29,6 +29,8 @@ use crate::{
 
 /// The watches that trigger this controller.
 pub struct Triggers {
+    /// Turns true once the cache of this controller's own kind has listed its objects.
+    pub synced: tokio::sync::watch::Receiver<bool>,
     /// A discovery round finished: publish its findings on every RoleSetting.
     pub discovered: tokio::sync::mpsc::UnboundedReceiver<()>,
     /// RoleSettings.
@@ -67,16 +69,19 @@ pub async fn controller(
                 .map(|rs| ObjectRef::from_obj(rs.as_ref()))
                 .collect::<Vec<_>>()
         }),
-        super::all_on(
-            ctx.role_settings.clone(),
-            futures::stream::select(discovered, acting),
-        ),
     ];
+    // Discovery of unmanaged bindings and the replica starting to act: every RoleSetting.
+    let bulk = vec![super::all_on(
+        ctx.role_settings.clone(),
+        futures::stream::select(discovered, acting),
+    )];
     let store = ctx.role_settings.clone();
     super::run(
         "role_setting",
         store,
+        t.synced,
         triggers,
+        bulk,
         reconcile,
         error_policy,
         ctx,
