@@ -276,7 +276,7 @@ impl<K: Watched> Stream for Paced<K> {
             pace.metrics.stale.inc_by(stale as u64);
             tracing::warn!(
                 stale,
-                "triggers not started within {STALE:?}; their slots are freed"
+                "triggers not started within {STALE:?}; their slots are freed. Check the apiserver's latency (a reconcile waiting on it holds the next one back); if it answers promptly, this is a bug in kube-pim: report it with this log"
             );
         }
         if let Some((lane, front)) = this.front() {
