@@ -50,6 +50,24 @@ fn the_benchmark_runs_and_writes_its_results() {
     ] {
         assert_eq!(results[figure]["n"], 3, "{figure}: {results}");
     }
+    assert_eq!(
+        results["baseline_activation_without_commit"]["n"], 3,
+        "{results}"
+    );
+    // Where an activation's time goes: every stage, for every timed activation on both sides
+    // (each one's commit and binding found in the apiserver's audit log by name).
+    let stages = results["activation_stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 6, "{results}");
+    for s in stages {
+        assert_eq!(s["baseline"]["n"], 3, "{results}");
+        assert_eq!(s["kube_pim"]["n"], 3, "{results}");
+    }
+    assert!(
+        results["throughput"]["baseline_activations_per_s"]
+            .as_f64()
+            .is_some_and(|w| w > 0.0),
+        "{results}"
+    );
     assert_eq!(results["restart"]["n"], 5, "{results}");
     assert_eq!(
         results["throughput"]["steps"][0]["latency"]["n"], 10,
@@ -65,6 +83,7 @@ fn the_benchmark_runs_and_writes_its_results() {
     for cores in [
         &results["throughput"]["steps"][0]["cpu_cores"],
         &results["throughput"]["baseline_writes_cpu_cores"],
+        &results["throughput"]["baseline_activations_cpu_cores"],
     ] {
         for who in ["etcd", "kube-apiserver", "benchmark", "machine"] {
             assert!(

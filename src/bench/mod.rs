@@ -9,8 +9,9 @@
 
 pub mod run;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 /// p50, p99 and max of a sample, in milliseconds.
@@ -95,6 +96,134 @@ pub fn per_activation(counts: &BTreeMap<String, f64>, activations: usize) -> BTr
         .collect()
 }
 
+/// One API call as the apiserver's audit log timed it: request received → response complete
+/// (wall clock; the benchmark and the control plane share the machine's clock).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timed {
+    /// `requestReceivedTimestamp`.
+    pub received: DateTime<Utc>,
+    /// `stageTimestamp` of the `ResponseComplete` stage.
+    pub completed: DateTime<Utc>,
+}
+
+/// The key [`first_calls`] files a call under: `"<user> <VERB> <resource>[/<sub>] <ns>/<name>"`.
+pub fn call_key(user: &str, verb: &str, what: &str, namespace: &str, name: &str) -> String {
+    format!("{user} {} {what} {namespace}/{name}", verb.to_uppercase())
+}
+
+/// The first call of each user, verb and resource to each named object in an audit log (JSON
+/// lines, `ResponseComplete` stage), by [`call_key`]. Calls without a name (creates with
+/// `generateName`, lists) are left out.
+pub fn first_calls(audit_log: &str) -> HashMap<String, Timed> {
+    let mut out = HashMap::new();
+    for line in audit_log.lines() {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if e.get("stage").and_then(|s| s.as_str()) != Some("ResponseComplete") {
+            continue;
+        }
+        let s = |ptr: &str| e.pointer(ptr).and_then(|v| v.as_str());
+        let time = |ptr: &str| {
+            s(ptr)
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        let (Some(user), Some(verb), Some(resource), Some(name), Some(received), Some(completed)) = (
+            s("/user/username"),
+            s("/verb"),
+            s("/objectRef/resource"),
+            s("/objectRef/name").filter(|n| !n.is_empty()),
+            time("/requestReceivedTimestamp"),
+            time("/stageTimestamp"),
+        ) else {
+            continue;
+        };
+        let what = match s("/objectRef/subresource") {
+            Some(sub) => format!("{resource}/{sub}"),
+            None => resource.to_string(),
+        };
+        let ns = s("/objectRef/namespace").unwrap_or_default();
+        out.entry(call_key(user, verb, &what, ns, name))
+            .or_insert(Timed {
+                received,
+                completed,
+            });
+    }
+    out
+}
+
+/// The stages of one activation's path to its binding, in order (see [`Path::stages`]).
+pub const STAGES: [&str; 6] = [
+    "create call (the requester's round trip, admission included)",
+    "create answered -> commit received",
+    "commit (status: Requested, Approved)",
+    "commit answered -> binding apply received",
+    "binding apply",
+    "binding applied -> binding seen (watch)",
+];
+
+/// One activation's path from the requester's create call to its binding seen, on the wall
+/// clock: the benchmark's own times and the apiserver's times for the two writes between.
+#[derive(Clone, Copy, Debug)]
+pub struct Path {
+    /// The create call sent.
+    pub sent: DateTime<Utc>,
+    /// Its answer received.
+    pub created: DateTime<Utc>,
+    /// The status write that commits the decision.
+    pub commit: Timed,
+    /// The binding's server-side apply.
+    pub bind: Timed,
+    /// The binding seen on the benchmark's watch.
+    pub seen: DateTime<Utc>,
+}
+
+impl Path {
+    /// Milliseconds spent in each of [`STAGES`]; they add up to `seen - sent`. A stage can be
+    /// slightly negative where a call's answer reaches its client before the apiserver stamps
+    /// the response complete.
+    pub fn stages(&self) -> [f64; 6] {
+        let ms = |a: DateTime<Utc>, b: DateTime<Utc>| {
+            (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
+        };
+        [
+            ms(self.sent, self.created),
+            ms(self.created, self.commit.received),
+            ms(self.commit.received, self.commit.completed),
+            ms(self.commit.completed, self.bind.received),
+            ms(self.bind.received, self.bind.completed),
+            ms(self.bind.completed, self.seen),
+        ]
+    }
+}
+
+/// One stage of the activation path, the baseline's and kube-pim's.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stage {
+    /// What the stage is ([`STAGES`]).
+    pub stage: String,
+    /// The baseline: the benchmark makes the calls itself, back to back.
+    pub baseline: Summary,
+    /// kube-pim: the requester creates, the operator writes.
+    pub kube_pim: Summary,
+}
+
+/// Where the time of an activation goes, stage by stage, next to the baseline's.
+pub fn breakdown(baseline: &[Path], kube_pim: &[Path]) -> Vec<Stage> {
+    let column =
+        |paths: &[Path], i: usize| -> Vec<f64> { paths.iter().map(|p| p.stages()[i]).collect() };
+    STAGES
+        .iter()
+        .enumerate()
+        .map(|(i, stage)| Stage {
+            stage: (*stage).to_string(),
+            baseline: summarize(&column(baseline, i)),
+            kube_pim: summarize(&column(kube_pim, i)),
+        })
+        .collect()
+}
+
 /// Cores by process, for the report: "kube-apiserver 0.92, etcd 0.31, ..., machine 1.95".
 fn cores(c: &BTreeMap<String, f64>) -> String {
     let mut parts: Vec<String> = c
@@ -138,6 +267,12 @@ pub struct Throughput {
     pub baseline_writes_per_s: f64,
     /// Cores used while the baseline's write capacity was measured (as [`Step::cpu_cores`]).
     pub baseline_writes_cpu_cores: BTreeMap<String, f64>,
+    /// Activations per second the baseline apiserver sustains when 16 concurrent clients
+    /// each make one auto-approved activation's writes after another, as kube-pim makes them
+    /// (no operator, no admission): the physical limit of the writes themselves.
+    pub baseline_activations_per_s: f64,
+    /// Cores used while the activation capacity was measured.
+    pub baseline_activations_cpu_cores: BTreeMap<String, f64>,
     /// Writes per activation lifecycle (the requester's create plus the operator's writes).
     pub writes_per_activation: f64,
     /// SPEC section 8: 70 % of the baseline's write capacity divided by writes per activation.
@@ -191,14 +326,22 @@ pub struct Report {
     pub started: String,
     /// Activations measured per latency figure.
     pub samples: usize,
-    /// Baseline: create the request, create the binding, patch the status, binding seen.
+    /// Baseline: kube-pim's calls in kube-pim's order (create the request, commit the
+    /// decision, apply the binding) → binding seen.
     pub baseline_activation: Summary,
+    /// The baseline of runs A to O: create the request, create the binding (no commit
+    /// first) → binding seen.
+    pub baseline_activation_without_commit: Summary,
     /// Create the request (auto-approved RoleSetting) → its binding seen (all runs pooled).
     pub activation_to_binding: Summary,
     /// The same, run by run.
     pub activation_runs: Vec<Summary>,
     /// Activation p99 over the baseline's p99.
     pub activation_ratio_p99: f64,
+    /// Activation p99 over the p99 of runs A to O's baseline (no commit).
+    pub activation_ratio_p99_without_commit: f64,
+    /// Where an activation's time goes, stage by stage, kube-pim's next to the baseline's.
+    pub activation_stages: Vec<Stage>,
     /// Baseline: record the decision, create the binding, patch the status, binding seen.
     pub baseline_approval: Summary,
     /// The approver's decision (the last one needed) → the binding seen.
@@ -254,6 +397,12 @@ impl Report {
             "",
         ));
         t.push_str(&row(
+            "  without the commit (runs A-O)",
+            &self.baseline_activation_without_commit,
+            None,
+            "",
+        ));
+        t.push_str(&row(
             "activation -> binding",
             &self.activation_to_binding,
             Some(&self.baseline_activation),
@@ -291,6 +440,20 @@ impl Report {
             None,
             "p99 <= 250 ms",
         ));
+        t.push_str(&format!(
+            "\n{:<60} {:>7} {:>7} {:>9} {:>7}\n",
+            "activation, stage by stage (ms)", "base p50", "p99", "kube-pim p50", "p99"
+        ));
+        for st in &self.activation_stages {
+            t.push_str(&format!(
+                "  {:<58} {:>7.1} {:>7.1} {:>9.1} {:>7.1}\n",
+                st.stage,
+                st.baseline.p50_ms,
+                st.baseline.p99_ms,
+                st.kube_pim.p50_ms,
+                st.kube_pim.p99_ms
+            ));
+        }
         let r = &self.restart;
         t.push_str(&format!(
             "\nrestart: {} expired activations revoked {:.0} ms after readiness (ready {:.0} ms after start; baseline deletes them in {:.0} ms); target 5000 ms\n",
@@ -304,6 +467,12 @@ impl Report {
         t.push_str(&format!(
             "  baseline write capacity, cores: {}\n",
             cores(&th.baseline_writes_cpu_cores)
+        ));
+        t.push_str(&format!(
+            "  baseline activation capacity (an activation's writes, no operator, no admission): {:.1}/s; sustained is {:.0}% of it; cores: {}\n",
+            th.baseline_activations_per_s,
+            if th.baseline_activations_per_s > 0.0 { 100.0 * th.sustained_per_s / th.baseline_activations_per_s } else { 0.0 },
+            cores(&th.baseline_activations_cpu_cores)
         ));
         for s in &th.steps {
             t.push_str(&format!(
@@ -374,5 +543,115 @@ mod tests {
         let per = per_activation(&c, 4);
         assert_eq!(per.get("PATCH activationrequests/status"), Some(&0.5));
         assert_eq!(per.get("GET activationrequests"), Some(&0.25));
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn an_activations_path_is_read_from_the_audit_log_stage_by_stage() {
+        let line = |user: &str,
+                    verb: &str,
+                    sub: Option<&str>,
+                    resource: &str,
+                    name: &str,
+                    stage: &str,
+                    from: &str,
+                    to: &str| {
+            let mut r =
+                serde_json::json!({"resource": resource, "namespace": "bench", "name": name});
+            if let Some(sub) = sub {
+                r["subresource"] = sub.into();
+            }
+            serde_json::json!({"stage": stage, "verb": verb, "user": {"username": user}, "objectRef": r,
+                "requestReceivedTimestamp": from, "stageTimestamp": to})
+            .to_string()
+        };
+        let log = [
+            // Creates with generateName carry no name: left out.
+            line(
+                "alice",
+                "create",
+                None,
+                "activationrequests",
+                "",
+                "ResponseComplete",
+                "2026-12-06T10:00:00.000000Z",
+                "2026-12-06T10:00:00.004000Z",
+            ),
+            line(
+                "op",
+                "patch",
+                Some("status"),
+                "activationrequests",
+                "b-1",
+                "ResponseComplete",
+                "2026-12-06T10:00:00.006000Z",
+                "2026-12-06T10:00:00.009000Z",
+            ),
+            // A later write to the same object is not the commit.
+            line(
+                "op",
+                "patch",
+                Some("status"),
+                "activationrequests",
+                "b-1",
+                "ResponseComplete",
+                "2026-12-06T10:00:00.020000Z",
+                "2026-12-06T10:00:00.021000Z",
+            ),
+            // Another user's write, and a stage other than ResponseComplete, are not the operator's.
+            line(
+                "mallory",
+                "patch",
+                None,
+                "rolebindings",
+                "kubepim-1",
+                "ResponseComplete",
+                "2026-12-06T10:00:00.001000Z",
+                "2026-12-06T10:00:00.002000Z",
+            ),
+            line(
+                "op",
+                "patch",
+                None,
+                "rolebindings",
+                "kubepim-1",
+                "RequestReceived",
+                "2026-12-06T10:00:00.009000Z",
+                "2026-12-06T10:00:00.009000Z",
+            ),
+            line(
+                "op",
+                "patch",
+                None,
+                "rolebindings",
+                "kubepim-1",
+                "ResponseComplete",
+                "2026-12-06T10:00:00.010000Z",
+                "2026-12-06T10:00:00.012500Z",
+            ),
+            "not json".into(),
+        ]
+        .join("\n");
+        let calls = first_calls(&log);
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        let commit = calls[&call_key("op", "patch", "activationrequests/status", "bench", "b-1")];
+        assert_eq!(commit.completed, at("2026-12-06T10:00:00.009Z"));
+        let bind = calls[&call_key("op", "patch", "rolebindings", "bench", "kubepim-1")];
+        assert_eq!(bind.received, at("2026-12-06T10:00:00.010Z"));
+        let path = Path {
+            sent: at("2026-12-06T10:00:00Z"),
+            created: at("2026-12-06T10:00:00.005Z"),
+            commit,
+            bind,
+            seen: at("2026-12-06T10:00:00.0135Z"),
+        };
+        assert_eq!(path.stages(), [5.0, 1.0, 3.0, 1.0, 2.5, 1.0]);
+        let stages = breakdown(&[path], &[path, path]);
+        assert_eq!(stages.len(), STAGES.len());
+        assert_eq!((stages[4].baseline.n, stages[4].kube_pim.n), (1, 2));
+        assert_eq!(stages[4].kube_pim.p99_ms, 2.5);
     }
 }

@@ -24,19 +24,25 @@ use k8s_openapi::api::{
     rbac::v1::RoleBinding,
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
-    runtime::{WatchStreamExt, watcher},
+    runtime::{
+        WatchStreamExt,
+        events::{Event as KubeEvent, EventType, Reporter},
+        watcher,
+    },
 };
 use serde_json::json;
 use tokio::sync::Notify;
 
 use super::{
-    Memory, Report, Restart, Step, Summary, Throughput, per_activation, requests_by, summarize,
+    Memory, Path, Report, Restart, Step, Summary, Throughput, breakdown, call_key, first_calls,
+    per_activation, requests_by, summarize,
 };
 use crate::{
     Error, Result,
     api::{ActivationRequest, EligibleAssignment},
+    controller::events::Events,
     testenv::{ControlPlane, Options as EnvOptions},
 };
 
@@ -88,7 +94,7 @@ fn ms(d: Duration) -> f64 {
 /// binding's name in the baseline): when each was first seen, and when it went.
 #[derive(Default)]
 struct Seen {
-    added: HashMap<String, Instant>,
+    added: HashMap<String, (Instant, SystemTime)>,
     gone: HashMap<String, (Instant, SystemTime)>,
 }
 
@@ -125,7 +131,7 @@ impl Bindings {
                     let mut s = me.seen.lock().expect("not poisoned");
                     match ev {
                         Ok(watcher::Event::Apply(rb) | watcher::Event::InitApply(rb)) => {
-                            s.added.entry(key(&rb)).or_insert(at);
+                            s.added.entry(key(&rb)).or_insert((at, wall));
                         }
                         Ok(watcher::Event::Delete(rb)) => {
                             s.gone.entry(key(&rb)).or_insert((at, wall));
@@ -161,8 +167,15 @@ impl Bindings {
     }
 
     async fn added(&self, key: &str) -> Result<Instant> {
-        self.until(Duration::from_secs(300), key, |s| s.added.get(key).copied())
-            .await
+        Ok(self.added_at(key).await?.0)
+    }
+
+    /// When the binding was first seen, on the monotonic and on the wall clock.
+    async fn added_at(&self, key: &str) -> Result<(Instant, DateTime<Utc>)> {
+        self.until(Duration::from_secs(300), key, |s| {
+            s.added.get(key).map(|(at, wall)| (*at, (*wall).into()))
+        })
+        .await
     }
 
     async fn gone(&self, key: &str) -> Result<Instant> {
@@ -223,19 +236,61 @@ where
     results.into_iter().collect()
 }
 
+/// A timed activation as the benchmark saw it (wall clock), before the audit log is read.
+struct Sent {
+    name: String,
+    uid: String,
+    sent: DateTime<Utc>,
+    created: DateTime<Utc>,
+    seen: DateTime<Utc>,
+}
+
+/// The timed activations' paths: what the benchmark saw, with the commit and binding calls
+/// `writer` made for each, from the apiserver's audit log. An activation whose calls are not
+/// in the log is left out.
+fn paths(audit_log: &str, writer: &str, sent: &[Sent]) -> Vec<Path> {
+    let calls = first_calls(audit_log);
+    sent.iter()
+        .filter_map(|s| {
+            let binding = crate::decide::bindings::binding_name(&s.uid, "view");
+            Some(Path {
+                sent: s.sent,
+                created: s.created,
+                commit: *calls.get(&call_key(
+                    writer,
+                    "patch",
+                    "activationrequests/status",
+                    NS,
+                    &s.name,
+                ))?,
+                bind: *calls.get(&call_key(writer, "patch", "rolebindings", NS, &binding))?,
+                seen: s.seen,
+            })
+        })
+        .collect()
+}
+
 /// What the baseline measured.
 struct Baseline {
     activation: Vec<f64>,
+    /// Each timed activation's path, stage by stage.
+    activation_paths: Vec<Path>,
+    /// Runs A to O's baseline: create, binding (no commit first).
+    activation_without_commit: Vec<f64>,
     approval: Vec<f64>,
     revocation: Vec<f64>,
     writes_per_s: f64,
     /// Cores each process used while the write capacity was measured.
     writes_cpu_cores: BTreeMap<String, f64>,
+    activations_per_s: f64,
+    /// Cores used while the activation capacity was measured.
+    activations_cpu_cores: BTreeMap<String, f64>,
     delete_n_ms: f64,
 }
 
-/// The baseline: the calls of one activation (create the request, create the binding, patch
-/// the request's status), of one approval (record the decision, create the binding, patch the
+/// The baseline: the calls of one activation as kube-pim makes them (create the request,
+/// commit the decision, apply the binding, then the rest of its writes: [`Replay`]), of one
+/// approval (record the decision, create the binding, patch the
 /// status) and of one revocation (delete the binding), made back to back by this process
 /// against a control plane with no kube-pim process; then its write capacity (creates from
 /// `WORKERS` concurrent clients) and the time to delete N bindings with as many.
@@ -256,8 +311,48 @@ async fn baseline(o: &Options) -> Result<Baseline> {
     let ars: Api<ActivationRequest> = Api::namespaced(admin.clone(), NS);
     let rbs: Api<RoleBinding> = Api::namespaced(admin.clone(), NS);
     let pp = PatchParams::default();
+    let replay = Replay::new(&admin);
     let (mut activation, mut revocation, mut approval) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sent = Vec::new();
+    let (_, audit_from) = audit_log(cp.env().dir(), 0)?;
     // The first calls of a fresh apiserver (cold caches, connection set-up) are not counted.
+    for i in 0..o.samples + WARMUP {
+        // kube-pim's calls in kube-pim's order (SPEC section 3: the decision is committed
+        // before any binding exists): create, commit, binding; until the binding is seen.
+        let (t0, at) = (Instant::now(), Utc::now());
+        let created = replay.create().await?;
+        let created_at = Utc::now();
+        let (name, uid) = (created.name_any(), created.uid().unwrap_or_default());
+        let committed = replay.commit(created).await?;
+        let refs = replay.bind(&committed).await?;
+        let key = format!("{NS}/{name}");
+        let (seen_at, seen_wall) = seen.added_at(&key).await?;
+        let a = ms(seen_at - t0);
+        replay.finish(committed, refs).await?;
+        let t1 = Instant::now();
+        rbs.delete(
+            &crate::decide::bindings::binding_name(&uid, "view"),
+            &DeleteParams::default(),
+        )
+        .await?;
+        let r = ms(seen.gone(&key).await? - t1);
+        if i >= WARMUP {
+            activation.push(a);
+            revocation.push(r);
+            sent.push(Sent {
+                name,
+                uid,
+                sent: at,
+                created: created_at,
+                seen: seen_wall,
+            });
+        }
+    }
+    let (log, _) = audit_log(cp.env().dir(), audit_from)?;
+    let activation_paths = paths(&log, crate::testenv::ADMIN_USER, &sent);
+    // The baseline of runs A to O, for comparison: create the request, create the binding
+    // (no commit first), patch the status; until the binding is seen.
+    let mut without_commit = Vec::new();
     for i in 0..o.samples + WARMUP {
         let t0 = Instant::now();
         let mut req = request(NS, "bench", "1h");
@@ -268,12 +363,10 @@ async fn baseline(o: &Options) -> Result<Baseline> {
         ars.patch_status(&name, &pp, &Patch::Merge(active)).await?;
         let key = format!("{NS}/{name}");
         let a = ms(seen.added(&key).await? - t0);
-        let t1 = Instant::now();
         rbs.delete(&name, &DeleteParams::default()).await?;
-        let r = ms(seen.gone(&key).await? - t1);
+        seen.gone(&key).await?;
         if i >= WARMUP {
-            activation.push(a);
-            revocation.push(r);
+            without_commit.push(a);
         }
     }
     for _ in 0..o.samples {
@@ -294,41 +387,26 @@ async fn baseline(o: &Options) -> Result<Baseline> {
     // Write capacity: WORKERS clients creating small objects back to back.
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
     let window = Duration::from_secs(o.rate_secs.clamp(2, 10));
-    let meter = CpuMeter::start(&cp);
-    let profile = apiserver_profile(
-        &admin,
-        window.as_secs(),
-        o.profile_dir
-            .as_ref()
-            .map(|d| d.join("apiserver-baseline-writes.pb.gz")),
-    );
-    let t0 = Instant::now();
-    let writers = async {
-        let counts = join_all((0..WORKERS).map(|w| {
-            let cms = cms.clone();
-            async move {
-                let mut n = 0u64;
-                while t0.elapsed() < window {
-                    let cm: ConfigMap = serde_json::from_value(
-                        json!({"metadata": {"name": format!("w{w}-{n}")}, "data": {"k": "v"}}),
-                    )
-                    .expect("valid");
-                    cms.create(&PostParams::default(), &cm).await?;
-                    n += 1;
-                }
-                Ok::<_, Error>(n)
-            }
-        }))
-        .await;
-        // Taken here: the profile's answer may come a little after the window.
-        (counts, t0.elapsed(), meter.cores())
-    };
-    let ((counts, elapsed, writes_cpu_cores), ()) = futures::join!(writers, profile);
-    let mut writes = 0u64;
-    for c in counts {
-        writes += c?;
-    }
-    let writes_per_s = writes as f64 / elapsed.as_secs_f64();
+    let (writes_per_s, writes_cpu_cores) = capacity(&cp, o, window, "writes", |w, n| {
+        let cms = cms.clone();
+        async move {
+            let cm: ConfigMap = serde_json::from_value(
+                json!({"metadata": {"name": format!("w{w}-{n}")}, "data": {"k": "v"}}),
+            )
+            .expect("valid");
+            cms.create(&PostParams::default(), &cm).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    // Activation capacity: the same, each client making one auto-approved activation's
+    // writes after another, as kube-pim makes them.
+    let (activations_per_s, activations_cpu_cores) =
+        capacity(&cp, o, window, "activations", |_, _| {
+            let replay = replay.clone();
+            async move { replay.activation().await }
+        })
+        .await?;
     // N bindings deleted by WORKERS clients: the least a restart sweep must do.
     let names: Vec<String> = (0..o.restart).map(|i| format!("sweep-{i}")).collect();
     bulk(names.clone(), |n| {
@@ -365,12 +443,213 @@ async fn baseline(o: &Options) -> Result<Baseline> {
     cp.shutdown().await;
     Ok(Baseline {
         activation,
+        activation_paths,
+        activation_without_commit: without_commit,
         approval,
         revocation,
         writes_per_s,
         writes_cpu_cores,
+        activations_per_s,
+        activations_cpu_cores,
         delete_n_ms,
     })
+}
+
+/// Runs `unit` back to back from `WORKERS` concurrent clients for `window` (the `n`th call of
+/// client `w` is `unit(w, n)`), and returns units completed per second and the cores each
+/// process used meanwhile; with `--profile-dir`, kube-apiserver's CPU profile of the window
+/// goes to `apiserver-baseline-<what>.pb.gz`.
+async fn capacity<F, Fut>(
+    cp: &ControlPlane,
+    o: &Options,
+    window: Duration,
+    what: &str,
+    unit: F,
+) -> Result<(f64, BTreeMap<String, f64>)>
+where
+    F: Fn(usize, u64) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let admin = cp.env().admin().await?;
+    let meter = CpuMeter::start(cp);
+    let profile = apiserver_profile(
+        &admin,
+        window.as_secs(),
+        o.profile_dir
+            .as_ref()
+            .map(|d| d.join(format!("apiserver-baseline-{what}.pb.gz"))),
+    );
+    let t0 = Instant::now();
+    let workers = async {
+        let counts = join_all((0..WORKERS).map(|w| {
+            let unit = &unit;
+            async move {
+                let mut n = 0u64;
+                while t0.elapsed() < window {
+                    unit(w, n).await?;
+                    n += 1;
+                }
+                Ok::<_, Error>(n)
+            }
+        }))
+        .await;
+        // Taken here: the profile's answer may come a little after the window.
+        (counts, t0.elapsed(), meter.cores())
+    };
+    let ((counts, elapsed, cores), ()) = futures::join!(workers, profile);
+    let mut done = 0u64;
+    for c in counts {
+        done += c?;
+    }
+    Ok((done as f64 / elapsed.as_secs_f64(), cores))
+}
+
+/// One auto-approved activation's writes, made by the benchmark as kube-pim makes them (no
+/// operator, no admission), step by step: the baseline's activation calls and its activation
+/// capacity. Each status write is a merge patch conditional on the resourceVersion the
+/// previous write returned, and carries the whole status without `approvals` (the approvers'),
+/// as kube-pim's do.
+#[derive(Clone)]
+struct Replay {
+    ars: Api<ActivationRequest>,
+    rbs: Api<RoleBinding>,
+    events: Events,
+}
+
+/// A replayed activation whose decision is committed.
+struct Committed {
+    request: ActivationRequest,
+    now: DateTime<Utc>,
+    expires: DateTime<Utc>,
+    approved: serde_json::Value,
+    history: Vec<serde_json::Value>,
+}
+
+impl Replay {
+    fn new(admin: &Client) -> Self {
+        Self {
+            ars: Api::namespaced(admin.clone(), NS),
+            rbs: Api::namespaced(admin.clone(), NS),
+            events: Events::new(
+                admin.clone(),
+                Reporter {
+                    controller: crate::controller::FIELD_MANAGER.into(),
+                    instance: None,
+                },
+            ),
+        }
+    }
+
+    /// The requester's create (the requester stamped by the benchmark, as admission would).
+    async fn create(&self) -> Result<ActivationRequest> {
+        let mut req = request(NS, "bench", "1h");
+        req.spec.requester.username = USER.into();
+        Ok(self.ars.create(&PostParams::default(), &req).await?)
+    }
+
+    /// The decision committed before any binding exists (SPEC section 3, *Ordering*): history
+    /// Requested and Approved, the Approved condition, `approvals` initialised, phase Pending.
+    async fn commit(&self, created: ActivationRequest) -> Result<Committed> {
+        let now = Utc::now();
+        let approved = json!({"type": "Approved", "status": "True", "reason": "ApprovalNotRequired",
+            "message": "RoleSetting does not require approval", "observedGeneration": 1,
+            "lastTransitionTime": now});
+        let history = vec![
+            json!({"seq": 1, "action": "Requested", "actor": USER, "time": now,
+                "message": format!("{USER} requested bench (Namespace scope) for 1h: benchmark")}),
+            json!({"seq": 2, "action": "Approved", "actor": "kube-pim", "time": now,
+                "message": "no approval required"}),
+        ];
+        let commit = json!({"metadata": {"resourceVersion": created.resource_version()},
+            "status": {"phase": "Pending", "approvals": [], "conditions": [approved],
+                "history": history, "observedGeneration": 1}});
+        let request = self
+            .ars
+            .patch_status(
+                &created.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&commit),
+            )
+            .await?;
+        Ok(Committed {
+            request,
+            now,
+            expires: now + chrono::TimeDelta::hours(1),
+            approved,
+            history,
+        })
+    }
+
+    /// The binding, by server-side apply with kube-pim's own builder and field manager.
+    async fn bind(&self, c: &Committed) -> Result<Vec<crate::api::BindingRef>> {
+        let mut refs = Vec::new();
+        for b in crate::decide::bindings::for_request(&c.request, &["view".into()], c.expires) {
+            let crate::decide::bindings::Binding::Role(rb) = &b else {
+                return Err(err("a Namespace-scope request yields RoleBindings only"));
+            };
+            let ssa = PatchParams::apply(crate::controller::FIELD_MANAGER).force();
+            self.rbs
+                .patch(&rb.name_any(), &ssa, &Patch::Apply(rb))
+                .await?;
+            refs.push(b.reference());
+        }
+        Ok(refs)
+    }
+
+    /// What follows the binding: the Events of the commit, the status write that records it
+    /// Active and audits the commit, the Event of that, and the status write that audits it.
+    async fn finish(&self, c: Committed, refs: Vec<crate::api::BindingRef>) -> Result<()> {
+        let (name, pp) = (c.request.name_any(), PatchParams::default());
+        let reference = c.request.object_ref(&());
+        for reason in ["Requested", "Approved"] {
+            self.events.publish(&event(reason), &reference).await?;
+        }
+        let message = format!(
+            "granted view to {USER} until {} (assignment bench)",
+            c.expires
+        );
+        let mut history = c.history;
+        history.push(
+            json!({"seq": 3, "action": "Activated", "actor": "kube-pim", "time": c.now,
+            "message": message}),
+        );
+        let active = json!({"type": "Active", "status": "True", "reason": "Activated",
+            "message": message, "observedGeneration": 1, "lastTransitionTime": c.now});
+        let activate = json!({"metadata": {"resourceVersion": c.request.resource_version()},
+            "status": {"phase": "Active", "assignment": "bench", "activationTime": c.now,
+                "expirationTime": c.expires, "bindings": refs, "conditions": [c.approved, active],
+                "history": history, "auditedThrough": 2, "observedGeneration": 1}});
+        let activated = self
+            .ars
+            .patch_status(&name, &pp, &Patch::Merge(&activate))
+            .await?;
+        self.events.publish(&event("Activated"), &reference).await?;
+        let mut audited = activate;
+        audited["metadata"]["resourceVersion"] = json!(activated.resource_version());
+        audited["status"]["auditedThrough"] = json!(3);
+        self.ars
+            .patch_status(&name, &pp, &Patch::Merge(&audited))
+            .await?;
+        Ok(())
+    }
+
+    /// All of one activation's writes, one after the other.
+    async fn activation(&self) -> Result<()> {
+        let c = self.commit(self.create().await?).await?;
+        let refs = self.bind(&c).await?;
+        self.finish(c, refs).await
+    }
+}
+
+/// A Normal Event for a transition, as kube-pim emits it.
+fn event(reason: &str) -> KubeEvent {
+    KubeEvent {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: None,
+        action: reason.into(),
+        secondary: None,
+    }
 }
 
 /// The operator's CPU seconds (user + system) from /proc.
@@ -675,15 +954,28 @@ async fn setup(o: &Options) -> Result<World> {
     })
 }
 
-/// Sequential activations (no approval): create → binding seen.
-async fn activation_latency(w: &World, n: usize) -> Result<Vec<f64>> {
-    let mut out = Vec::new();
+/// Sequential activations (no approval): create → binding seen; and what the benchmark saw of
+/// each, for its path stage by stage.
+async fn activation_latency(w: &World, n: usize) -> Result<(Vec<f64>, Vec<Sent>)> {
+    let api = Api::<ActivationRequest>::namespaced(w.user.clone(), NS);
+    let (mut out, mut sent) = (Vec::new(), Vec::new());
     for _ in 0..n {
-        let t0 = Instant::now();
-        let key = w.request(NS, "bench", "1h").await?;
-        out.push(ms(w.seen.added(&key).await? - t0));
+        let (t0, at) = (Instant::now(), Utc::now());
+        let ar = api
+            .create(&PostParams::default(), &request(NS, "bench", "1h"))
+            .await?;
+        let created = Utc::now();
+        let (seen_at, seen) = w.seen.added_at(&format!("{NS}/{}", ar.name_any())).await?;
+        out.push(ms(seen_at - t0));
+        sent.push(Sent {
+            uid: ar.uid().unwrap_or_default(),
+            name: ar.name_any(),
+            sent: at,
+            created,
+            seen,
+        });
     }
-    Ok(out)
+    Ok((out, sent))
 }
 
 /// Sequential approvals: a request waits for approval (untimed); the approver's decision →
@@ -814,7 +1106,7 @@ async fn throughput_step(
             let seen = w
                 .seen
                 .until(Duration::from_secs(secs + 60), &key, |s| {
-                    s.added.get(&key).copied()
+                    s.added.get(&key).map(|a| a.0)
                 })
                 .await
                 .ok();
@@ -991,13 +1283,21 @@ pub async fn run(o: &Options) -> Result<Report> {
 
     // Untimed warm-up activations.
     activation_latency(&w, WARMUP).await?;
+    let (_, audit_from) = audit_log(w.cp.env().dir(), 0)?;
     let mut runs = Vec::new();
     let mut pooled = Vec::new();
+    let mut sent = Vec::new();
     for _ in 0..o.runs.max(1) {
-        let r = activation_latency(&w, o.samples).await?;
+        let (r, s) = activation_latency(&w, o.samples).await?;
         runs.push(summarize(&r));
         pooled.extend(r);
+        sent.extend(s);
     }
+    let (log, _) = audit_log(w.cp.env().dir(), audit_from)?;
+    let activation_stages = breakdown(
+        &base.activation_paths,
+        &paths(&log, crate::testenv::OPERATOR_USER, &sent),
+    );
     let approval = approval_latency(&w, o.samples).await?;
     w.settle().await?;
     let life = lifecycles(&w, o.samples).await?;
@@ -1059,6 +1359,7 @@ pub async fn run(o: &Options) -> Result<Report> {
         }
     };
     let baseline_activation = summarize(&base.activation);
+    let baseline_activation_without_commit = summarize(&base.activation_without_commit);
     let activation_to_binding = summarize(&pooled);
     let baseline_approval = summarize(&base.approval);
     let approval_to_binding = summarize(&approval);
@@ -1067,6 +1368,12 @@ pub async fn run(o: &Options) -> Result<Report> {
         started: started.to_rfc3339(),
         samples: o.samples,
         activation_ratio_p99: ratio(&activation_to_binding, &baseline_activation),
+        activation_ratio_p99_without_commit: ratio(
+            &activation_to_binding,
+            &baseline_activation_without_commit,
+        ),
+        baseline_activation_without_commit,
+        activation_stages,
         approval_ratio_p99: ratio(&approval_to_binding, &baseline_approval),
         baseline_activation,
         activation_to_binding,
@@ -1084,6 +1391,8 @@ pub async fn run(o: &Options) -> Result<Report> {
         throughput: Throughput {
             baseline_writes_per_s: round1(base.writes_per_s),
             baseline_writes_cpu_cores: base.writes_cpu_cores,
+            baseline_activations_per_s: round1(base.activations_per_s),
+            baseline_activations_cpu_cores: base.activations_cpu_cores,
             writes_per_activation: round1(writes_per_activation),
             target_per_s,
             steps,
