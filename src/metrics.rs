@@ -175,6 +175,15 @@ pub struct ControllerLabels {
     pub controller: &'static str,
 }
 
+/// Labels of `kube_pim_allocator_bytes`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AllocatorLabels {
+    /// jemalloc's statistic: `allocated` (live data), `active` (pages holding live data),
+    /// `resident` (pages the allocator holds in memory), `metadata`, `retained` (address
+    /// space kept but returned to the system).
+    pub kind: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Labels of dropped notifications.
@@ -254,6 +263,9 @@ pub struct Metrics {
     pub notifications: NotificationMetrics,
     /// Audit lines written but not yet accepted by the audit sink.
     pub audit_sink_lag: Gauge<i64, AtomicI64>,
+    /// The memory allocator's own statistics, by kind ([`AllocatorLabels`]): what of the
+    /// process's resident memory is live data and what the allocator keeps.
+    pub allocator: Family<AllocatorLabels, Gauge<i64, AtomicI64>>,
 }
 
 fn histogram<const N: usize>(buckets: &'static [f64; N]) -> Histogram {
@@ -366,6 +378,12 @@ impl Default for Metrics {
             "Audit lines written but not yet accepted by the audit sink (0 without a sink)",
             audit_sink_lag.clone(),
         );
+        let allocator = Family::default();
+        registry.register(
+            "allocator_bytes",
+            "jemalloc's statistics, by kind: allocated (live data), active (pages holding it), resident (pages it holds in memory), metadata, retained (returned to the system)",
+            allocator.clone(),
+        );
         let notifications = NotificationMetrics::default();
         registry.register(
             "notifications_sent",
@@ -408,6 +426,7 @@ impl Default for Metrics {
             leader,
             notifications,
             audit_sink_lag,
+            allocator,
         }
     }
 }
@@ -426,6 +445,31 @@ impl Metrics {
     /// The Prometheus text exposition as the metrics stand.
     pub fn encode(&self) -> String {
         self.encode_after(|_| {})
+    }
+
+    /// Brings `kube_pim_allocator_bytes` up to date from jemalloc's statistics (a snapshot
+    /// taken now: they are cached until the epoch advances). Zero where the process does not
+    /// allocate with jemalloc (tests, the benchmark).
+    pub fn refresh_allocator(&self) {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        if epoch::advance().is_err() {
+            return;
+        }
+        type Read = fn() -> tikv_jemalloc_ctl::Result<usize>;
+        let read: [(&'static str, Read); 5] = [
+            ("allocated", stats::allocated::read),
+            ("active", stats::active::read),
+            ("resident", stats::resident::read),
+            ("metadata", stats::metadata::read),
+            ("retained", stats::retained::read),
+        ];
+        for (kind, value) in read {
+            if let Ok(v) = value() {
+                self.allocator
+                    .get_or_create(&AllocatorLabels { kind })
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// Replaces the requests-by-phase gauge with `counts` ([`requests_by_phase`]).
@@ -987,6 +1031,7 @@ mod tests {
         m.reconcile_error("activation", &Error::Config("x".into()));
         m.set_requests_by_phase(requests_by_phase(["rs"], std::iter::empty()));
         m.notifications.dropped("queue_full");
+        m.refresh_allocator();
         m
     }
 
@@ -1041,7 +1086,7 @@ mod tests {
     fn every_metric_is_documented() {
         let docs = include_str!("../docs/observability.md");
         let text = populated().encode();
-        assert_eq!(text.matches("# TYPE ").count(), 18);
+        assert_eq!(text.matches("# TYPE ").count(), 19);
         for name in text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

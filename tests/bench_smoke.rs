@@ -69,6 +69,18 @@ fn the_benchmark_runs_and_writes_its_results() {
         "{results}"
     );
     assert_eq!(results["restart"]["n"], 5, "{results}");
+    // What of the operator's RSS is live data: the allocator's own figures, at both memory
+    // checkpoints (read from kube_pim_allocator_bytes).
+    for at in ["allocator_mib", "allocator_after_relist_mib"] {
+        for kind in ["allocated", "resident"] {
+            assert!(
+                results["memory"][0][at][kind]
+                    .as_f64()
+                    .is_some_and(|v| v > 0.0),
+                "{at} {kind}: {results}"
+            );
+        }
+    }
     assert_eq!(
         results["throughput"]["steps"][0]["latency"]["n"], 10,
         "{results}"

@@ -224,6 +224,19 @@ pub fn breakdown(baseline: &[Path], kube_pim: &[Path]) -> Vec<Stage> {
         .collect()
 }
 
+/// `kube_pim_allocator_bytes` from a Prometheus text exposition, in MiB by kind.
+pub fn allocator_mib(exposition: &str) -> BTreeMap<String, f64> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("kube_pim_allocator_bytes{kind=\""))
+        .filter_map(|l| {
+            let (kind, rest) = l.split_once('"')?;
+            let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+            Some((kind.to_string(), round(value / 1_048_576.0)))
+        })
+        .collect()
+}
+
 /// Cores by process, for the report: "kube-apiserver 0.92, etcd 0.31, ..., machine 1.95".
 fn cores(c: &BTreeMap<String, f64>) -> String {
     let mut parts: Vec<String> = c
@@ -315,6 +328,11 @@ pub struct Memory {
     pub relist_peak_mib: f64,
     /// Its resident memory 10 s after readiness, MiB.
     pub rss_after_relist_mib: f64,
+    /// The allocator's own figures when `rss_mib` was taken, MiB by kind
+    /// (`kube_pim_allocator_bytes`: allocated is live data; resident what it holds in memory).
+    pub allocator_mib: BTreeMap<String, f64>,
+    /// The same when `rss_after_relist_mib` was taken.
+    pub allocator_after_relist_mib: BTreeMap<String, f64>,
 }
 
 /// The benchmark's results (also written as JSON).
@@ -491,6 +509,17 @@ impl Report {
                 "memory: {} assignments, {} active activations, {} namespaces: RSS {:.1} MiB ({:.1} of it mapped files); restart ready in {:.0} ms, relist peak {:.1} MiB, after {:.1} MiB (target <= 64 MiB at 10k + 10k)\n",
                 m.assignments, m.active_activations, m.namespaces, m.rss_mib, m.rss_file_mib, m.restart_ready_ms, m.relist_peak_mib, m.rss_after_relist_mib
             ));
+            let kinds = |a: &BTreeMap<String, f64>| {
+                a.iter()
+                    .map(|(k, v)| format!("{k} {v:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            t.push_str(&format!(
+                "  allocator (MiB): {}; after the relist: {}\n",
+                kinds(&m.allocator_mib),
+                kinds(&m.allocator_after_relist_mib)
+            ));
         }
         t.push_str(&format!(
             "\noperator: {:.1} ms CPU per activation; RSS {:.1} MiB (peak {:.1} MiB)\n",
@@ -653,5 +682,18 @@ mod tests {
         assert_eq!(stages.len(), STAGES.len());
         assert_eq!((stages[4].baseline.n, stages[4].kube_pim.n), (1, 2));
         assert_eq!(stages[4].kube_pim.p99_ms, 2.5);
+    }
+
+    #[test]
+    fn the_allocators_figures_are_read_from_the_metrics() {
+        let text = "# HELP kube_pim_allocator_bytes jemalloc\n# TYPE kube_pim_allocator_bytes gauge\n\
+            kube_pim_allocator_bytes{kind=\"allocated\"} 41943040\n\
+            kube_pim_allocator_bytes{kind=\"resident\"} 52428800\n\
+            kube_pim_leader 1\n";
+        let a = allocator_mib(text);
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert_eq!(a["allocated"], 40.0);
+        assert_eq!(a["resident"], 50.0);
+        assert!(allocator_mib("").is_empty());
     }
 }

@@ -11,7 +11,7 @@
 //! a restart each, for the peak during the relist).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -91,11 +91,15 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Managed RoleBindings as the benchmark's watch saw them, by `namespace/request` (the
-/// binding's name in the baseline): when each was first seen, and when it went.
+/// binding's name in the baseline): when each was first seen, and when it went; and the
+/// requests of the latency namespace whose writes are all made.
 #[derive(Default)]
 struct Seen {
     added: HashMap<String, (Instant, SystemTime)>,
     gone: HashMap<String, (Instant, SystemTime)>,
+    /// Requests in [`NS`] recorded Active with every history entry audited: the writes that
+    /// follow an activation's binding (Active, the audit outbox, Events) are over.
+    settled: HashSet<String>,
 }
 
 #[derive(Clone)]
@@ -111,6 +115,31 @@ impl Bindings {
             seen: Default::default(),
             changed: Default::default(),
         };
+        let requests: Api<ActivationRequest> = Api::namespaced(client.clone(), NS);
+        let me = b.clone();
+        tokio::spawn(async move {
+            let mut events = watcher(requests, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(ev) = events.next().await {
+                let Ok(ar) = ev else { continue };
+                let settled = ar.status.as_ref().is_some_and(|s| {
+                    s.phase == Some(crate::api::RequestPhase::Active)
+                        && usize::try_from(s.audited_through).unwrap_or(0) >= s.history.len()
+                });
+                if settled
+                    && me
+                        .seen
+                        .lock()
+                        .expect("not poisoned")
+                        .settled
+                        .insert(format!("{NS}/{}", ar.name_any()))
+                {
+                    me.changed.notify_waiters();
+                }
+            }
+        });
         let api: Api<RoleBinding> = Api::all(client);
         let me = b.clone();
         let task = tokio::spawn(async move {
@@ -181,6 +210,14 @@ impl Bindings {
     async fn gone(&self, key: &str) -> Result<Instant> {
         self.until(Duration::from_secs(120), key, |s| {
             s.gone.get(key).map(|g| g.0)
+        })
+        .await
+    }
+
+    /// Waits until the request's writes after its binding are over ([`Seen::settled`]).
+    async fn settled(&self, key: &str) -> Result<()> {
+        self.until(Duration::from_secs(60), key, |s| {
+            s.settled.contains(key).then_some(())
         })
         .await
     }
@@ -821,6 +858,24 @@ impl World {
         Ok(())
     }
 
+    /// The operator's `kube_pim_allocator_bytes`, in MiB by kind (empty if it cannot be read).
+    async fn allocator(&self) -> BTreeMap<String, f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(addr) = std::fs::read_to_string(self.cp.env().dir().join("operator.addr")) else {
+            return BTreeMap::new();
+        };
+        let mut body = String::new();
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr.trim()).await {
+            let req = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+            if s.write_all(req.as_bytes()).await.is_err()
+                || s.read_to_string(&mut body).await.is_err()
+            {
+                body.clear();
+            }
+        }
+        super::allocator_mib(&body)
+    }
+
     /// Creates a request as the benchmark's requester; returns its `namespace/name` key.
     async fn request(&self, ns: &str, role_setting: &str, duration: &str) -> Result<String> {
         let ar = Api::<ActivationRequest>::namespaced(self.user.clone(), ns)
@@ -954,8 +1009,8 @@ async fn setup(o: &Options) -> Result<World> {
     })
 }
 
-/// Sequential activations (no approval): create → binding seen; and what the benchmark saw of
-/// each, for its path stage by stage.
+/// Sequential activations (no approval): create → binding seen, each started once the one
+/// before is settled; and what the benchmark saw of each, for its path stage by stage.
 async fn activation_latency(w: &World, n: usize) -> Result<(Vec<f64>, Vec<Sent>)> {
     let api = Api::<ActivationRequest>::namespaced(w.user.clone(), NS);
     let (mut out, mut sent) = (Vec::new(), Vec::new());
@@ -965,8 +1020,13 @@ async fn activation_latency(w: &World, n: usize) -> Result<(Vec<f64>, Vec<Sent>)
             .create(&PostParams::default(), &request(NS, "bench", "1h"))
             .await?;
         let created = Utc::now();
-        let (seen_at, seen) = w.seen.added_at(&format!("{NS}/{}", ar.name_any())).await?;
+        let key = format!("{NS}/{}", ar.name_any());
+        let (seen_at, seen) = w.seen.added_at(&key).await?;
         out.push(ms(seen_at - t0));
+        // The next sample starts once this activation's later writes (Active, the audit
+        // outbox, Events) are made, as in the baseline, whose loop makes them itself before
+        // its next create: a sample measures one activation, not the tail of the one before.
+        w.seen.settled(&key).await?;
         sent.push(Sent {
             uid: ar.uid().unwrap_or_default(),
             name: ar.name_any(),
@@ -1257,12 +1317,14 @@ async fn memory(w: &mut World, target: usize) -> Result<Memory> {
     w.settle().await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (rss, _, file) = rss_mib(w.pid()?);
+    let allocator = w.allocator().await;
     w.cp.stop_operator().await?;
     let t0 = Instant::now();
     w.cp.restart_operator().await?;
     let ready = ms(t0.elapsed());
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (after, peak, _) = rss_mib(w.pid()?);
+    let allocator_after_relist = w.allocator().await;
     Ok(Memory {
         assignments: target.max(count(&eas.list(&ListParams::default().limit(1)).await?)),
         active_activations: w.seen.live(),
@@ -1272,6 +1334,8 @@ async fn memory(w: &mut World, target: usize) -> Result<Memory> {
         restart_ready_ms: round1(ready),
         relist_peak_mib: round1(peak),
         rss_after_relist_mib: round1(after),
+        allocator_mib: allocator,
+        allocator_after_relist_mib: allocator_after_relist,
     })
 }
 

@@ -351,6 +351,7 @@ impl Context {
 
     /// Brings the cache-derived gauges up to date.
     fn refresh_gauges(&self, metrics: &crate::metrics::Metrics) {
+        metrics.refresh_allocator();
         metrics
             .audit_sink_lag
             .set(self.audit.sink().map_or(0, |s| s.lag()) as i64);
