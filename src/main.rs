@@ -2,7 +2,8 @@
 
 // jemalloc, not glibc's malloc: after a relist at 10,000 requests, assignments and bindings,
 // RSS settled at 145 MiB against 178 MiB, and the relist took half the CPU (BENCHMARKS.md).
-// Its options (one arena, dirty pages back after 1 s) are built in: .cargo/config.toml.
+// Its options (one arena, dirty pages back after 1 s, no thread caches) are built in:
+// .cargo/config.toml.
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -24,5 +25,6 @@ mod tests {
         // .cargo/config.toml sets JEMALLOC_SYS_WITH_MALLOC_CONF; a build without it (another
         // directory, a dropped file) would silently lose them.
         assert_eq!(tikv_jemalloc_ctl::opt::narenas::read().unwrap(), 1);
+        assert!(!tikv_jemalloc_ctl::opt::tcache::read().unwrap());
     }
 }

@@ -179,8 +179,8 @@ pub struct ControllerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AllocatorLabels {
     /// jemalloc's statistic: `allocated` (live data), `active` (pages holding live data),
-    /// `resident` (pages the allocator holds in memory), `metadata`, `retained` (address
-    /// space kept but returned to the system).
+    /// `resident` (pages the allocator holds in memory, an upper bound), `metadata`,
+    /// `retained` (address space kept mapped whose pages were given back).
     pub kind: &'static str,
 }
 
@@ -381,7 +381,7 @@ impl Default for Metrics {
         let allocator = Family::default();
         registry.register(
             "allocator_bytes",
-            "jemalloc's statistics, by kind: allocated (live data), active (pages holding it), resident (pages it holds in memory), metadata, retained (returned to the system)",
+            "jemalloc's statistics, by kind: allocated (live data), active (pages holding it), resident (pages it holds in memory, an upper bound), metadata, retained (address space kept mapped, its pages given back)",
             allocator.clone(),
         );
         let notifications = NotificationMetrics::default();
@@ -448,8 +448,8 @@ impl Metrics {
     }
 
     /// Brings `kube_pim_allocator_bytes` up to date from jemalloc's statistics (a snapshot
-    /// taken now: they are cached until the epoch advances). Zero where the process does not
-    /// allocate with jemalloc (tests, the benchmark).
+    /// taken now: they are cached until the epoch advances). Where the process does not
+    /// allocate with jemalloc (tests, the benchmark) they are jemalloc's own few bytes.
     pub fn refresh_allocator(&self) {
         use tikv_jemalloc_ctl::{epoch, stats};
         if epoch::advance().is_err() {

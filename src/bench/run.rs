@@ -97,6 +97,8 @@ fn ms(d: Duration) -> f64 {
 struct Seen {
     added: HashMap<String, (Instant, SystemTime)>,
     gone: HashMap<String, (Instant, SystemTime)>,
+    /// Requests in [`NS`]: when each was first seen Active ([`Bindings::watch_requests`]).
+    active: HashMap<String, Instant>,
     /// Requests in [`NS`] recorded Active with every history entry audited: the writes that
     /// follow an activation's binding (Active, the audit outbox, Events) are over.
     settled: HashSet<String>,
@@ -115,31 +117,6 @@ impl Bindings {
             seen: Default::default(),
             changed: Default::default(),
         };
-        let requests: Api<ActivationRequest> = Api::namespaced(client.clone(), NS);
-        let me = b.clone();
-        tokio::spawn(async move {
-            let mut events = watcher(requests, watcher::Config::default())
-                .default_backoff()
-                .applied_objects()
-                .boxed();
-            while let Some(ev) = events.next().await {
-                let Ok(ar) = ev else { continue };
-                let settled = ar.status.as_ref().is_some_and(|s| {
-                    s.phase == Some(crate::api::RequestPhase::Active)
-                        && usize::try_from(s.audited_through).unwrap_or(0) >= s.history.len()
-                });
-                if settled
-                    && me
-                        .seen
-                        .lock()
-                        .expect("not poisoned")
-                        .settled
-                        .insert(format!("{NS}/{}", ar.name_any()))
-                {
-                    me.changed.notify_waiters();
-                }
-            }
-        });
         let api: Api<RoleBinding> = Api::all(client);
         let me = b.clone();
         let task = tokio::spawn(async move {
@@ -172,6 +149,40 @@ impl Bindings {
             }
         });
         (b, task)
+    }
+
+    /// Also watches the requests of [`NS`]: when each is first seen Active, and when it is
+    /// settled ([`Seen::settled`]). Needed only while latencies are measured.
+    fn watch_requests(&self, client: Client) -> tokio::task::JoinHandle<()> {
+        let requests: Api<ActivationRequest> = Api::namespaced(client, NS);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut events = watcher(requests, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(ev) = events.next().await {
+                let at = Instant::now();
+                let Ok(ar) = ev else { continue };
+                let Some(status) = ar.status.as_ref() else {
+                    continue;
+                };
+                if status.phase != Some(crate::api::RequestPhase::Active) {
+                    continue;
+                }
+                let key = format!("{NS}/{}", ar.name_any());
+                let settled =
+                    usize::try_from(status.audited_through).unwrap_or(0) >= status.history.len();
+                {
+                    let mut s = me.seen.lock().expect("not poisoned");
+                    s.active.entry(key.clone()).or_insert(at);
+                    if settled {
+                        s.settled.insert(key);
+                    }
+                }
+                me.changed.notify_waiters();
+            }
+        })
     }
 
     /// Waits (up to `limit`) until `f` over what was seen gives an answer.
@@ -214,6 +225,12 @@ impl Bindings {
         .await
     }
 
+    /// When the request was first seen Active.
+    async fn active(&self, key: &str) -> Result<Instant> {
+        self.until(Duration::from_secs(60), key, |s| s.active.get(key).copied())
+            .await
+    }
+
     /// Waits until the request's writes after its binding are over ([`Seen::settled`]).
     async fn settled(&self, key: &str) -> Result<()> {
         self.until(Duration::from_secs(60), key, |s| {
@@ -237,6 +254,25 @@ async fn namespace(admin: &Client, name: &str) -> Result<()> {
             &Patch::Apply(&ns),
         )
         .await?;
+    Ok(())
+}
+
+/// The requester and approver personas bound in `ns` for the benchmark's groups, as a
+/// platform admin would bind them.
+async fn personas(admin: &Client, ns: &str) -> Result<()> {
+    let ssa = PatchParams::apply("kube-pim-bench").force();
+    let rbs = Api::<RoleBinding>::namespaced(admin.clone(), ns);
+    for (name, role, group) in [
+        ("bench-requesters", "kube-pim-requester", "bench"),
+        ("bench-approvers", "kube-pim-approver", "bench-approvers"),
+    ] {
+        rbs.patch(name, &ssa, &Patch::Apply(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]})))
+            .await?;
+    }
     Ok(())
 }
 
@@ -310,6 +346,8 @@ fn paths(audit_log: &str, writer: &str, sent: &[Sent]) -> Vec<Path> {
 /// What the baseline measured.
 struct Baseline {
     activation: Vec<f64>,
+    /// Create → the request seen Active.
+    activation_to_active: Vec<f64>,
     /// Each timed activation's path, stage by stage.
     activation_paths: Vec<Path>,
     /// Runs A to O's baseline: create, binding (no commit first).
@@ -327,10 +365,11 @@ struct Baseline {
 
 /// The baseline: the calls of one activation as kube-pim makes them (create the request,
 /// commit the decision, apply the binding, then the rest of its writes: [`Replay`]), of one
-/// approval (record the decision, create the binding, patch the
-/// status) and of one revocation (delete the binding), made back to back by this process
-/// against a control plane with no kube-pim process; then its write capacity (creates from
-/// `WORKERS` concurrent clients) and the time to delete N bindings with as many.
+/// approval (record the decision, commit it, apply the binding, the rest) and of one
+/// revocation (delete the binding), made back to back by this process against a control
+/// plane with no kube-pim process; then its write capacity (creates from `WORKERS`
+/// concurrent clients), its capacity for whole activations' writes (as many clients, each
+/// replaying one activation after another) and the time to delete N bindings with as many.
 async fn baseline(o: &Options) -> Result<Baseline> {
     let cp = ControlPlane::start(EnvOptions {
         dir: o.dir.join("baseline"),
@@ -344,38 +383,56 @@ async fn baseline(o: &Options) -> Result<Baseline> {
     .await?;
     let admin = cp.env().admin().await?;
     namespace(&admin, NS).await?;
+    // The same users as kube-pim's phase, authorized by RBAC as there: the requester and the
+    // approver through the persona roles, the operator's user through the operator's
+    // ClusterRole (admin is in system:masters, which skips authorization).
+    personas(&admin, NS).await?;
+    let pp = PatchParams::apply(crate::controller::FIELD_MANAGER).force();
+    let role = crate::rbac::operator_cluster_role(None);
+    let role_name = role.metadata.name.clone().unwrap_or_default();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone())
+        .patch(&role_name, &pp, &Patch::Apply(&role))
+        .await?;
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(admin.clone())
+        .patch(
+            &role_name,
+            &pp,
+            &Patch::Apply(crate::rbac::operator_cluster_role_binding(
+                crate::testenv::OPERATOR_USER,
+            )),
+        )
+        .await?;
+    let requester = cp.env().client(USER, &["bench"]).await?;
+    let approver = cp.env().client(APPROVER, &["bench-approvers"]).await?;
+    let operator = cp.env().client(crate::testenv::OPERATOR_USER, &[]).await?;
     let (seen, watch) = Bindings::watch(admin.clone());
+    let requests = seen.watch_requests(admin.clone());
     let ars: Api<ActivationRequest> = Api::namespaced(admin.clone(), NS);
     let rbs: Api<RoleBinding> = Api::namespaced(admin.clone(), NS);
     let pp = PatchParams::default();
-    let replay = Replay::new(&admin);
-    let (mut activation, mut revocation, mut approval) = (Vec::new(), Vec::new(), Vec::new());
+    let replay = Replay::new(&requester, &operator);
+    let (mut activation, mut to_active, mut revocation, mut approval) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut sent = Vec::new();
-    let (_, audit_from) = audit_log(cp.env().dir(), 0)?;
+    let audit_from = audit_len(cp.env().dir())?;
     // The first calls of a fresh apiserver (cold caches, connection set-up) are not counted.
     for i in 0..o.samples + WARMUP {
         // kube-pim's calls in kube-pim's order (SPEC section 3: the decision is committed
         // before any binding exists): create, commit, binding; until the binding is seen.
+        // The binding stays, as kube-pim's 1 h activations' do.
         let (t0, at) = (Instant::now(), Utc::now());
         let created = replay.create().await?;
         let created_at = Utc::now();
         let (name, uid) = (created.name_any(), created.uid().unwrap_or_default());
-        let committed = replay.commit(created).await?;
+        let committed = replay.commit(created, true).await?;
         let refs = replay.bind(&committed).await?;
         let key = format!("{NS}/{name}");
         let (seen_at, seen_wall) = seen.added_at(&key).await?;
-        let a = ms(seen_at - t0);
         replay.finish(committed, refs).await?;
-        let t1 = Instant::now();
-        rbs.delete(
-            &crate::decide::bindings::binding_name(&uid, "view"),
-            &DeleteParams::default(),
-        )
-        .await?;
-        let r = ms(seen.gone(&key).await? - t1);
+        let active_at = seen.active(&key).await?;
         if i >= WARMUP {
-            activation.push(a);
-            revocation.push(r);
+            activation.push(ms(seen_at - t0));
+            to_active.push(ms(active_at - t0));
             sent.push(Sent {
                 name,
                 uid,
@@ -386,7 +443,19 @@ async fn baseline(o: &Options) -> Result<Baseline> {
         }
     }
     let (log, _) = audit_log(cp.env().dir(), audit_from)?;
-    let activation_paths = paths(&log, crate::testenv::ADMIN_USER, &sent);
+    let activation_paths = paths(&log, crate::testenv::OPERATOR_USER, &sent);
+    // Revocation: the operator's user deletes each binding; until the deletion is seen.
+    let operator_rbs: Api<RoleBinding> = Api::namespaced(operator.clone(), NS);
+    for s in &sent {
+        let t1 = Instant::now();
+        operator_rbs
+            .delete(
+                &crate::decide::bindings::binding_name(&s.uid, "view"),
+                &DeleteParams::default(),
+            )
+            .await?;
+        revocation.push(ms(seen.gone(&format!("{NS}/{}", s.name)).await? - t1));
+    }
     // The baseline of runs A to O, for comparison: create the request, create the binding
     // (no commit first), patch the status; until the binding is seen.
     let mut without_commit = Vec::new();
@@ -406,21 +475,26 @@ async fn baseline(o: &Options) -> Result<Baseline> {
             without_commit.push(a);
         }
     }
+    // The approval's calls in kube-pim's order: the approver's decision, the commit, the
+    // binding; until the binding is seen.
     for _ in 0..o.samples {
-        let mut req = request(NS, "bench-approved", "1h");
-        req.spec.requester.username = USER.into();
-        let name = ars.create(&PostParams::default(), &req).await?.name_any();
+        let created = replay.create().await?;
+        let name = created.name_any();
         let pending = json!({"status": {"phase": "Pending", "approvals": []}});
         ars.patch_status(&name, &pp, &Patch::Merge(pending)).await?;
         let t0 = Instant::now();
         let decided = json!({"status": {"approvals": [{"decision": "Approved",
             "approver": {"username": APPROVER}, "time": Utc::now()}]}});
-        ars.patch_status(&name, &pp, &Patch::Merge(decided)).await?;
-        rbs.create(&PostParams::default(), &binding(&name)).await?;
-        let active = json!({"status": {"phase": "Active"}});
-        ars.patch_status(&name, &pp, &Patch::Merge(active)).await?;
+        let decided = Api::<ActivationRequest>::namespaced(approver.clone(), NS)
+            .patch_status(&name, &pp, &Patch::Merge(decided))
+            .await?;
+        let committed = replay.commit(decided, false).await?;
+        let refs = replay.bind(&committed).await?;
         approval.push(ms(seen.added(&format!("{NS}/{name}")).await? - t0));
+        replay.finish(committed, refs).await?;
     }
+    // Only the latency loops need the requests' watch (its decoding is the benchmark's CPU).
+    requests.abort();
     // Write capacity: WORKERS clients creating small objects back to back.
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
     let window = Duration::from_secs(o.rate_secs.clamp(2, 10));
@@ -480,6 +554,7 @@ async fn baseline(o: &Options) -> Result<Baseline> {
     cp.shutdown().await;
     Ok(Baseline {
         activation,
+        activation_to_active: to_active,
         activation_paths,
         activation_without_commit: without_commit,
         approval,
@@ -548,6 +623,9 @@ where
 /// as kube-pim's do.
 #[derive(Clone)]
 struct Replay {
+    /// As the requester (`bench-user`, group `bench`): the create.
+    requester: Api<ActivationRequest>,
+    /// As the operator's user, with the operator's ClusterRole: everything else.
     ars: Api<ActivationRequest>,
     rbs: Api<RoleBinding>,
     events: Events,
@@ -563,12 +641,15 @@ struct Committed {
 }
 
 impl Replay {
-    fn new(admin: &Client) -> Self {
+    /// The calls made as `requester` and as `operator` (each authorized by RBAC, as kube-pim's
+    /// are: neither is in `system:masters`).
+    fn new(requester: &Client, operator: &Client) -> Self {
         Self {
-            ars: Api::namespaced(admin.clone(), NS),
-            rbs: Api::namespaced(admin.clone(), NS),
+            requester: Api::namespaced(requester.clone(), NS),
+            ars: Api::namespaced(operator.clone(), NS),
+            rbs: Api::namespaced(operator.clone(), NS),
             events: Events::new(
-                admin.clone(),
+                operator.clone(),
                 Reporter {
                     controller: crate::controller::FIELD_MANAGER.into(),
                     instance: None,
@@ -577,16 +658,21 @@ impl Replay {
         }
     }
 
-    /// The requester's create (the requester stamped by the benchmark, as admission would).
+    /// The requester's create, with what kube-pim's admission would stamp on it (the
+    /// requester's identity, kube-pim's finalizer).
     async fn create(&self) -> Result<ActivationRequest> {
         let mut req = request(NS, "bench", "1h");
         req.spec.requester.username = USER.into();
-        Ok(self.ars.create(&PostParams::default(), &req).await?)
+        req.spec.requester.groups = vec!["bench".into(), "system:authenticated".into()];
+        req.metadata.finalizers = Some(vec![crate::controller::FINALIZER.into()]);
+        Ok(self.requester.create(&PostParams::default(), &req).await?)
     }
 
     /// The decision committed before any binding exists (SPEC section 3, *Ordering*): history
-    /// Requested and Approved, the Approved condition, `approvals` initialised, phase Pending.
-    async fn commit(&self, created: ActivationRequest) -> Result<Committed> {
+    /// Requested and Approved, the Approved condition, phase Pending, and `approvals`
+    /// initialised if `initialize` (kube-pim writes them only then: an approver's decision is
+    /// never overwritten).
+    async fn commit(&self, created: ActivationRequest, initialize: bool) -> Result<Committed> {
         let now = Utc::now();
         let approved = json!({"type": "Approved", "status": "True", "reason": "ApprovalNotRequired",
             "message": "RoleSetting does not require approval", "observedGeneration": 1,
@@ -597,9 +683,12 @@ impl Replay {
             json!({"seq": 2, "action": "Approved", "actor": "kube-pim", "time": now,
                 "message": "no approval required"}),
         ];
-        let commit = json!({"metadata": {"resourceVersion": created.resource_version()},
-            "status": {"phase": "Pending", "approvals": [], "conditions": [approved],
+        let mut commit = json!({"metadata": {"resourceVersion": created.resource_version()},
+            "status": {"phase": "Pending", "conditions": [approved],
                 "history": history, "observedGeneration": 1}});
+        if initialize {
+            commit["status"]["approvals"] = json!([]);
+        }
         let request = self
             .ars
             .patch_status(
@@ -638,8 +727,8 @@ impl Replay {
     async fn finish(&self, c: Committed, refs: Vec<crate::api::BindingRef>) -> Result<()> {
         let (name, pp) = (c.request.name_any(), PatchParams::default());
         let reference = c.request.object_ref(&());
-        for reason in ["Requested", "Approved"] {
-            self.events.publish(&event(reason), &reference).await?;
+        for h in &c.history {
+            self.events.publish(&event(h), &reference).await?;
         }
         let message = format!(
             "granted view to {USER} until {} (assignment bench)",
@@ -660,7 +749,7 @@ impl Replay {
             .ars
             .patch_status(&name, &pp, &Patch::Merge(&activate))
             .await?;
-        self.events.publish(&event("Activated"), &reference).await?;
+        self.events.publish(&event(&history[2]), &reference).await?;
         let mut audited = activate;
         audited["metadata"]["resourceVersion"] = json!(activated.resource_version());
         audited["status"]["auditedThrough"] = json!(3);
@@ -672,19 +761,21 @@ impl Replay {
 
     /// All of one activation's writes, one after the other.
     async fn activation(&self) -> Result<()> {
-        let c = self.commit(self.create().await?).await?;
+        let c = self.commit(self.create().await?, true).await?;
         let refs = self.bind(&c).await?;
         self.finish(c, refs).await
     }
 }
 
-/// A Normal Event for a transition, as kube-pim emits it.
-fn event(reason: &str) -> KubeEvent {
+/// The Normal Event for a replayed history entry, as kube-pim emits it (reason and action the
+/// entry's action, note its message).
+fn event(entry: &serde_json::Value) -> KubeEvent {
+    let s = |k: &str| entry[k].as_str().unwrap_or_default().to_string();
     KubeEvent {
         type_: EventType::Normal,
-        reason: reason.into(),
-        note: None,
-        action: reason.into(),
+        reason: s("action"),
+        note: Some(s("message")),
+        action: s("action"),
         secondary: None,
     }
 }
@@ -811,6 +902,14 @@ fn round1(x: f64) -> f64 {
 }
 
 /// The apiserver's audit log of a control plane, from byte `from` on.
+/// The apiserver's audit log's length so far: where a phase's lines start.
+fn audit_len(dir: &std::path::Path) -> Result<u64> {
+    let path = dir.join("apiserver-audit.log");
+    Ok(std::fs::metadata(&path)
+        .map_err(Error::io("read", &path))?
+        .len())
+}
+
 fn audit_log(dir: &std::path::Path, from: u64) -> Result<(String, u64)> {
     use std::io::{Read, Seek};
     let path = dir.join("apiserver-audit.log");
@@ -864,16 +963,21 @@ impl World {
         let Ok(addr) = std::fs::read_to_string(self.cp.env().dir().join("operator.addr")) else {
             return BTreeMap::new();
         };
-        let mut body = String::new();
-        if let Ok(mut s) = tokio::net::TcpStream::connect(addr.trim()).await {
+        let scrape = async {
+            let mut s = tokio::net::TcpStream::connect(addr.trim()).await.ok()?;
             let req = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-            if s.write_all(req.as_bytes()).await.is_err()
-                || s.read_to_string(&mut body).await.is_err()
-            {
-                body.clear();
+            s.write_all(req.as_bytes()).await.ok()?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).await.ok()?;
+            Some(body)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), scrape).await {
+            Ok(Some(body)) => super::allocator_mib(&body),
+            _ => {
+                tracing::warn!("could not read the operator's allocator figures from /metrics");
+                BTreeMap::new()
             }
         }
-        super::allocator_mib(&body)
     }
 
     /// Creates a request as the benchmark's requester; returns its `namespace/name` key.
@@ -957,19 +1061,7 @@ async fn setup(o: &Options) -> Result<World> {
                 "apiVersion": "kubepim.io/v1alpha1", "kind": "EligibleAssignment", "metadata": {"name": "bench"},
                 "spec": {"roleSetting": "bench", "subject": {"kind": "Group", "name": "bench"}}})))
                 .await?;
-            // The personas, as a platform admin would bind them.
-            let rbs = Api::<RoleBinding>::namespaced(admin.clone(), &ns);
-            for (name, role, group) in [
-                ("bench-requesters", "kube-pim-requester", "bench"),
-                ("bench-approvers", "kube-pim-approver", "bench-approvers"),
-            ] {
-                rbs.patch(name, &ssa, &Patch::Apply(json!({
-                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                    "metadata": {"name": name},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-                    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]})))
-                    .await?;
-            }
+            personas(&admin, &ns).await?;
             Ok(())
         }
     })
@@ -998,6 +1090,7 @@ async fn setup(o: &Options) -> Result<World> {
     let user = cp.env().client(USER, &["bench"]).await?;
     let approver = cp.env().client(APPROVER, &["bench-approvers"]).await?;
     let (seen, _watch) = Bindings::watch(admin.clone());
+    seen.watch_requests(admin.clone());
     namespaces.sort();
     Ok(World {
         cp,
@@ -1009,11 +1102,12 @@ async fn setup(o: &Options) -> Result<World> {
     })
 }
 
-/// Sequential activations (no approval): create → binding seen, each started once the one
-/// before is settled; and what the benchmark saw of each, for its path stage by stage.
-async fn activation_latency(w: &World, n: usize) -> Result<(Vec<f64>, Vec<Sent>)> {
+/// Sequential activations (no approval), each started once the one before is settled:
+/// create → binding seen, create → request seen Active, and what the benchmark saw of each,
+/// for its path stage by stage.
+async fn activation_latency(w: &World, n: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<Sent>)> {
     let api = Api::<ActivationRequest>::namespaced(w.user.clone(), NS);
-    let (mut out, mut sent) = (Vec::new(), Vec::new());
+    let (mut out, mut to_active, mut sent) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
         let (t0, at) = (Instant::now(), Utc::now());
         let ar = api
@@ -1023,6 +1117,7 @@ async fn activation_latency(w: &World, n: usize) -> Result<(Vec<f64>, Vec<Sent>)
         let key = format!("{NS}/{}", ar.name_any());
         let (seen_at, seen) = w.seen.added_at(&key).await?;
         out.push(ms(seen_at - t0));
+        to_active.push(ms(w.seen.active(&key).await? - t0));
         // The next sample starts once this activation's later writes (Active, the audit
         // outbox, Events) are made, as in the baseline, whose loop makes them itself before
         // its next create: a sample measures one activation, not the tail of the one before.
@@ -1035,7 +1130,7 @@ async fn activation_latency(w: &World, n: usize) -> Result<(Vec<f64>, Vec<Sent>)
             seen,
         });
     }
-    Ok((out, sent))
+    Ok((out, to_active, sent))
 }
 
 /// Sequential approvals: a request waits for approval (untimed); the approver's decision →
@@ -1069,6 +1164,8 @@ async fn approval_latency(w: &World, n: usize) -> Result<Vec<f64>> {
         api.patch_status(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await?;
         out.push(ms(w.seen.added(&key).await? - t0));
+        // As for activations: the next one starts once this one's later writes are made.
+        w.seen.settled(&key).await?;
     }
     Ok(out)
 }
@@ -1086,7 +1183,7 @@ struct Lifecycles {
 /// the binding's deletion (watch) against `status.expirationTime`.
 async fn lifecycles(w: &World, n: usize) -> Result<Lifecycles> {
     let pid = w.pid()?;
-    let (_, from) = audit_log(w.cp.env().dir(), 0)?;
+    let from = audit_len(w.cp.env().dir())?;
     let cpu0 = cpu_seconds(pid);
     let start = tokio::time::Instant::now();
     let mut keys = Vec::new();
@@ -1347,14 +1444,15 @@ pub async fn run(o: &Options) -> Result<Report> {
 
     // Untimed warm-up activations.
     activation_latency(&w, WARMUP).await?;
-    let (_, audit_from) = audit_log(w.cp.env().dir(), 0)?;
+    let audit_from = audit_len(w.cp.env().dir())?;
     let mut runs = Vec::new();
-    let mut pooled = Vec::new();
+    let (mut pooled, mut to_active) = (Vec::new(), Vec::new());
     let mut sent = Vec::new();
     for _ in 0..o.runs.max(1) {
-        let (r, s) = activation_latency(&w, o.samples).await?;
+        let (r, a, s) = activation_latency(&w, o.samples).await?;
         runs.push(summarize(&r));
         pooled.extend(r);
+        to_active.extend(a);
         sent.extend(s);
     }
     let (log, _) = audit_log(w.cp.env().dir(), audit_from)?;
@@ -1424,6 +1522,8 @@ pub async fn run(o: &Options) -> Result<Report> {
     };
     let baseline_activation = summarize(&base.activation);
     let baseline_activation_without_commit = summarize(&base.activation_without_commit);
+    let baseline_activation_to_active = summarize(&base.activation_to_active);
+    let activation_to_active = summarize(&to_active);
     let activation_to_binding = summarize(&pooled);
     let baseline_approval = summarize(&base.approval);
     let approval_to_binding = summarize(&approval);
@@ -1432,11 +1532,13 @@ pub async fn run(o: &Options) -> Result<Report> {
         started: started.to_rfc3339(),
         samples: o.samples,
         activation_ratio_p99: ratio(&activation_to_binding, &baseline_activation),
-        activation_ratio_p99_without_commit: ratio(
-            &activation_to_binding,
-            &baseline_activation_without_commit,
-        ),
         baseline_activation_without_commit,
+        activation_to_active_ratio_p99: ratio(
+            &activation_to_active,
+            &baseline_activation_to_active,
+        ),
+        baseline_activation_to_active,
+        activation_to_active,
         activation_stages,
         approval_ratio_p99: ratio(&approval_to_binding, &baseline_approval),
         baseline_activation,
