@@ -416,7 +416,9 @@ async fn baseline(o: &Options) -> Result<Baseline> {
     let mut sent = Vec::new();
     let audit_from = audit_len(cp.env().dir())?;
     // The first calls of a fresh apiserver (cold caches, connection set-up) are not counted.
-    for i in 0..o.samples + WARMUP {
+    // As many as kube-pim's runs make together, so the namespace holds as many live bindings
+    // of the requester at each point of the pooled figure.
+    for i in 0..o.samples * o.runs.max(1) + WARMUP {
         // kube-pim's calls in kube-pim's order (SPEC section 3: the decision is committed
         // before any binding exists): create, commit, binding; until the binding is seen.
         // The binding stays, as kube-pim's 1 h activations' do.

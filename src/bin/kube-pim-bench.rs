@@ -22,7 +22,7 @@ struct Cli {
     #[arg(long, default_value_t = 1000)]
     restart: usize,
     /// Offered rates for the throughput steps, activations per second (comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = [10.0, 20.0, 40.0, 80.0])]
+    #[arg(long, value_delimiter = ',', default_values_t = [10.0, 20.0, 40.0, 60.0, 80.0])]
     rates: Vec<f64>,
     /// Seconds per throughput step.
     #[arg(long, default_value_t = 15)]
