@@ -12,7 +12,7 @@ pub mod run;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// p50, p99 and max of a sample, in milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -47,6 +47,60 @@ fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
+/// One line of the apiserver's audit log (JSON, level Metadata): the fields the benchmark reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct AuditEvent {
+    stage: String,
+    verb: String,
+    user: AuditUser,
+    user_agent: Option<String>,
+    object_ref: Option<AuditObject>,
+    request_received_timestamp: Option<DateTime<Utc>>,
+    stage_timestamp: Option<DateTime<Utc>>,
+    response_status: Option<AuditStatus>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct AuditUser {
+    username: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct AuditObject {
+    resource: Option<String>,
+    subresource: Option<String>,
+    namespace: String,
+    name: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct AuditStatus {
+    code: u16,
+}
+
+impl AuditEvent {
+    /// `resource` or `resource/subresource`; `None` for calls to no resource (`/readyz`).
+    fn what(&self) -> Option<String> {
+        let o = self.object_ref.as_ref()?;
+        let resource = o.resource.as_deref()?;
+        Some(match &o.subresource {
+            Some(sub) => format!("{resource}/{sub}"),
+            None => resource.to_string(),
+        })
+    }
+}
+
+/// The audit log's events, lines that are not one left out.
+fn audit_events(audit_log: &str) -> impl Iterator<Item = AuditEvent> + '_ {
+    audit_log
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+}
+
 /// API requests made by `user`, by verb and resource[/subresource], from the apiserver's
 /// audit log (JSON lines at level Metadata), and the user agents they came with.
 /// `apiserver_request_total` has no user or user-agent label, so the audit log is how the
@@ -56,31 +110,18 @@ pub fn requests_by(audit_log: &str, user: &str) -> (BTreeMap<String, f64>, Vec<S
     const NOT_PER_ACTIVATION: &[&str] = &["leases"];
     let mut counts = BTreeMap::new();
     let mut agents = std::collections::BTreeSet::new();
-    for line in audit_log.lines() {
-        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+    for e in audit_events(audit_log).filter(|e| e.user.username == user) {
+        let Some(what) = e.what() else {
             continue;
         };
-        if e.pointer("/user/username").and_then(|u| u.as_str()) != Some(user) {
+        if NOT_PER_ACTIVATION.iter().any(|r| what == *r) {
             continue;
         }
-        let (Some(verb), Some(resource)) = (
-            e.get("verb").and_then(|v| v.as_str()),
-            e.pointer("/objectRef/resource").and_then(|v| v.as_str()),
-        ) else {
-            continue;
-        };
-        if NOT_PER_ACTIVATION.contains(&resource) {
-            continue;
-        }
-        let what = match e.pointer("/objectRef/subresource").and_then(|v| v.as_str()) {
-            Some(sub) => format!("{resource}/{sub}"),
-            None => resource.to_string(),
-        };
         *counts
-            .entry(format!("{} {what}", verb.to_uppercase()))
+            .entry(format!("{} {what}", e.verb.to_uppercase()))
             .or_insert(0.0) += 1.0;
-        if let Some(a) = e.get("userAgent").and_then(|v| v.as_str()) {
-            agents.insert(a.to_string());
+        if let Some(a) = e.user_agent {
+            agents.insert(a);
         }
     }
     (counts, agents.into_iter().collect())
@@ -116,47 +157,33 @@ pub fn call_key(user: &str, verb: &str, what: &str, namespace: &str, name: &str)
 /// (creates with `generateName`, lists) and refused calls (status 400 and above) are left out.
 pub fn first_calls(audit_log: &str) -> HashMap<String, Timed> {
     let mut out = HashMap::new();
-    for line in audit_log.lines() {
-        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if e.get("stage").and_then(|s| s.as_str()) != Some("ResponseComplete") {
-            continue;
-        }
-        let s = |ptr: &str| e.pointer(ptr).and_then(|v| v.as_str());
-        let time = |ptr: &str| {
-            s(ptr)
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc))
-        };
-        let (Some(user), Some(verb), Some(resource), Some(name), Some(received), Some(completed)) = (
-            s("/user/username"),
-            s("/verb"),
-            s("/objectRef/resource"),
-            s("/objectRef/name").filter(|n| !n.is_empty()),
-            time("/requestReceivedTimestamp"),
-            time("/stageTimestamp"),
-        ) else {
-            continue;
-        };
-        let what = match s("/objectRef/subresource") {
-            Some(sub) => format!("{resource}/{sub}"),
-            None => resource.to_string(),
-        };
+    for e in audit_events(audit_log) {
         // A refused call (a conflict, a squatting binding replaced) is not the write that
         // took effect: the first that succeeded is.
-        if e.pointer("/responseStatus/code")
-            .and_then(|c| c.as_u64())
-            .is_some_and(|c| c >= 400)
+        if e.stage != "ResponseComplete"
+            || e.response_status.as_ref().is_some_and(|r| r.code >= 400)
         {
             continue;
         }
-        let ns = s("/objectRef/namespace").unwrap_or_default();
-        out.entry(call_key(user, verb, &what, ns, name))
-            .or_insert(Timed {
-                received,
-                completed,
-            });
+        let (Some(what), Some(o), Some(received), Some(completed)) = (
+            e.what(),
+            e.object_ref.as_ref().filter(|o| !o.name.is_empty()),
+            e.request_received_timestamp,
+            e.stage_timestamp,
+        ) else {
+            continue;
+        };
+        out.entry(call_key(
+            &e.user.username,
+            &e.verb,
+            &what,
+            &o.namespace,
+            &o.name,
+        ))
+        .or_insert(Timed {
+            received,
+            completed,
+        });
     }
     out
 }
@@ -614,23 +641,20 @@ mod tests {
 
     #[test]
     fn an_activations_path_is_read_from_the_audit_log_stage_by_stage() {
-        let line = |user: &str,
-                    verb: &str,
-                    sub: Option<&str>,
-                    resource: &str,
-                    name: &str,
-                    stage: &str,
-                    from: &str,
-                    to: &str| {
-            let mut r =
-                serde_json::json!({"resource": resource, "namespace": "bench", "name": name});
-            if let Some(sub) = sub {
+        // user, verb, resource[/subresource], name, stage, received and completed at
+        // 10:00:00 + the seconds given.
+        let line = |[user, verb, what, name, stage, from, to]: [&str; 7]| {
+            let mut r = serde_json::json!({"resource": what, "namespace": "bench", "name": name});
+            if let Some((resource, sub)) = what.split_once('/') {
+                r["resource"] = resource.into();
                 r["subresource"] = sub.into();
             }
             serde_json::json!({"stage": stage, "verb": verb, "user": {"username": user}, "objectRef": r,
-                "requestReceivedTimestamp": from, "stageTimestamp": to})
+                "requestReceivedTimestamp": format!("2026-12-06T10:00:{from}Z"),
+                "stageTimestamp": format!("2026-12-06T10:00:{to}Z")})
             .to_string()
         };
+        let done = "ResponseComplete";
         let log = [
             // A refused write (a conflict) is not the commit.
             serde_json::json!({"stage": "ResponseComplete", "verb": "patch", "user": {"username": "op"},
@@ -639,68 +663,14 @@ mod tests {
                 "requestReceivedTimestamp": "2026-12-06T10:00:00.005000Z", "stageTimestamp": "2026-12-06T10:00:00.005500Z"})
             .to_string(),
             // Creates with generateName carry no name: left out.
-            line(
-                "alice",
-                "create",
-                None,
-                "activationrequests",
-                "",
-                "ResponseComplete",
-                "2026-12-06T10:00:00.000000Z",
-                "2026-12-06T10:00:00.004000Z",
-            ),
-            line(
-                "op",
-                "patch",
-                Some("status"),
-                "activationrequests",
-                "b-1",
-                "ResponseComplete",
-                "2026-12-06T10:00:00.006000Z",
-                "2026-12-06T10:00:00.009000Z",
-            ),
+            line(["alice", "create", "activationrequests", "", done, "00.000", "00.004"]),
+            line(["op", "patch", "activationrequests/status", "b-1", done, "00.006", "00.009"]),
             // A later write to the same object is not the commit.
-            line(
-                "op",
-                "patch",
-                Some("status"),
-                "activationrequests",
-                "b-1",
-                "ResponseComplete",
-                "2026-12-06T10:00:00.020000Z",
-                "2026-12-06T10:00:00.021000Z",
-            ),
+            line(["op", "patch", "activationrequests/status", "b-1", done, "00.020", "00.021"]),
             // Another user's write, and a stage other than ResponseComplete, are not the operator's.
-            line(
-                "mallory",
-                "patch",
-                None,
-                "rolebindings",
-                "kubepim-1",
-                "ResponseComplete",
-                "2026-12-06T10:00:00.001000Z",
-                "2026-12-06T10:00:00.002000Z",
-            ),
-            line(
-                "op",
-                "patch",
-                None,
-                "rolebindings",
-                "kubepim-1",
-                "RequestReceived",
-                "2026-12-06T10:00:00.009000Z",
-                "2026-12-06T10:00:00.009000Z",
-            ),
-            line(
-                "op",
-                "patch",
-                None,
-                "rolebindings",
-                "kubepim-1",
-                "ResponseComplete",
-                "2026-12-06T10:00:00.010000Z",
-                "2026-12-06T10:00:00.012500Z",
-            ),
+            line(["mallory", "patch", "rolebindings", "kubepim-1", done, "00.001", "00.002"]),
+            line(["op", "patch", "rolebindings", "kubepim-1", "RequestReceived", "00.009", "00.009"]),
+            line(["op", "patch", "rolebindings", "kubepim-1", done, "00.010", "00.0125"]),
             "not json".into(),
         ]
         .join("\n");
