@@ -903,7 +903,6 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-/// The apiserver's audit log of a control plane, from byte `from` on.
 /// The apiserver's audit log's length so far: where a phase's lines start.
 fn audit_len(dir: &std::path::Path) -> Result<u64> {
     let path = dir.join("apiserver-audit.log");
@@ -912,6 +911,7 @@ fn audit_len(dir: &std::path::Path) -> Result<u64> {
         .len())
 }
 
+/// The apiserver's audit log of a control plane, from byte `from` on.
 fn audit_log(dir: &std::path::Path, from: u64) -> Result<(String, u64)> {
     use std::io::{Read, Seek};
     let path = dir.join("apiserver-audit.log");
@@ -961,18 +961,10 @@ impl World {
 
     /// The operator's `kube_pim_allocator_bytes`, in MiB by kind (empty if it cannot be read).
     async fn allocator(&self) -> BTreeMap<String, f64> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let Ok(addr) = std::fs::read_to_string(self.cp.env().dir().join("operator.addr")) else {
             return BTreeMap::new();
         };
-        let scrape = async {
-            let mut s = tokio::net::TcpStream::connect(addr.trim()).await.ok()?;
-            let req = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-            s.write_all(req.as_bytes()).await.ok()?;
-            let mut body = String::new();
-            s.read_to_string(&mut body).await.ok()?;
-            Some(body)
-        };
+        let scrape = crate::testenv::http_get(addr.trim(), "/metrics");
         match tokio::time::timeout(Duration::from_secs(5), scrape).await {
             Ok(Some(body)) => super::allocator_mib(&body),
             _ => {

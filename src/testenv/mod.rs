@@ -20,7 +20,7 @@
 pub mod oidc;
 pub mod pki;
 mod process;
-pub use process::free_ports;
+pub use process::{free_ports, http_get};
 
 use std::{
     collections::BTreeMap,

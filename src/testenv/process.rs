@@ -140,6 +140,19 @@ pub async fn wait_for_port(
     }
 }
 
+/// `GET http://{addr}{path}` over plain HTTP/1.1 (the operator's and the control plane's
+/// health ports): the whole answer, status line and headers included, or `None` when the
+/// connection or the exchange fails.
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
 /// Waits until `GET http://127.0.0.1:port{path}` answers 200, or the process dies.
 pub async fn wait_for_http_ok(
     name: &str,
@@ -148,19 +161,14 @@ pub async fn wait_for_http_ok(
     p: &mut Process,
     timeout: Duration,
 ) -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = Instant::now() + timeout;
+    let addr = format!("127.0.0.1:{port}");
     loop {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            let req =
-                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-            let mut buf = Vec::new();
-            if s.write_all(req.as_bytes()).await.is_ok()
-                && s.read_to_end(&mut buf).await.is_ok()
-                && buf.starts_with(b"HTTP/1.1 200")
-            {
-                return Ok(());
-            }
+        if http_get(&addr, path)
+            .await
+            .is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
+        {
+            return Ok(());
         }
         p.check_running()?;
         if Instant::now() > deadline {

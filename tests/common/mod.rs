@@ -216,16 +216,9 @@ pub async fn can(client: &Client, verb: &str, what: &str, ns: &str) -> bool {
 /// A plain HTTP GET on loopback (health endpoints): the raw response, or "" when the
 /// connection fails (a process starting or stopping); callers check what they expect.
 pub async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut out = String::new();
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return out;
-    };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_ok() {
-        let _ = s.read_to_string(&mut out).await;
-    }
-    out
+    kube_pim::testenv::http_get(addr, path)
+        .await
+        .unwrap_or_default()
 }
 
 /// The pid of the operator the test environment started (from DIR/pids).
